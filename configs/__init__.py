@@ -1,0 +1,1 @@
+"""ml_collections config files: `--config=configs/<name>.py[:variant]`."""

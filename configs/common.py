@@ -1,0 +1,77 @@
+"""Pieces shared by the stage configs: the dataset, the ECGFormer sizes, the optimizer."""
+
+import ml_collections
+
+# Paper Table 3 (hidden 768, MLP 2048). Attention inner width is heads x head_dim (Base's 10 heads
+# do not divide 768).
+PAPER_SIZES = {
+    "small": dict(num_layers=6, hidden_dim=768, mlp_dim=2048, num_heads=4, head_dim=64),
+    "base": dict(num_layers=12, hidden_dim=768, mlp_dim=2048, num_heads=10, head_dim=64),
+    "large": dict(num_layers=24, hidden_dim=768, mlp_dim=2048, num_heads=16, head_dim=64),
+    # Small enough for CPU tests and the demo; the same code path as the real sizes.
+    "tiny": dict(num_layers=2, hidden_dim=64, mlp_dim=128, num_heads=2, head_dim=32),
+}
+
+
+def data_config() -> ml_collections.ConfigDict:
+    data = ml_collections.ConfigDict()
+    # Local PTB-XL folder; "bundled" = the 500-record sample in the package; "" = download PhysioNet.
+    data.ptbxl_dir = "bundled"
+    # Where the built TFDS dataset lives; "" = <workdir>/tfds.
+    data.tfds_dir = ""
+    # TFDS builder config: leads12 (default), leads1, leads3, leads6, leads12_500hz.
+    data.builder_config = "leads12"
+    # Processes used to tokenize records while building (0 = all cores).
+    data.num_workers = 0
+    return data
+
+
+def encoder_config(size: str) -> ml_collections.ConfigDict:
+    encoder = ml_collections.ConfigDict(dict(PAPER_SIZES[size]))
+    # "rope" (paper) or "learned" (released code: learned absolute positions + CLS token).
+    encoder.position = "rope"
+    # Mask padding words out of attention (False = the released code's behaviour).
+    encoder.mask_padding = True
+    # Dropout after embeddings, attention and MLP.
+    encoder.dropout_rate = 0.0
+    # Dropout on attention weights.
+    encoder.attention_dropout_rate = 0.0
+    return encoder
+
+
+def optimizer_config(*, learning_rate, end_learning_rate, b1, b2, weight_decay, clip) -> ml_collections.ConfigDict:
+    opt = ml_collections.ConfigDict()
+    # Peak learning rate after warm-up.
+    opt.learning_rate = learning_rate
+    # Learning rate at the end of the cosine decay.
+    opt.end_learning_rate = end_learning_rate
+    # AdamW betas.
+    opt.b1 = b1
+    opt.b2 = b2
+    # Decoupled weight decay (not applied to biases, norms, embeddings tables and tokens).
+    opt.weight_decay = weight_decay
+    # Global gradient-norm clipping; 0 disables.
+    opt.grad_clip_norm = clip
+    return opt
+
+
+def loop_config(config: ml_collections.ConfigDict, *, epochs: int, warmup_epochs: int, batch: int) -> None:
+    """Fields of every training stage, set in place."""
+    # Random seed of initialization, shuffling and masking.
+    config.seed = 0
+    # Examples per device per step (global batch = this x device count).
+    config.per_device_batch_size = batch
+    # Training length in epochs of the training split (the paper's unit).
+    config.num_epochs = epochs
+    # Linear warm-up length in epochs.
+    config.warmup_epochs = warmup_epochs
+    # If > 0, overrides num_epochs with an exact number of steps.
+    config.num_train_steps = -1
+    # Console/TensorBoard logging interval.
+    config.log_every_steps = 50
+    # Evaluation interval (and at the end); 0 = once per epoch.
+    config.eval_every_steps = 0
+    # Checkpoint interval (and at the end, and on SIGTERM); 0 = once per epoch.
+    config.checkpoint_every_steps = 0
+    # Compute dtype: "bfloat16" on accelerators, "float32" on CPU ("auto" picks by backend).
+    config.dtype = "auto"

@@ -1,0 +1,43 @@
+"""Masked ECG-sentence pre-training: what the Small, Base and Large configs share (paper §2.4, Table 3)."""
+
+import ml_collections
+
+from configs import common
+
+
+def get_pretrain_config(size: str, variant: str = "") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # Which stage main.py runs.
+    config.stage = "pretrain"
+    config.data = common.data_config()
+    # Workdir of the finished VQ-HBR run whose codebook indices are the targets (required).
+    config.tokenizer_workdir = ""
+
+    model = ml_collections.ConfigDict()
+    # The ECGFormer being pre-trained (paper Table 3 sizes).
+    model.encoder = common.encoder_config(size)
+    # The released code pre-trains with dropout 0.1.
+    model.encoder.dropout_rate = 0.1
+    # Fraction of each sentence's real words replaced by the mask token.
+    model.mask_ratio = 0.5
+    config.model = model
+
+    # Paper: AdamW (0.9, 0.98), weight decay 0.05, lr 5e-4 cosine to 1e-5, clip 3.0.
+    config.optimizer = common.optimizer_config(
+        learning_rate=5e-4, end_learning_rate=1e-5, b1=0.9, b2=0.98, weight_decay=0.05, clip=3.0
+    )
+    # Paper: 100 epochs, 20 warm-up, batch 256 (per device on one accelerator; divide by the
+    # device count to keep the global batch at 256).
+    common.loop_config(config, epochs=100, warmup_epochs=20, batch=256)
+
+    if variant == "tiny":
+        model.encoder.update(common.PAPER_SIZES["tiny"])
+        model.encoder.dropout_rate = 0.0
+        config.optimizer.learning_rate = 1e-3
+        config.per_device_batch_size = 32
+        config.num_epochs = 20
+        config.warmup_epochs = 2
+        config.log_every_steps = 20
+    elif variant:
+        raise ValueError(f"unknown variant {variant!r} of the pre-training configs; known: 'tiny'")
+    return config

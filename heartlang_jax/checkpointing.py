@@ -1,0 +1,199 @@
+"""Orbax checkpoints: resuming a stage in its own workdir, and handing a model to the next stage.
+
+A stage's workdir holds `config.json` (the full config that made it) and `checkpoints/<step>/`
+with four items: `model` and `optimizer` (NNX state), `data` (the grain iterator state) and
+`meta` (step and anything else small). Orbax writes each step to a temporary directory and
+renames it when complete, so a killed save is never listed; restore still falls back past a step
+that cannot be read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+from collections.abc import Mapping
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+_ITEMS = ("model", "optimizer", "data", "meta")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or belongs to another configuration."""
+
+
+def _saveable(state: nnx.State) -> dict:
+    """A pure dict of arrays; typed PRNG keys become their raw uint32 data."""
+
+    def leaf(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.key_data(x)
+        return x
+
+    return jax.tree.map(leaf, nnx.to_pure_dict(state))
+
+
+def _restore_into(state: nnx.State, restored: Mapping) -> None:
+    """Writes `restored` (from `_saveable`) back into the live `state`, re-wrapping PRNG keys."""
+    template = nnx.to_pure_dict(state)
+
+    def leaf(t, r):
+        if isinstance(t, jax.Array) and jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(r, impl=jax.random.key_impl(t))
+        return r
+
+    nnx.replace_by_pure_dict(state, jax.tree.map(leaf, template, dict(restored)))
+
+
+def _abstract(tree):
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def load_run_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: {workdir} holds no heartlang_jax run")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def claim_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict, identity_fields) -> None:
+    """Records the run's config; refuses a workdir whose earlier run differs in `identity_fields`.
+
+    `identity_fields` are dotted paths (e.g. "model", "stage") that must match for a resume to
+    make sense: a Base run must not resume from a Small run's checkpoints.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / CONFIG_FILE
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        current = json.loads(config_to_json(config))
+        differing = [f for f in identity_fields if _get(previous, f) != _get(current, f)]
+        if differing:
+            details = "; ".join(f"{f}: {_get(previous, f)!r} there, {_get(current, f)!r} now" for f in differing)
+            raise CheckpointError(
+                f"{workdir} holds a run with a different configuration ({details}). "
+                "Use a new --workdir, or rerun with the original config to resume it."
+            )
+    if jax.process_index() == 0:
+        _atomic_write(path, config_to_json(config))
+
+
+def _get(tree: Mapping, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(tree, Mapping) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+class RunCheckpoints:
+    """The checkpoints of one stage in one workdir."""
+
+    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 2, read_only: bool = False):
+        self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+        if read_only and not self.directory.is_dir():
+            raise CheckpointError(f"no checkpoints in {self.directory}")
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            item_names=_ITEMS,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=not read_only, read_only=read_only, cleanup_tmp_directories=True
+            ),
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None, data_state, meta) -> None:
+        args = {
+            "model": ocp.args.StandardSave(_saveable(nnx.state(model))),
+            "optimizer": ocp.args.StandardSave(_saveable(nnx.state(optimizer)) if optimizer is not None else {}),
+            "data": ocp.args.JsonSave(data_state or {}),
+            "meta": ocp.args.JsonSave({"step": int(step), **(meta or {})}),
+        }
+        self._manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+    def restore(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None) -> tuple[dict, dict]:
+        """Restores in place into `model`/`optimizer`; returns (data_state, meta)."""
+        model_state = nnx.state(model)
+        args = {
+            "model": ocp.args.StandardRestore(_abstract(_saveable(model_state))),
+            "data": ocp.args.JsonRestore(),
+            "meta": ocp.args.JsonRestore(),
+        }
+        if optimizer is not None:
+            args["optimizer"] = ocp.args.StandardRestore(_abstract(_saveable(nnx.state(optimizer))))
+        restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        _restore_into(model_state, restored["model"])
+        nnx.update(model, model_state)
+        if optimizer is not None:
+            opt_state = nnx.state(optimizer)
+            _restore_into(opt_state, restored["optimizer"])
+            nnx.update(optimizer, opt_state)
+        return dict(restored["data"] or {}), dict(restored["meta"])
+
+    def restore_latest(self, model: nnx.Module, optimizer: nnx.Optimizer | None) -> tuple[int, dict, dict] | None:
+        """Newest readable step, or None for a fresh run. An unreadable step is logged and passed over."""
+        for step in reversed(self.steps()):
+            try:
+                data_state, meta = self.restore(step, model, optimizer)
+            except Exception as e:  # noqa: BLE001 - any failure to read means "not a usable checkpoint"
+                logging.warning("Checkpoint step %d in %s is unreadable (%s); trying an older one", step, self.directory, e)
+                continue
+            return step, data_state, meta
+        return None
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def load_model_from_run(workdir: str | os.PathLike, model: nnx.Module, what: str) -> int:
+    """Initializes `model` from the newest checkpoint of an earlier stage's workdir; returns its step.
+
+    `what` names the checkpoint in errors ("tokenizer checkpoint", "pre-training checkpoint").
+    """
+    directory = pathlib.Path(workdir) / CHECKPOINT_DIR
+    try:
+        checkpoints = RunCheckpoints(workdir, read_only=True)
+        steps = checkpoints.steps()
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise CheckpointError(f"{what} not found: {directory} has no checkpoints ({e})") from e
+    if not steps:
+        raise CheckpointError(f"{what} not found: {directory} has no complete checkpoint")
+    try:
+        checkpoints.restore(steps[-1], model, optimizer=None)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(
+            f"{what} at {directory}/{steps[-1]} does not fit the model built from its config: {e}"
+        ) from e
+    finally:
+        checkpoints.close()
+    return steps[-1]
+
+
+def host_scalar_tree(tree) -> dict:
+    """Device scalars to Python floats (one transfer)."""
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(dict(tree)).items()}

@@ -1,0 +1,88 @@
+"""Metrics to TensorBoard (no TensorFlow needed) and to a grep-able JSON-lines file; progress/ETA.
+
+Only process 0 writes, so multi-host jobs produce one log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pathlib
+import time
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+
+
+def _scalar(value) -> float:
+    return float(np.asarray(value))
+
+
+class MetricWriter:
+    """Writes `{name: scalar}` per step to `<workdir>/tensorboard/` and `<workdir>/metrics.jsonl`."""
+
+    def __init__(self, workdir: str | os.PathLike):
+        self._enabled = jax.process_index() == 0
+        self._jsonl = None
+        self._tb = None
+        if self._enabled:
+            from tensorboardX import SummaryWriter  # pure-Python event writer
+
+            workdir = pathlib.Path(workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            self._tb = SummaryWriter(logdir=os.fspath(workdir / "tensorboard"))
+            self._jsonl = open(workdir / "metrics.jsonl", "a")
+
+    def write_hparams(self, hparams: Mapping[str, object]) -> None:
+        if not self._enabled:
+            return
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        self._tb.add_text("hparams", "\n".join(f"    {k} = {v}" for k, v in sorted(flat.items())), 0)
+        self._jsonl.write(json.dumps({"step": 0, "hparams": flat}) + "\n")
+        self._jsonl.flush()
+
+    def write_scalars(self, step: int, scalars: Mapping[str, object]) -> None:
+        if not self._enabled or not scalars:
+            return
+        values = {k: _scalar(v) for k, v in scalars.items()}
+        for name, value in values.items():
+            self._tb.add_scalar(name, value, step)
+        self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        if self._enabled:
+            self._tb.close()
+            self._jsonl.close()
+
+
+class Progress:
+    """Steps/s and ETA for long runs, measured over the steps since the last report."""
+
+    def __init__(self, total_steps: int, first_step: int = 0):
+        self.total_steps = total_steps
+        self._last_step = first_step
+        self._last_time = time.perf_counter()
+
+    def report(self, step: int, stage: str, scalars: Mapping[str, object] | None = None) -> float:
+        now = time.perf_counter()
+        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        remaining = (self.total_steps - step) / rate if rate > 0 else math.inf
+        shown = " ".join(f"{k}={_scalar(v):.4g}" for k, v in (scalars or {}).items())
+        logging.info(
+            "[%s] step %d/%d (%.0f%%) %.2f steps/s ETA %s %s",
+            stage, step, self.total_steps, 100.0 * step / self.total_steps, rate, _format_eta(remaining), shown,
+        )
+        return rate
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"

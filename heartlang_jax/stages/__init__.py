@@ -1,0 +1,1 @@
+"""One module per training stage: `vqhbr` (the ECG vocabulary), `pretrain`, `finetune`."""

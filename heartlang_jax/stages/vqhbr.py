@@ -1,0 +1,169 @@
+"""VQ-HBR: learn the ECG vocabulary by reconstructing heartbeats through an EMA codebook.
+
+Its checkpoint is the "tokenizer" that masked pre-training reads its targets from:
+`load_tokenizer(workdir)` rebuilds the model from the run's own config and restores it, and
+`word_ids` maps sentences to vocabulary indices.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from heartlang_jax import checkpointing
+from heartlang_jax import input_pipeline
+from heartlang_jax import optim
+from heartlang_jax import parallel
+from heartlang_jax import train_loop
+from heartlang_jax.models import VQHBR, VQHBRConfig, vqhbr_loss
+from heartlang_jax.stages import common
+
+STAGE = "vqhbr"
+# Fields that must match for a workdir's checkpoints to be resumed by this config.
+IDENTITY_FIELDS = ("stage", "model", "data.builder_config")
+# A code whose EMA assignment count per batch fell below this is counted as dead.
+DEAD_CODE_THRESHOLD = 1e-3
+
+
+def model_config(config: ml_collections.ConfigDict) -> VQHBRConfig:
+    dtype = common.compute_dtype(config)
+    model = config.model
+    return VQHBRConfig(
+        encoder=common.ecgformer_config(model.encoder, dtype),
+        decoder=common.ecgformer_config(model.decoder, dtype, token_len=model.code_dim),
+        num_codes=model.num_codes,
+        code_dim=model.code_dim,
+        decay=model.decay,
+        kmeans_iters=model.kmeans_iters,
+    )
+
+
+def build_model(config: ml_collections.ConfigDict, seed: int | None = None) -> VQHBR:
+    return VQHBR(model_config(config), rngs=nnx.Rngs(config.seed if seed is None else seed))
+
+
+def _real(batch) -> jax.Array:
+    return batch["lead_ids"] != 0  # [B, L]
+
+
+def reconstruction_sse(reconstruction: jax.Array, batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Sum of squared errors over real words, the same for predicting zeros, and the sample count."""
+    real = (_real(batch) & batch["mask"][:, None])[..., None].astype(jnp.float32)  # [B, L, 1]
+    words = batch["words"].astype(jnp.float32)
+    sse = jnp.sum(jnp.square(reconstruction.astype(jnp.float32) - words) * real)
+    zero_sse = jnp.sum(jnp.square(words) * real)
+    return sse, zero_sse, jnp.sum(real) * words.shape[-1]
+
+
+@nnx.jit
+def train_step(model: VQHBR, optimizer: nnx.Optimizer, batch, rng):
+    """MSE over real words + codebook + commitment terms (SPEC §4); EMA-updates the codebook."""
+    del rng  # dropout draws from the model's own Rngs
+
+    def loss_fn(model):
+        out = model(batch["words"], batch["lead_ids"], batch["time_ids"], update_codebook=True)
+        return vqhbr_loss(out, batch["words"], batch["lead_ids"])
+
+    grads, metrics = nnx.grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    return {
+        **metrics,
+        "grad_norm": optax.global_norm(grads),
+        "dead_words": jnp.sum(model.quantizer.cluster_size[...] < DEAD_CODE_THRESHOLD),
+    }
+
+
+@nnx.jit
+def eval_step(model: VQHBR, batch):
+    out = model(batch["words"], batch["lead_ids"], batch["time_ids"], update_codebook=False)
+    sse, zero_sse, count = reconstruction_sse(out.reconstruction, batch)
+    real = _real(batch) & batch["mask"][:, None]
+    counts = jnp.zeros(model.quantizer.num_codes, jnp.int32).at[out.indices].add(real.astype(jnp.int32))
+    return {"sse": sse, "zero_sse": zero_sse, "count": count, "code_counts": counts}
+
+
+def evaluate(model: VQHBR, source, batch_size: int, mesh) -> dict[str, float]:
+    """Reconstruction MSE on a split, its ratio to predicting zeros, and codebook usage."""
+    model.eval()
+    totals = None
+    for batch in input_pipeline.eval_batches(source, batch_size=batch_size):
+        out = jax.device_get(eval_step(model, parallel.shard_batch(batch, mesh)))
+        totals = out if totals is None else jax.tree.map(np.add, totals, out)
+    model.train()
+    counts = totals["code_counts"].astype(np.float64)
+    p = counts / max(counts.sum(), 1.0)
+    perplexity = float(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))))
+    mse = float(totals["sse"] / max(totals["count"], 1))
+    zero_mse = float(totals["zero_sse"] / max(totals["count"], 1))
+    return {
+        "eval_mse": mse,
+        "eval_zero_mse": zero_mse,
+        "eval_mse_ratio": mse / max(zero_mse, 1e-12),
+        "eval_perplexity": perplexity,
+        "eval_used_fraction": float(np.mean(counts > 0)),
+        "eval_dead_words": int(np.sum(counts == 0)),
+    }
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
+    workdir = os.fspath(workdir)
+    checkpointing.claim_workdir(workdir, config, IDENTITY_FIELDS)
+    _, sources = common.open_dataset(config, workdir)
+    mesh = parallel.make_mesh()
+    batch = parallel.host_batch_size(config.per_device_batch_size)
+    train_data = input_pipeline.train_dataset(sources["train"], batch_size=batch, seed=config.seed)
+    schedule = train_loop.Schedule.from_config(
+        config, len(sources["train"]), parallel.global_batch_size(config.per_device_batch_size)
+    )
+    model = build_model(config)
+    common.log_parameter_count(STAGE, _count(nnx.state(model, nnx.Param)))
+    tx = optim.make_optimizer(
+        config.optimizer, num_train_steps=schedule.num_train_steps, warmup_steps=schedule.warmup_steps
+    )
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    result = train_loop.run(
+        stage=STAGE,
+        config=config,
+        workdir=workdir,
+        model=model,
+        optimizer=optimizer,
+        train_step=train_step,
+        train_data=train_data,
+        mesh=mesh,
+        schedule=schedule,
+        evaluate=lambda step: evaluate(model, sources["validation"], batch, mesh),
+    )
+    logging.info("[%s] done at step %d: %s", STAGE, result.step, result.last_eval)
+    return result.last_eval
+
+
+def _count(params) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(workdir: str) -> VQHBR:
+    """The trained VQ-HBR model of a workdir, rebuilt from that run's own config."""
+    config = checkpointing.load_run_config(workdir)
+    if config.get("stage") != STAGE:
+        raise checkpointing.CheckpointError(
+            f"tokenizer checkpoint expected in {workdir}, but it holds a {config.get('stage')!r} run"
+        )
+    model = build_model(config)
+    checkpointing.load_model_from_run(workdir, model, what="tokenizer (VQ-HBR) checkpoint")
+    model.eval()
+    return model
+
+
+@nnx.jit
+def word_ids(model: VQHBR, words, lead_ids, time_ids) -> jax.Array:
+    """Vocabulary index of every word [B, L] (computed with the lead and time ids)."""
+    return model.tokenize(words, lead_ids, time_ids)

@@ -1,0 +1,211 @@
+"""The training loop every stage shares: resume, log, evaluate, checkpoint, stop safely.
+
+A stage supplies its model, optimizer, jitted `train_step(model, optimizer, batch, rng)` and an
+`evaluate()`; this loop owns everything that must behave the same in all of them:
+
+- resume from the newest complete checkpoint in the workdir (model, optimizer, step, data
+  iterator; the per-step RNG is `fold_in(seed, step)`, so it needs no state);
+- on SIGTERM (a TPU VM's preemption notice), save at the next step boundary and exit cleanly;
+- stop on a non-finite loss or gradient norm, naming the step, without saving the bad state;
+- TensorBoard + JSON-lines metrics, console progress with steps/s and ETA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import threading
+from collections.abc import Callable, Mapping
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from heartlang_jax import checkpointing
+from heartlang_jax import metric_writer
+from heartlang_jax import parallel
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or gradient became NaN/inf; the message names the step."""
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; a checkpoint at `step` was written before stopping."""
+
+    def __init__(self, step: int):
+        super().__init__(f"preempted: checkpoint saved at step {step}; rerun the same command to resume")
+        self.step = step
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Step counts derived from the config and the size of the training split."""
+
+    num_train_steps: int
+    warmup_steps: int
+    steps_per_epoch: int
+    eval_every_steps: int
+    checkpoint_every_steps: int
+    log_every_steps: int
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, num_train_examples: int, global_batch: int) -> Schedule:
+        steps_per_epoch = max(num_train_examples // global_batch, 1)
+        total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+        return cls(
+            num_train_steps=total,
+            warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
+            steps_per_epoch=steps_per_epoch,
+            eval_every_steps=config.eval_every_steps or steps_per_epoch,
+            checkpoint_every_steps=config.checkpoint_every_steps or steps_per_epoch,
+            log_every_steps=max(1, min(config.log_every_steps, total)),
+        )
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop polls (only the main thread may install handlers)."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint at the next step boundary")
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+@dataclasses.dataclass
+class LoopResult:
+    step: int
+    last_eval: dict[str, float]
+    meta: dict
+
+
+def _check_finite(step: int, metrics: Mapping[str, float], stage: str) -> None:
+    bad = {k: v for k, v in metrics.items() if k in ("loss", "grad_norm") and not math.isfinite(v)}
+    if bad:
+        details = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise NonFiniteError(
+            f"[{stage}] non-finite training value at step {step} ({details}). The run stopped; the last "
+            "good checkpoint is untouched. Lower the learning rate or check the input data."
+        )
+
+
+def run(
+    *,
+    stage: str,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    train_step: Callable,
+    train_data: grain.MapDataset,
+    mesh: jax.sharding.Mesh,
+    schedule: Schedule,
+    evaluate: Callable[[int], dict[str, float]] | None = None,
+    prepare_batch: Callable[[dict], dict] | None = None,
+    on_eval: Callable[[int, dict, dict], None] | None = None,
+    max_to_keep: int = 2,
+) -> LoopResult:
+    """Trains to `schedule.num_train_steps`, resuming if the workdir holds checkpoints.
+
+    `on_eval(step, eval_metrics, meta)` may record anything in `meta` (saved with checkpoints),
+    e.g. the best validation score so far.
+    """
+    parallel.replicate_module(model, mesh)
+    parallel.replicate_module(optimizer, mesh)
+    checkpoints = checkpointing.RunCheckpoints(workdir, max_to_keep=max_to_keep)
+    writer = metric_writer.MetricWriter(workdir)
+    iterator = iter(train_data.to_iter_dataset())
+    meta: dict = {}
+    restored = checkpoints.restore_latest(model, optimizer)
+    if restored is None:
+        step = 0
+        writer.write_hparams(_flatten(config.to_dict()))
+        logging.info("[%s] starting a fresh run in %s", stage, workdir)
+    else:
+        step, data_state, meta = restored
+        iterator.set_state(data_state)
+        logging.info("[%s] resumed from the checkpoint at step %d in %s", stage, step, checkpoints.directory)
+    meta.pop("step", None)
+    base_key = jax.random.key(config.seed)
+    progress = metric_writer.Progress(schedule.num_train_steps, first_step=step)
+    # (step, device metrics) not yet fetched: fetching every step would stall async dispatch.
+    # Every step is checked at the next log/eval/checkpoint boundary, always before a save.
+    pending: list[tuple[int, dict]] = []
+    last_eval: dict[str, float] = dict(meta.get("last_eval", {}))
+
+    def flush() -> None:
+        """Fetches the pending metrics, checks every step's finiteness, logs their mean."""
+        if not pending:
+            return
+        fetched = jax.device_get([m for _, m in pending])
+        for (s, _), values in zip(pending, fetched):
+            _check_finite(s, {k: float(v) for k, v in values.items()}, stage)
+        scalars = {f"train_{k}": float(np.mean([float(v[k]) for v in fetched])) for k in fetched[0]}
+        pending.clear()
+        writer.write_scalars(step, scalars)
+        progress.report(step, stage, {k: v for k, v in scalars.items() if k == "train_loss"})
+
+    def save(at_step: int) -> None:
+        checkpoints.save(at_step, model, optimizer, iterator.get_state(), {**meta, "last_eval": last_eval})
+
+    try:
+        with _SigtermFlag() as sigterm:
+            while step < schedule.num_train_steps:
+                batch = next(iterator)
+                if prepare_batch is not None:
+                    batch = prepare_batch(batch)
+                rng = jax.random.fold_in(base_key, step)
+                metrics = train_step(model, optimizer, parallel.shard_batch(batch, mesh), rng)
+                step += 1
+                pending.append((step, metrics))
+                if step % schedule.log_every_steps == 0 or step == schedule.num_train_steps:
+                    flush()
+                done = step == schedule.num_train_steps
+                if evaluate is not None and (step % schedule.eval_every_steps == 0 or done):
+                    flush()
+                    last_eval = evaluate(step)
+                    writer.write_scalars(step, last_eval)
+                    logging.info("[%s] eval at step %d: %s", stage, step, _fmt(last_eval))
+                    if on_eval is not None:
+                        on_eval(step, last_eval, meta)
+                if step % schedule.checkpoint_every_steps == 0 or done or sigterm.raised:
+                    flush()
+                    save(step)
+                if sigterm.raised and not done:
+                    checkpoints.wait()
+                    raise Preempted(step)
+    finally:
+        checkpoints.close()
+        writer.close()
+    return LoopResult(step=step, last_eval=last_eval, meta=meta)
+
+
+def _fmt(metrics: Mapping[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

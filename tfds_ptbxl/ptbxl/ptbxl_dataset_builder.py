@@ -1,0 +1,161 @@
+"""PTB-XL as pre-tokenized, fixed-length ECG sentences (HeartLang's QRSTokenizer).
+
+Every example is one 10 s, 12-lead record turned into a sentence of up to 256 heartbeat "words" of
+96 samples at 100 Hz, with lead and time ids, the patient and fold, and multi-hot labels of the
+four PTB-XL benchmark tasks. Amplitudes are standardized with one global mean and std fitted on
+the training folds, as the PTB-XL benchmark does; both are stored in the dataset info
+(`info.metadata["amplitude"]`) so inference applies the same.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from heartlang_jax import ptbxl
+from heartlang_jax import sentence_corpus
+from heartlang_jax.records import STANDARD_LEADS
+from tfds_ptbxl.ptbxl import physionet
+
+_MAX_LEN = 256
+_TOKEN_LEN = 96
+
+
+@dataclasses.dataclass
+class BuilderConfig(tfds.core.BuilderConfig):
+    """Which leads form the sentence, and which of PTB-XL's two sampling rates is read."""
+
+    leads: tuple[str, ...] = STANDARD_LEADS
+    sampling_rate: int = 100  # the files read; sentences are always at 100 Hz
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """PTB-XL 1.0.3 as HeartLang ECG sentences."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "ECG sentences from the QRSTokenizer, standardized amplitudes, 4 label tasks."}
+    BUILDER_CONFIGS = [
+        BuilderConfig(name="leads12", description="All 12 standard leads, from the 100 Hz files."),
+        BuilderConfig(name="leads1", leads=("I",), description="Lead I only (released code's 1-lead subset)."),
+        BuilderConfig(name="leads3", leads=("I", "II", "V2"), description="Leads I, II, V2."),
+        BuilderConfig(name="leads6", leads=("I", "II", "III", "AVR", "AVL", "AVF"), description="Limb leads."),
+        BuilderConfig(
+            name="leads12_500hz",
+            sampling_rate=500,
+            description="All 12 leads from the 500 Hz files, resampled to 100 Hz by the tokenizer.",
+        ),
+    ]
+    DEFAULT_CONFIG_NAME = "leads12"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+    Optional. Put the extracted PTB-XL {ptbxl.PTBXL_VERSION} folder ({ptbxl.DOWNLOAD_URL}) in
+    `manual_dir`, so that it holds ptbxl_database.csv, scp_statements.csv and records100/ (and
+    records500/ for the 500 Hz config). Without a manual_dir the builder downloads it from PhysioNet
+    and checks every file against PhysioNet's SHA256SUMS.txt.
+    """
+
+    def __init__(self, *, download_url: str | None = None, num_workers: int | None = None, **kwargs):
+        """`download_url` replaces PhysioNet (a mirror, or a local copy served over http/file)."""
+        self._download_url = download_url or os.environ.get("PTBXL_DOWNLOAD_URL") or ptbxl.DOWNLOAD_URL
+        self._num_workers = num_workers or os.cpu_count() or 1
+        self._manual_dir_given: str | None = None
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        labels = ptbxl.LabelSpace.from_statements(ptbxl.bundled_sample_dir() / "scp_statements.csv")
+        features = {
+            "words": tfds.features.Tensor(shape=(_MAX_LEN, _TOKEN_LEN), dtype=np.float16),
+            "lead_ids": tfds.features.Tensor(shape=(_MAX_LEN,), dtype=np.uint8),
+            "time_ids": tfds.features.Tensor(shape=(_MAX_LEN,), dtype=np.uint8),
+            "num_words": np.int32,
+            "ecg_id": np.int32,
+            "patient_id": np.int32,
+            "strat_fold": np.int32,
+        }
+        for task in ptbxl.TASKS:
+            features[task] = tfds.features.Tensor(
+                shape=(labels.num_classes(task),),
+                dtype=np.uint8,
+                doc=f"Multi-hot {task} labels; class names in info.metadata['classes']['{task}'].",
+            )
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=None,
+            homepage="https://physionet.org/content/ptb-xl/1.0.3/",
+            metadata=tfds.core.MetadataDict(classes={t: list(labels.classes[t]) for t in ptbxl.TASKS}),
+        )
+
+    def _download_and_prepare(self, dl_manager, download_config):  # pytype: disable=signature-mismatch
+        # TFDS gives every build a default manual_dir; only one the user named counts as "given".
+        self._manual_dir_given = download_config.manual_dir and os.fspath(download_config.manual_dir)
+        return super()._download_and_prepare(dl_manager, download_config)
+
+    def _source_dir(self, dl_manager) -> pathlib.Path:
+        rate = self.builder_config.sampling_rate
+        if self._manual_dir_given:
+            return ptbxl.check_layout(self._manual_dir_given, rate)
+        return physionet.download_ptbxl(
+            pathlib.Path(dl_manager.download_dir) / f"ptb-xl-{ptbxl.PTBXL_VERSION}",
+            url=self._download_url,
+            sampling_rate=rate,
+        )
+
+    def _split_generators(self, dl_manager):
+        root = self._source_dir(dl_manager)
+        rows = ptbxl.read_database(root)
+        labels = ptbxl.LabelSpace.from_statements(root / "scp_statements.csv")
+        if dict(labels.classes) != {t: tuple(c) for t, c in self.info.metadata["classes"].items()}:
+            raise ValueError(f"{root / 'scp_statements.csv'} differs from PTB-XL {ptbxl.PTBXL_VERSION}'s class lists")
+        spec = sentence_corpus.SentenceSpec(
+            leads=self.builder_config.leads, max_len=_MAX_LEN, token_len=_TOKEN_LEN
+        )
+        rate = self.builder_config.sampling_rate
+        train = ptbxl.fold_rows(rows, "train")
+        mean, std = sentence_corpus.amplitude_moments(
+            [root / row.filename(rate) for row in train], spec, self._num_workers
+        )
+        self.info.metadata["amplitude"] = {"mean": mean, "std": std, "fitted_on": "train (folds 1-8)"}
+        self.info.metadata["skipped"] = {"total": 0, "by_reason": {}, "records": []}
+        logging.info("Amplitude standardization fitted on %d training records: mean=%.5f std=%.5f", len(train), mean, std)
+        return {
+            split: self._generate_examples(root, ptbxl.fold_rows(rows, split), labels, spec, mean, std)
+            for split in ptbxl.SPLIT_FOLDS
+        }
+
+    def _generate_examples(self, root, rows, labels, spec, mean, std):
+        rate = self.builder_config.sampling_rate
+        by_id = {row.ecg_id: row for row in rows}
+        results = sentence_corpus.tokenize_records(
+            [(row.ecg_id, root / row.filename(rate)) for row in rows], spec, mean, std, self._num_workers
+        )
+        for ecg_id, sentence, error in results:
+            if error is not None:
+                self._record_skip(ecg_id, error)
+                continue
+            row = by_id[ecg_id]
+            example = {
+                "words": sentence.words.astype(np.float16),
+                "lead_ids": sentence.lead_ids.astype(np.uint8),
+                "time_ids": sentence.time_ids.astype(np.uint8),
+                "num_words": sentence.num_words,
+                "ecg_id": row.ecg_id,
+                "patient_id": row.patient_id,
+                "strat_fold": row.strat_fold,
+            }
+            for task in ptbxl.TASKS:
+                example[task] = labels.multi_hot(row.scp_codes, task)
+            yield ecg_id, example
+
+    def _record_skip(self, ecg_id: int, error: sentence_corpus.SkipReason) -> None:
+        logging.warning("Skipping ecg_id=%d: %s", ecg_id, error.message)
+        skipped = self.info.metadata["skipped"]
+        skipped["total"] += 1
+        by_reason = collections.Counter(skipped["by_reason"])
+        by_reason[error.kind] += 1
+        skipped["by_reason"] = dict(by_reason)
+        skipped["records"].append({"ecg_id": ecg_id, "kind": error.kind, "message": error.message})
