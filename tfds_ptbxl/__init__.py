@@ -1,0 +1,1 @@
+"""TFDS dataset builders of heartlang_jax."""

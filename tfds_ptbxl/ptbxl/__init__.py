@@ -1,0 +1,1 @@
+"""`ptbxl`: PTB-XL as pre-tokenized ECG sentences."""
