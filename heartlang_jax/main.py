@@ -53,8 +53,17 @@ def _user_errors() -> tuple[type[Exception], ...]:
     )
 
 
+class _QuietLibraries(logging.Filter):
+    """Orbax logs every file of every save at INFO; keep its warnings, drop the chatter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
     del argv
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietLibraries())
     if int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES"):
         jax.distributed.initialize()
     config = _CONFIG.value
