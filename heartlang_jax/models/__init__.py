@@ -1,0 +1,33 @@
+"""HeartLang models: the ECGFormer backbone and the modules of each stage."""
+
+from heartlang_jax.models.classifier import EcgClassifier
+from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
+from heartlang_jax.models.masked_lm import (MaskedEcgModel, masked_positions,
+                                            sample_mask)
+from heartlang_jax.models.quantizer import (CodebookVariable,
+                                            EmaCodebookQuantizer,
+                                            QuantizerOutput, l2_normalize,
+                                            spherical_kmeans)
+from heartlang_jax.models.rope import apply_rope, rope_angles
+from heartlang_jax.models.vqhbr import (VQHBR, VQHBRConfig, VQHBROutput,
+                                        vqhbr_loss)
+
+__all__ = [
+    "CodebookVariable",
+    "ECGFormer",
+    "ECGFormerConfig",
+    "EcgClassifier",
+    "EmaCodebookQuantizer",
+    "MaskedEcgModel",
+    "QuantizerOutput",
+    "VQHBR",
+    "VQHBRConfig",
+    "VQHBROutput",
+    "apply_rope",
+    "l2_normalize",
+    "masked_positions",
+    "rope_angles",
+    "sample_mask",
+    "spherical_kmeans",
+    "vqhbr_loss",
+]

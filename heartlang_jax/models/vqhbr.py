@@ -1,0 +1,137 @@
+"""VQ-HBR (paper §2.3): learns the ECG vocabulary by reconstructing heartbeats.
+
+encoder ECGFormer -> task head -> (padding zeroed) -> EMA cosine quantizer ->
+decoder ECGFormer fed the unit-norm codes -> head back to T samples per word.
+Its frozen `tokenize` gives the targets of masked pre-training.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax import struct
+
+from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
+from heartlang_jax.models.quantizer import EmaCodebookQuantizer, QuantizerOutput
+
+_DENSE_INIT = nnx.initializers.truncated_normal(stddev=0.02)
+
+
+@dataclasses.dataclass(frozen=True)
+class VQHBRConfig:
+    """Encoder/decoder sizes and the codebook (released code: K=8192, d=128)."""
+
+    encoder: ECGFormerConfig
+    # Its token_len must equal code_dim: the decoder's "words" are codes.
+    decoder: ECGFormerConfig
+    num_codes: int = 8192
+    code_dim: int = 128
+    decay: float = 0.99
+    kmeans_iters: int = 10
+
+    def __post_init__(self):
+        for name in ("num_codes", "code_dim", "kmeans_iters"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"VQHBRConfig.{name} must be a positive int, "
+                                 f"got {value!r}.")
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"VQHBRConfig.decay must be in [0, 1), got {self.decay!r}.")
+        if self.decoder.token_len != self.code_dim:
+            raise ValueError(
+                f"VQHBRConfig.decoder.token_len ({self.decoder.token_len}) must equal "
+                f"code_dim ({self.code_dim}): the decoder reads codes as words.")
+
+
+class TaskHead(nnx.Module):
+    """Linear -> Tanh -> Linear, as the released encode/decode task layers."""
+
+    def __init__(self, din: int, dout: int, dtype: jnp.dtype, *, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(din, din, dtype=dtype, kernel_init=_DENSE_INIT,
+                              rngs=rngs)
+        self.fc2 = nnx.Linear(din, dout, dtype=dtype, kernel_init=_DENSE_INIT,
+                              rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jnp.tanh(self.fc1(x))).astype(jnp.float32)
+
+
+@struct.dataclass
+class VQHBROutput:
+    reconstruction: jax.Array  # [B, L, T] float32
+    indices: jax.Array  # [B, L] int32 (0 at padding, see VQHBR)
+    quantizer: QuantizerOutput
+
+
+class VQHBR(nnx.Module):
+    """Vector-quantized heartbeat reconstruction.
+
+    Padding words (lead id 0) have their encoder output set to 0 before
+    quantization, so all code similarities tie and their index is 0: padding
+    positions of `indices` / `tokenize` are always 0 and must be ignored.
+    """
+
+    def __init__(self, config: VQHBRConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        enc, dec = config.encoder, config.decoder
+        self.encoder = ECGFormer(enc, rngs=rngs)
+        self.encode_head = TaskHead(enc.hidden_dim, config.code_dim,
+                                    enc.compute_dtype, rngs=rngs)
+        self.quantizer = EmaCodebookQuantizer(
+            config.num_codes, config.code_dim, decay=config.decay,
+            kmeans_iters=config.kmeans_iters, rngs=rngs)
+        self.decoder = ECGFormer(dec, rngs=rngs)
+        self.decode_head = TaskHead(dec.hidden_dim, enc.token_len,
+                                    dec.compute_dtype, rngs=rngs)
+
+    def encode(self, words: jax.Array, lead_ids: jax.Array,
+               time_ids: jax.Array) -> jax.Array:
+        """words [B, L, T] -> pre-quantization vectors [B, L, d], 0 at padding."""
+        h = self.encoder(words, lead_ids, time_ids)
+        h = h[:, self.encoder.num_prefix_tokens:]  # [B, L, D]
+        z = self.encode_head(h)  # [B, L, d]
+        return jnp.where((lead_ids != 0)[..., None], z, 0.0)
+
+    def decode(self, codes: jax.Array, lead_ids: jax.Array,
+               time_ids: jax.Array) -> jax.Array:
+        """Unit-norm codes [B, L, d] -> reconstructed words [B, L, T] float32."""
+        h = self.decoder(codes, lead_ids, time_ids)
+        return self.decode_head(h[:, self.decoder.num_prefix_tokens:])
+
+    def tokenize(self, words: jax.Array, lead_ids: jax.Array,
+                 time_ids: jax.Array) -> jax.Array:
+        """Codebook indices [B, L] int32 without updating anything (call eval())."""
+        return self.quantizer.encode(self.encode(words, lead_ids, time_ids))
+
+    def __call__(self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array,
+                 *, update_codebook: bool) -> VQHBROutput:
+        z = self.encode(words, lead_ids, time_ids)  # [B, L, d]
+        quantized = self.quantizer(z, lead_ids != 0, update=update_codebook)
+        reconstruction = self.decode(quantized.quantized, lead_ids, time_ids)
+        return VQHBROutput(reconstruction=reconstruction,
+                           indices=quantized.indices, quantizer=quantized)
+
+
+def vqhbr_loss(output: VQHBROutput, words: jax.Array,
+               lead_ids: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L_V = MSE over real words' samples + codebook + commitment terms.
+
+    Returns the scalar loss and metrics to log (loss, rec_loss, codebook_loss,
+    commitment_loss, perplexity, num_used). Under EMA the codebook term has no
+    trainable gradient; only the commitment term reaches the encoder.
+    """
+    real = (lead_ids != 0).astype(jnp.float32)  # [B, L]
+    sq_err = jnp.square(output.reconstruction - words.astype(jnp.float32))
+    per_word = jnp.mean(sq_err, axis=-1)  # [B, L]
+    rec_loss = jnp.sum(per_word * real) / jnp.maximum(jnp.sum(real), 1.0)
+    q = output.quantizer
+    loss = rec_loss + q.codebook_loss + q.commitment_loss
+    return loss, {
+        "loss": loss,
+        "rec_loss": rec_loss,
+        "codebook_loss": q.codebook_loss,
+        "commitment_loss": q.commitment_loss,
+        "perplexity": q.perplexity,
+        "num_used": q.num_used,
+    }

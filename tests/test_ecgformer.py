@@ -1,0 +1,234 @@
+"""ECGFormer: a float64 NumPy reference forward, padding, CLS, dtype, dropout."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
+
+TINY = ECGFormerConfig(num_layers=2, hidden_dim=16, mlp_dim=24, num_heads=2,
+                       head_dim=6, token_len=10, max_len=12)
+
+
+def _batch(length=8, num_real=(5, 8), seed=0):
+    """Random words; sentence b has num_real[b] real words, the rest padding."""
+    rng = np.random.default_rng(seed)
+    batch = len(num_real)
+    words = rng.normal(size=(batch, length, TINY.token_len)).astype(np.float32)
+    lead_ids = rng.integers(1, 13, size=(batch, length)).astype(np.int32)
+    time_ids = rng.integers(1, 11, size=(batch, length)).astype(np.int32)
+    for b, n in enumerate(num_real):
+        words[b, n:] = 0.0
+        lead_ids[b, n:] = 0
+        time_ids[b, n:] = 0
+    return words, lead_ids, time_ids
+
+
+def _pad_to(arrays, length):
+    return [np.pad(a, [(0, 0), (0, length - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+            for a in arrays]
+
+
+# ---------------------------------------------------------------------------
+# Independent float64 reference of the paper's backbone.
+
+def _np(v):
+    return np.asarray(v[...], np.float64)
+
+
+def _layer_norm(x, norm, eps=1e-6):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * _np(norm.scale) + _np(norm.bias)
+
+
+def _dense(x, layer):
+    return x @ _np(layer.kernel) + _np(layer.bias)
+
+
+def _rope(x):  # x [B, L, N, H]; out[2j] = x cos + y sin, out[2j+1] = -x sin + y cos
+    length, head_dim = x.shape[1], x.shape[-1]
+    i = np.arange(length)[:, None]
+    j = np.arange(head_dim // 2)[None, :]
+    theta = (i / 10000.0 ** (2 * j / head_dim))[None, :, None, :]
+    even, odd = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = even * np.cos(theta) + odd * np.sin(theta)
+    out[..., 1::2] = -even * np.sin(theta) + odd * np.cos(theta)
+    return out
+
+
+_erf = np.vectorize(math.erf)
+
+
+def _reference_forward(model, words, lead_ids, time_ids):
+    cfg = model.config
+    w = np.asarray(words, np.float64)
+    kernel = _np(model.token_embed.kernel)  # [3, T, D]
+    # Circular conv along L: out[l] = sum_k x[(l + k - 1) mod L] @ W[k].
+    x = sum(np.roll(w, 1 - k, axis=1) @ kernel[k] for k in range(3))
+    x = x + _np(model.lead_embed.embedding)[lead_ids]
+    x = x + _np(model.time_embed.embedding)[time_ids]
+    real = lead_ids != 0
+    batch, length, _ = x.shape
+    for block in model.blocks:
+        h = _layer_norm(x, block.norm1)
+        shape = (batch, length, cfg.num_heads, cfg.head_dim)
+        q = _rope(_dense(h, block.attn.query).reshape(shape))
+        k = _rope(_dense(h, block.attn.key).reshape(shape))
+        v = _dense(h, block.attn.value).reshape(shape)
+        logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(cfg.head_dim)
+        logits = np.where(real[:, None, None, :], logits, -np.inf)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        attn = np.einsum("bnts,bsnh->btnh", probs, v).reshape(batch, length, -1)
+        x = x + _dense(attn, block.attn.out)
+        h = _dense(_layer_norm(x, block.norm2), block.mlp.fc1)
+        h = 0.5 * h * (1.0 + _erf(h / np.sqrt(2.0)))
+        x = x + _dense(h, block.mlp.fc2)
+    return _layer_norm(x, model.final_norm)
+
+
+def _randomize_params(model, scale=0.5, seed=0):
+    """Large random weights so attention is far from uniform and RoPE matters."""
+    rng = np.random.default_rng(seed)
+    params = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(
+        lambda p: (scale * rng.normal(size=p.shape)).astype(np.float32), params))
+
+
+def test_matches_numpy_reference():
+    model = ECGFormer(TINY, rngs=nnx.Rngs(0))
+    _randomize_params(model)
+    words, lead_ids, time_ids = _batch()
+    got = np.asarray(model(words, lead_ids, time_ids))
+    want = _reference_forward(model, words, lead_ids, time_ids)
+    real = lead_ids != 0
+    np.testing.assert_allclose(got[real], want[real], atol=2e-4)
+
+
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("position", ["rope", "learned"])
+def test_more_padding_leaves_real_words_unchanged(position):
+    config = dataclasses.replace(TINY, position=position)
+    model = ECGFormer(config, rngs=nnx.Rngs(0))
+    short = _batch(length=8, num_real=(5, 7))  # both end with >= 1 padding word
+    long = _pad_to(short, 12)
+    out_short = np.asarray(model(*short))
+    out_long = np.asarray(model(*long))
+    prefix = model.num_prefix_tokens
+    real = short[1] != 0
+    np.testing.assert_allclose(out_long[:, prefix:prefix + 8][real],
+                               out_short[:, prefix:][real], atol=1e-5)
+    if prefix:
+        np.testing.assert_allclose(out_long[:, 0], out_short[:, 0], atol=1e-5)
+
+
+def test_attending_padding_changes_real_words():
+    model = ECGFormer(dataclasses.replace(TINY, mask_padding=False),
+                      rngs=nnx.Rngs(0))
+    short = _batch(length=8, num_real=(5, 7))
+    long = _pad_to(short, 12)
+    real = short[1] != 0
+    diff = np.abs(np.asarray(model(*long))[:, :8][real]
+                  - np.asarray(model(*short))[real])
+    assert diff.max() > 1e-3
+
+
+def test_learned_mode_prepends_cls():
+    model = ECGFormer(dataclasses.replace(TINY, position="learned"),
+                      rngs=nnx.Rngs(0))
+    words, lead_ids, time_ids = _batch(length=8)
+    assert model.has_cls and model.num_prefix_tokens == 1
+    assert model(words, lead_ids, time_ids).shape == (2, 9, TINY.hidden_dim)
+    rope = ECGFormer(TINY, rngs=nnx.Rngs(0))
+    assert not rope.has_cls and rope.num_prefix_tokens == 0
+    assert rope(words, lead_ids, time_ids).shape == (2, 8, TINY.hidden_dim)
+
+
+def test_embed_words_is_circular_conv_over_sentence():
+    model = ECGFormer(TINY, rngs=nnx.Rngs(0))
+    words = _batch(length=8)[0]
+    emb = np.asarray(model.embed_words(words))
+    # Changing word 0 changes words L-1, 0, 1 (circular) and nothing else.
+    bumped = words.copy()
+    bumped[:, 0] += 1.0
+    changed = np.abs(np.asarray(model.embed_words(bumped)) - emb).max(-1) > 1e-6
+    assert changed[0].tolist() == [True, True] + [False] * 5 + [True]
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    words, lead_ids, time_ids = _batch()
+    f32 = ECGFormer(TINY, rngs=nnx.Rngs(0))
+    bf16 = ECGFormer(dataclasses.replace(TINY, dtype="bfloat16"), rngs=nnx.Rngs(0))
+    leaves = jax.tree.leaves(nnx.state(bf16, nnx.Param))
+    assert leaves and all(leaf.dtype == jnp.float32 for leaf in leaves)
+    out = bf16(words, lead_ids, time_ids)
+    assert out.dtype == jnp.float32
+    ref = np.asarray(f32(words, lead_ids, time_ids))
+    out = np.asarray(out)
+    assert np.isfinite(out).all()
+    real = lead_ids != 0
+    np.testing.assert_allclose(out[real], ref[real], atol=0.1)
+    assert np.abs(out[real] - ref[real]).max() > 0  # really ran in bfloat16
+
+
+def test_dropout_only_in_train_mode():
+    words, lead_ids, time_ids = _batch()
+    plain = ECGFormer(TINY, rngs=nnx.Rngs(0))
+    config = dataclasses.replace(TINY, dropout_rate=0.3, attention_dropout_rate=0.3)
+    model = ECGFormer(config, rngs=nnx.Rngs(0))
+    model.eval()
+    eval_out = np.asarray(model(words, lead_ids, time_ids))
+    np.testing.assert_allclose(eval_out, np.asarray(plain(words, lead_ids, time_ids)),
+                               atol=1e-6)
+    model.train()
+    first = np.asarray(model(words, lead_ids, time_ids))
+    second = np.asarray(model(words, lead_ids, time_ids))
+    assert np.abs(first - eval_out).max() > 1e-3
+    assert np.abs(first - second).max() > 1e-3
+
+
+def test_explicit_attention_path_matches_fused():
+    config = dataclasses.replace(TINY, attention_dropout_rate=0.5)
+    attn = ECGFormer(config, rngs=nnx.Rngs(0)).blocks[0].attn
+    attn.eval()  # dropout off: the explicit path must equal the fused one
+    rng = np.random.default_rng(3)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 5, 2, 6)), jnp.float32)
+               for _ in range(3))
+    mask = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)[:, None, None, :]
+    np.testing.assert_allclose(
+        np.asarray(attn._attend_with_dropout(q, k, v, mask)),
+        np.asarray(jax.nn.dot_product_attention(q, k, v, mask=mask)), atol=1e-5)
+
+
+def test_runs_under_nnx_jit():
+    model = ECGFormer(TINY, rngs=nnx.Rngs(0))
+    batch = _batch()
+    jitted = nnx.jit(lambda m, *b: m(*b))(model, *batch)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(model(*batch)),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("position", "absolute"),
+    ("head_dim", 5),
+    ("hidden_dim", 0),
+    ("num_layers", -1),
+    ("dropout_rate", 1.0),
+    ("dtype", "int8"),
+])
+def test_config_validation_names_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(TINY, **{field: value})
+
+
+def test_odd_head_dim_allowed_without_rope():
+    config = dataclasses.replace(TINY, position="learned", head_dim=5)
+    assert config.head_dim == 5
