@@ -126,10 +126,11 @@ class RunCheckpoints:
     def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None, data_state, meta) -> None:
         args = {
             "model": ocp.args.StandardSave(_saveable(nnx.state(model))),
-            "optimizer": ocp.args.StandardSave(_saveable(nnx.state(optimizer)) if optimizer is not None else {}),
             "data": ocp.args.JsonSave(data_state or {}),
             "meta": ocp.args.JsonSave({"step": int(step), **(meta or {})}),
         }
+        if optimizer is not None:  # a model-only checkpoint (e.g. an exported tokenizer) has none
+            args["optimizer"] = ocp.args.StandardSave(_saveable(nnx.state(optimizer)))
         self._manager.save(step, args=ocp.args.Composite(**args), force=True)
 
     def restore(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None) -> tuple[dict, dict]:
