@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from heartlang_jax import records
 from heartlang_jax import tokenizer as tokenizer_lib
 
-_CHUNKSIZE = 4
+_CHUNKSIZE = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +87,16 @@ def _sentence_of(item: tuple[int, os.PathLike]):
 
 
 def _imap(fn: Callable, items: Iterable, spec: SentenceSpec, mean: float, std: float, num_workers: int) -> Iterator:
-    """Ordered, lazy map over a pool ("spawn": safe even after JAX has started its threads)."""
+    """Ordered, lazy map over a process pool.
+
+    Workers are forked (no re-import of numpy/scipy/wfdb per worker) unless JAX is loaded in this
+    process: JAX runs threads, which a fork can deadlock, so then they are spawned.
+    """
     if num_workers <= 1:
         _init_worker(spec, mean, std)
         yield from map(fn, items)
         return
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("spawn" if "jax" in sys.modules else "fork")
     with context.Pool(num_workers, initializer=_init_worker, initargs=(spec, mean, std)) as pool:
         yield from pool.imap(fn, items, chunksize=_CHUNKSIZE)
 

@@ -1,0 +1,172 @@
+"""Reading ECG records from disk into one in-memory form.
+
+Two layouts are supported because they cover the datasets HeartLang is used with: WFDB
+(`.hea` + `.dat`, e.g. PTB-XL) and the PhysioNet/CinC challenge layout (`.hea` + `.mat`, e.g.
+CPSC2018, Georgia), where the header is WFDB but the samples sit in a MATLAB file under 'val'.
+wfdb reads such a `.mat` as raw bytes at the header's byte offset, which is only right for
+MAT v4 files, so `.mat` samples are read with scipy instead.
+
+Every failure surfaces as a `RecordError` naming the record, so that a dataset builder can skip
+a bad file with a useful log line instead of a deep wfdb/numpy traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import wfdb
+
+STANDARD_LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+# Bytes per sample of the WFDB storage formats, to tell a truncated `.dat` apart when wfdb fails
+# with "Samples were not loaded correctly". FLAC formats (508/516/524) are absent: their size
+# says nothing about the sample count.
+_BYTES_PER_SAMPLE = {
+    "8": 1.0, "16": 2.0, "24": 3.0, "32": 4.0, "61": 2.0, "80": 1.0, "160": 2.0,
+    "212": 1.5, "310": 4 / 3, "311": 4 / 3,
+}
+
+
+def canonical_lead_name(name: str) -> str | None:
+    """Returns the STANDARD_LEADS spelling of a lead name ('aVR' -> 'AVR'), None if not one."""
+    upper = name.strip().upper()
+    return upper if upper in STANDARD_LEADS else None
+
+
+class RecordError(ValueError):
+    """A record that cannot be read; the message names the record and what is wrong."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One ECG recording.
+
+    Attributes:
+      name: the record name from the header (e.g. '00001_lr').
+      signal: [leads, samples] float32, in mV. Samples the file marks invalid are NaN.
+      fs: sampling frequency in Hz.
+      lead_names: lead names as written in the header (see `canonical_lead_name`).
+    """
+
+    name: str
+    signal: np.ndarray  # [leads, samples] float32, mV
+    fs: float
+    lead_names: tuple[str, ...]
+
+
+def load_record(path: str | os.PathLike) -> Record:
+    """Loads a WFDB or CinC-style `.mat` record; `path` is the record path without extension."""
+    path = Path(path)
+    header_path = path.with_name(path.name + ".hea")
+    if not header_path.is_file():
+        raise RecordError(f"record {path}: header file {header_path} not found (give the path without extension)")
+    data_files = _signal_files(path, header_path)
+    for file_name in sorted(set(data_files)):
+        if not (path.parent / file_name).is_file():
+            raise RecordError(f"record {path}: signal file {path.parent / file_name} not found")
+
+    if all(f.endswith(".mat") for f in data_files):
+        header = _read_header(path)
+        signal = _read_mat(path, header)
+    else:
+        header, signal = _read_wfdb(path)
+
+    if not header.fs or header.fs <= 0:
+        raise RecordError(f"record {path}: header {header_path} has no valid sampling frequency")
+    if header.sig_len is not None and signal.shape != (header.n_sig, header.sig_len):
+        raise RecordError(
+            f"record {path}: signal has shape {signal.shape} (leads, samples), header declares "
+            f"({header.n_sig}, {header.sig_len}); the signal file is truncated or corrupt"
+        )
+    return Record(
+        name=header.record_name,
+        signal=signal.astype(np.float32),
+        fs=float(header.fs),
+        lead_names=tuple(name or "" for name in header.sig_name),
+    )
+
+
+def _signal_files(path: Path, header_path: Path) -> list[str]:
+    """The signal file of each lead, from a light read of the header.
+
+    wfdb's own header parser costs as much as reading the samples, so this routes the record
+    (WFDB or `.mat`) and checks the files exist without a second full parse.
+    """
+    try:
+        text = header_path.read_text(encoding="latin-1")
+    except OSError as e:
+        raise RecordError(f"record {path}: cannot read header {header_path}: {e}") from e
+    lines = [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not lines or len(lines[0]) < 2 or not lines[0][1].isdigit():
+        raise RecordError(f"record {path}: corrupt header {header_path}: no 'name num_signals ...' record line")
+    if "/" in lines[0][0]:
+        raise RecordError(f"record {path}: multi-segment records are not supported")
+    num_signals = int(lines[0][1])
+    if num_signals == 0 or len(lines) < 1 + num_signals:
+        raise RecordError(
+            f"record {path}: corrupt header {header_path}: declares {num_signals} signals, "
+            f"has {len(lines) - 1} signal lines"
+        )
+    return [fields[0] for fields in lines[1 : 1 + num_signals]]
+
+
+def _read_header(path: Path) -> wfdb.Record:
+    try:
+        return wfdb.rdheader(str(path))
+    except Exception as e:  # wfdb raises assorted parse errors (IndexError, HeaderSyntaxError...)
+        raise RecordError(f"record {path}: corrupt header {path}.hea: {e}") from e
+
+
+def _read_wfdb(path: Path) -> tuple[wfdb.Record, np.ndarray]:
+    """Returns the record and its physical signal [leads, samples]."""
+    try:
+        record = wfdb.rdrecord(str(path), physical=True)
+    except Exception as e:
+        # Say why if we can: a header wfdb cannot parse, or a `.dat` shorter than it declares.
+        _check_dat_sizes(path, _read_header(path))
+        raise RecordError(f"record {path}: cannot read the signal: {e}") from e
+    return record, np.asarray(record.p_signal, dtype=np.float64).T
+
+
+def _check_dat_sizes(path: Path, header: wfdb.Record) -> None:
+    """Raises RecordError if a `.dat` file is shorter than the header's sample count implies."""
+    if header.sig_len is None:
+        return
+    files: dict[str, list[int]] = {}
+    for channel, file_name in enumerate(header.file_name):
+        files.setdefault(file_name, []).append(channel)
+    for file_name, channels in files.items():
+        fmts = {header.fmt[c] for c in channels}
+        if len(fmts) != 1 or (fmt := fmts.pop()) not in _BYTES_PER_SAMPLE:
+            continue
+        spf = sum((header.samps_per_frame[c] or 1) if header.samps_per_frame else 1 for c in channels)
+        offset = (header.byte_offset[channels[0]] or 0) if header.byte_offset else 0
+        expected = offset + math.ceil(spf * header.sig_len * _BYTES_PER_SAMPLE[fmt])
+        actual = (path.parent / file_name).stat().st_size
+        if actual < expected:
+            raise RecordError(
+                f"record {path}: signal file {file_name} is truncated: {actual} bytes, the header "
+                f"implies {expected} ({len(channels)} leads x {header.sig_len} samples, format {fmt})"
+            )
+
+
+def _read_mat(path: Path, header: wfdb.Record) -> np.ndarray:
+    """Returns the physical signal of a CinC record: ('val' - baseline) / gain per lead."""
+    mat_path = path.parent / header.file_name[0]
+    try:
+        digital = np.asarray(scipy.io.loadmat(str(mat_path))["val"], dtype=np.float64)
+    except Exception as e:  # scipy raises ValueError/TypeError/KeyError on bad or foreign files
+        raise RecordError(f"record {path}: cannot read 'val' from {mat_path}: {e}") from e
+    if digital.ndim != 2 or digital.shape[0] != header.n_sig:
+        raise RecordError(
+            f"record {path}: 'val' in {mat_path} has shape {digital.shape}, expected "
+            f"({header.n_sig}, samples) as declared in the header"
+        )
+    gain = np.array([g or 200.0 for g in header.adc_gain], dtype=np.float64)[:, None]  # WFDB default gain
+    baseline = np.array([b or 0 for b in header.baseline], dtype=np.float64)[:, None]
+    return (digital - baseline) / gain
