@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from heartlang_jax.models.dropout import Dropout
 from heartlang_jax.models.rope import apply_rope
 
 _POSITIONS = ("rope", "learned")
@@ -112,7 +113,7 @@ class Attention(nnx.Module):
         self.key = _dense(config.hidden_dim, inner, config, rngs)
         self.value = _dense(config.hidden_dim, inner, config, rngs)
         self.out = _dense(inner, config.hidden_dim, config, rngs)
-        self.attn_dropout = nnx.Dropout(config.attention_dropout_rate, rngs=rngs)
+        self.attn_dropout = Dropout(config.attention_dropout_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
         """x [B, L, D]; key_mask [B, L] bool (True = may be attended) or None."""
@@ -147,7 +148,7 @@ class Mlp(nnx.Module):
     def __init__(self, config: ECGFormerConfig, *, rngs: nnx.Rngs):
         self.fc1 = _dense(config.hidden_dim, config.mlp_dim, config, rngs)
         self.fc2 = _dense(config.mlp_dim, config.hidden_dim, config, rngs)
-        self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+        self.dropout = Dropout(config.dropout_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         # Exact GELU, as torch.nn.GELU in the released code.
@@ -163,7 +164,7 @@ class Block(nnx.Module):
         self.attn = Attention(config, rngs=rngs)
         self.norm2 = _layer_norm(config.hidden_dim, config.compute_dtype, rngs)
         self.mlp = Mlp(config, rngs=rngs)
-        self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+        self.dropout = Dropout(config.dropout_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
         x = x + self.dropout(self.attn(self.norm1(x), key_mask))
@@ -196,7 +197,7 @@ class ECGFormer(nnx.Module):
             self.cls_token = nnx.Param(_EMBED_INIT(rngs.params(), (dim,)))
             self.pos_embed = nnx.Param(
                 _EMBED_INIT(rngs.params(), (config.max_len + 1, dim)))
-        self.embed_dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+        self.embed_dropout = Dropout(config.dropout_rate, rngs=rngs)
         self.blocks = nnx.List(
             [Block(config, rngs=rngs) for _ in range(config.num_layers)])
         # The final norm outputs float32 so every head starts from float32.
