@@ -119,12 +119,15 @@ def run(
     evaluate: Callable[[int], dict[str, float]] | None = None,
     prepare_batch: Callable[[dict], dict] | None = None,
     on_eval: Callable[[int, dict, dict], None] | None = None,
+    reduce_metrics: Callable[[list[dict]], dict[str, float]] | None = None,
     max_to_keep: int = 2,
 ) -> LoopResult:
     """Trains to `schedule.num_train_steps`, resuming if the workdir holds checkpoints.
 
     `on_eval(step, eval_metrics, meta)` may record anything in `meta` (saved with checkpoints),
-    e.g. the best validation score so far.
+    e.g. the best validation score so far. `reduce_metrics` turns the host metrics of the steps
+    since the last log into scalars (default `mean_metrics`); a stage whose step returns arrays
+    (e.g. per-code counts) reduces them over the interval.
     """
     parallel.replicate_module(model, mesh)
     parallel.replicate_module(optimizer, mesh)
@@ -155,8 +158,8 @@ def run(
             return
         fetched = jax.device_get([m for _, m in pending])
         for (s, _), values in zip(pending, fetched):
-            _check_finite(s, {k: float(v) for k, v in values.items()}, stage)
-        scalars = {f"train_{k}": float(np.mean([float(v[k]) for v in fetched])) for k in fetched[0]}
+            _check_finite(s, {k: float(v) for k, v in values.items() if np.ndim(v) == 0}, stage)
+        scalars = {f"train_{k}": v for k, v in (reduce_metrics or mean_metrics)(fetched).items()}
         pending.clear()
         writer.write_scalars(step, scalars)
         progress.report(step, stage, {k: v for k, v in scalars.items() if k == "train_loss"})
@@ -194,6 +197,11 @@ def run(
         checkpoints.close()
         writer.close()
     return LoopResult(step=step, last_eval=last_eval, meta=meta)
+
+
+def mean_metrics(fetched: list[dict]) -> dict[str, float]:
+    """The mean of each scalar metric over the logged steps."""
+    return {k: float(np.mean([np.asarray(m[k]) for m in fetched])) for k in fetched[0]}
 
 
 def _fmt(metrics: Mapping[str, float]) -> str:

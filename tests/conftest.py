@@ -6,13 +6,73 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def bundled_builder(tmp_path_factory):
-    """The `ptbxl/leads12` dataset built from the 500-record sample shipped with the package."""
+def bundled_tfds_dir(tmp_path_factory):
+    """TFDS data_dir holding `ptbxl/leads12` built from the 500-record sample shipped with the package."""
     from heartlang_jax import input_pipeline
 
-    return input_pipeline.prepare_dataset(tmp_path_factory.mktemp("tfds"), ptbxl_dir="bundled", num_workers=2)
+    root = tmp_path_factory.mktemp("tfds")
+    input_pipeline.prepare_dataset(root, ptbxl_dir="bundled", num_workers=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundled_builder(bundled_tfds_dir):
+    from heartlang_jax import input_pipeline
+
+    return input_pipeline.load_builder(bundled_tfds_dir)
 
 
 @pytest.fixture(scope="session")
 def bundled_sources(bundled_builder):
     return bundled_builder.as_data_source()
+
+
+@pytest.fixture(scope="session")
+def tiny_vqhbr_workdir(tmp_path_factory, bundled_tfds_dir):
+    """A tiny VQ-HBR tokenizer briefly trained on the bundled sample (the pre-training tests' targets)."""
+    from configs import vqhbr as vqhbr_config
+    from heartlang_jax.stages import vqhbr
+
+    workdir = tmp_path_factory.mktemp("vqhbr")
+    config = vqhbr_config.get_config("tiny")
+    config.data.tfds_dir = str(bundled_tfds_dir)
+    config.num_train_steps = 40
+    config.eval_every_steps = 40
+    config.checkpoint_every_steps = 40
+    config.dtype = "float32"
+    vqhbr.train_and_evaluate(config, workdir)
+    return workdir
+
+
+@pytest.fixture
+def make_pretrain_run(tmp_path):
+    """Writes a pre-training workdir as the fine-tuning stage reads it, without training: its
+    config, a checkpoint of a freshly initialized model, and the tokenizer config it names.
+    `make(**encoder_overrides)` returns (workdir, model)."""
+    import optax
+    from flax import nnx
+
+    from configs import pretrain_common
+    from configs import vqhbr as vqhbr_config
+    from heartlang_jax import checkpointing
+    from heartlang_jax.stages import pretrain
+
+    def make(**encoder_overrides):
+        vq = vqhbr_config.get_config("tiny")
+        vq.model.num_codes = 7
+        checkpointing.claim_workdir(tmp_path / "vqhbr", vq, ())
+        config = pretrain_common.get_pretrain_config("small", "tiny")
+        config.model.encoder.update(num_layers=2, hidden_dim=16, mlp_dim=32, num_heads=2, head_dim=8)
+        config.model.encoder.update(encoder_overrides)
+        config.tokenizer_workdir = str(tmp_path / "vqhbr")
+        config.seed = 3
+        config.dtype = "float32"
+        workdir = tmp_path / "pretrain"
+        checkpointing.claim_workdir(workdir, config, ())
+        model = pretrain.build_model(config, vq.model.num_codes)
+        checkpoints = checkpointing.RunCheckpoints(workdir)
+        checkpoints.save(5, model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param), {}, {})
+        checkpoints.close()
+        return workdir, model
+
+    return make

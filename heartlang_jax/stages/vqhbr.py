@@ -29,8 +29,6 @@ from heartlang_jax.stages import common
 STAGE = "vqhbr"
 # Fields that must match for a workdir's checkpoints to be resumed by this config.
 IDENTITY_FIELDS = ("stage", "model", "data.builder_config")
-# A code whose EMA assignment count per batch fell below this is counted as dead.
-DEAD_CODE_THRESHOLD = 1e-3
 
 
 def model_config(config: ml_collections.ConfigDict) -> VQHBRConfig:
@@ -43,6 +41,7 @@ def model_config(config: ml_collections.ConfigDict) -> VQHBRConfig:
         code_dim=model.code_dim,
         decay=model.decay,
         kmeans_iters=model.kmeans_iters,
+        dead_code_patience=model.dead_code_patience,
     )
 
 
@@ -70,14 +69,33 @@ def train_step(model: VQHBR, optimizer: nnx.Optimizer, batch, rng):
 
     def loss_fn(model):
         out = model(batch["words"], batch["lead_ids"], batch["time_ids"], update_codebook=True)
-        return vqhbr_loss(out, batch["words"], batch["lead_ids"])
+        loss, metrics = vqhbr_loss(out, batch["words"], batch["lead_ids"])
+        return loss, (metrics, out.quantizer.counts)
 
-    grads, metrics = nnx.grad(loss_fn, has_aux=True)(model)
+    grads, (metrics, counts) = nnx.grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
+    return {**metrics, "grad_norm": optax.global_norm(grads), "code_counts": counts}
+
+
+def reduce_train_metrics(fetched: list[dict]) -> dict[str, float]:
+    """Means of the scalars, plus codebook health over the whole log interval.
+
+    Dead words are the codes no training word chose since the last log; the EMA cluster sizes
+    cannot show this in a short run (a code unused for 300 steps still keeps 0.99^300 of its count).
+    """
+    counts = np.sum([m["code_counts"] for m in fetched], axis=0).astype(np.float64)
+    scalars = train_loop.mean_metrics([{k: v for k, v in m.items() if k != "code_counts"} for m in fetched])
+    return {**scalars, **codebook_usage(counts)}
+
+
+def codebook_usage(counts: np.ndarray) -> dict[str, float]:
+    """Usage perplexity, dead words and used fraction from per-code assignment counts."""
+    p = counts / max(counts.sum(), 1.0)
+    nonzero = p[p > 0]
     return {
-        **metrics,
-        "grad_norm": optax.global_norm(grads),
-        "dead_words": jnp.sum(model.quantizer.cluster_size[...] < DEAD_CODE_THRESHOLD),
+        "usage_perplexity": float(np.exp(-np.sum(nonzero * np.log(nonzero)))),
+        "dead_words": int(np.sum(counts == 0)),
+        "used_fraction": float(np.mean(counts > 0)),
     }
 
 
@@ -98,18 +116,14 @@ def evaluate(model: VQHBR, source, batch_size: int, mesh) -> dict[str, float]:
         out = jax.device_get(eval_step(model, parallel.shard_batch(batch, mesh)))
         totals = out if totals is None else jax.tree.map(np.add, totals, out)
     model.train()
-    counts = totals["code_counts"].astype(np.float64)
-    p = counts / max(counts.sum(), 1.0)
-    perplexity = float(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))))
     mse = float(totals["sse"] / max(totals["count"], 1))
     zero_mse = float(totals["zero_sse"] / max(totals["count"], 1))
+    usage = codebook_usage(totals["code_counts"].astype(np.float64))
     return {
         "eval_mse": mse,
         "eval_zero_mse": zero_mse,
         "eval_mse_ratio": mse / max(zero_mse, 1e-12),
-        "eval_perplexity": perplexity,
-        "eval_used_fraction": float(np.mean(counts > 0)),
-        "eval_dead_words": int(np.sum(counts == 0)),
+        **{f"eval_{k}": v for k, v in usage.items()},
     }
 
 
@@ -140,6 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         mesh=mesh,
         schedule=schedule,
         evaluate=lambda step: evaluate(model, sources["validation"], batch, mesh),
+        reduce_metrics=reduce_train_metrics,
     )
     logging.info("[%s] done at step %d: %s", STAGE, result.step, result.last_eval)
     return result.last_eval
