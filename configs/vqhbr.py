@@ -29,6 +29,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     model.decay = 0.99
     # Spherical k-means iterations initializing the codebook on the first batch.
     model.kmeans_iters = 10
+    # Restart a code no word chose for this many consecutive steps; 0 = never, as released.
+    model.dead_code_patience = 0
     config.model = model
 
     # Released: AdamW (0.9, 0.99), weight decay 1e-4, lr 5e-5 -> 1e-5, 100 epochs, 10 warm-up.
@@ -43,10 +45,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         model.decoder.num_layers = 1
         model.num_codes = 256
         model.code_dim = 32
+        # A short, fast run: the encoder drifts faster than the 0.99 EMA follows and ~90% of the
+        # codes die within 20 steps without restarts (8% of the codebook in use on validation).
+        model.dead_code_patience = 10
         config.optimizer.learning_rate = 2e-3
         config.optimizer.end_learning_rate = 1e-4
         config.per_device_batch_size = 32
-        config.num_epochs = 30
+        # 30 epochs reach 0.350 of the predict-zeros MSE on the bundled sample; 40 leave margin.
+        config.num_epochs = 40
         config.warmup_epochs = 2
         config.log_every_steps = 20
         config.eval_every_steps = 0

@@ -163,3 +163,36 @@ def test_codebook_state_is_not_a_param():
     codebook_state = nnx.state(q, CodebookVariable)
     assert {"codebook", "cluster_size", "initialized"} <= set(codebook_state.keys())
     assert not isinstance(q.codebook, nnx.Param)
+
+
+def test_dead_codes_restart_on_real_vectors_live_codes_follow_ema():
+    q = EmaCodebookQuantizer(K, D, decay=0.9, kmeans_iters=3, dead_code_patience=1,
+                             rngs=nnx.Rngs(0))
+    q(*_data(0), update=True)  # k-means init + first step
+    unused_before = np.asarray(q.unused_steps[...])
+    codebook, cluster_size = _state(q)
+    z, mask = _data(1)
+    want = _reference_step(codebook, cluster_size, z, mask, decay=0.9)
+    q(z, mask, update=True)
+    new_codebook, _ = _state(q)
+    unused = np.where(want["counts"] > 0, 0, unused_before + 1)
+    dead = unused >= 1
+    assert dead.any() and not dead.all()
+    # Live codes: exactly the EMA step, their idle counters advanced or reset.
+    np.testing.assert_allclose(new_codebook[~dead], want["codebook"][~dead], atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(q.unused_steps[...]), np.where(dead, 0, unused))
+    # Dead codes: each now sits on a real (non-padding) word of the batch.
+    real = _np_l2(z[mask].astype(np.float64))
+    padding = _np_l2(z[~mask].astype(np.float64))
+    for code in new_codebook[dead]:
+        assert np.abs(real - code).max(-1).min() < 1e-5
+        assert np.abs(padding - code).max(-1).min() > 1e-3
+
+
+def test_no_restart_without_patience():
+    q = EmaCodebookQuantizer(K, D, decay=0.9, kmeans_iters=3, rngs=nnx.Rngs(0))
+    for seed in range(3):
+        codebook, cluster_size = _state(q)
+        z, mask = _data(seed)
+        q(z, mask, update=True)
+    np.testing.assert_allclose(_state(q)[0], _reference_step(codebook, cluster_size, z, mask, 0.9)["codebook"], atol=1e-5)

@@ -7,6 +7,14 @@ codebook moves by an EMA of the mean normalized vector assigned to each code
 and is renormalized, and codes unused in a batch keep their vector. Spherical
 k-means on the first training batch initializes it.
 
+Optionally (`dead_code_patience` > 0, off in the released code) a code that no
+real word chose for that many consecutive updates is restarted on a random
+real vector of the batch, as in Jukebox and SoundStream: when the encoder's
+outputs drift faster than the EMA follows (short runs, high learning rates),
+codes left behind would otherwise never be chosen again. Patience counts steps
+rather than thresholding the EMA cluster size, which at decay 0.99 takes
+hundreds of steps to notice a dead code.
+
 The codebook lives in `CodebookVariable`s, not `nnx.Param`s, so an optimizer
 built with wrt=nnx.Param never touches it and gradients never flow into it.
 All statistics are sums over the whole (global) batch, so under jit over a
@@ -102,16 +110,20 @@ class EmaCodebookQuantizer(nnx.Module):
     """Maps vectors to the nearest of K unit-norm codes; trains the codes by EMA."""
 
     def __init__(self, num_codes: int, code_dim: int, *, decay: float = 0.99,
-                 kmeans_iters: int = 10, eps: float = 1e-6, rngs: nnx.Rngs):
+                 kmeans_iters: int = 10, dead_code_patience: int = 0,
+                 eps: float = 1e-6, rngs: nnx.Rngs):
         self.num_codes = num_codes
         self.code_dim = code_dim
         self.decay = decay
+        self.dead_code_patience = dead_code_patience
         self.kmeans_iters = kmeans_iters
         self.eps = eps
         init = jax.random.normal(rngs.params(), (num_codes, code_dim))
         self.codebook = CodebookVariable(l2_normalize(init, eps))  # [K, d]
         self.cluster_size = CodebookVariable(jnp.zeros((num_codes,), jnp.float32))
         self.initialized = CodebookVariable(jnp.array(False))
+        # Consecutive updates in which no real word chose each code.
+        self.unused_steps = CodebookVariable(jnp.zeros((num_codes,), jnp.int32))
         # Raw uint32 key data (not a typed key) so checkpoints stay plain arrays.
         self.kmeans_key = CodebookVariable(jax.random.key_data(rngs.params()))
 
@@ -148,6 +160,8 @@ class EmaCodebookQuantizer(nnx.Module):
                                      self.eps)
         if update:
             self._ema_update(counts, means)
+            if self.dead_code_patience > 0:
+                self._restart_dead_codes(counts, flat_sg, real)
 
         num_real = jnp.maximum(jnp.sum(weights), 1.0)
         def masked_mean(per_word):  # [N] -> []
@@ -194,3 +208,14 @@ class EmaCodebookQuantizer(nnx.Module):
         self.codebook[...] = l2_normalize(new, self.eps)
         self.cluster_size[...] = (self.decay * self.cluster_size[...]
                                   + (1.0 - self.decay) * counts)
+
+    def _restart_dead_codes(self, counts: jax.Array, vectors: jax.Array, real: jax.Array):
+        """Moves each code unused for `dead_code_patience` updates onto a random real vector."""
+        unused = jnp.where(counts > 0, 0, self.unused_steps[...] + 1)  # [K]
+        dead = unused >= self.dead_code_patience  # [K]
+        key, sample_key = jax.random.split(jax.random.wrap_key_data(self.kmeans_key[...]))
+        self.kmeans_key[...] = jax.random.key_data(key)
+        logits = jnp.where(real, 0.0, -jnp.inf)  # uniform over real words
+        picks = jax.random.categorical(sample_key, logits, shape=(self.num_codes,))  # [K]
+        self.codebook[...] = jnp.where(dead[:, None], vectors[picks], self.codebook[...])
+        self.unused_steps[...] = jnp.where(dead, 0, unused)

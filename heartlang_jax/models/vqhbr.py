@@ -29,6 +29,8 @@ class VQHBRConfig:
     code_dim: int = 128
     decay: float = 0.99
     kmeans_iters: int = 10
+    # Restart a code unused for this many consecutive steps; 0 = never (released code).
+    dead_code_patience: int = 0
 
     def __post_init__(self):
         for name in ("num_codes", "code_dim", "kmeans_iters"):
@@ -38,6 +40,9 @@ class VQHBRConfig:
                                  f"got {value!r}.")
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"VQHBRConfig.decay must be in [0, 1), got {self.decay!r}.")
+        if not isinstance(self.dead_code_patience, int) or self.dead_code_patience < 0:
+            raise ValueError("VQHBRConfig.dead_code_patience must be an int >= 0, "
+                             f"got {self.dead_code_patience!r}.")
         if self.decoder.token_len != self.code_dim:
             raise ValueError(
                 f"VQHBRConfig.decoder.token_len ({self.decoder.token_len}) must equal "
@@ -80,7 +85,8 @@ class VQHBR(nnx.Module):
                                     enc.compute_dtype, rngs=rngs)
         self.quantizer = EmaCodebookQuantizer(
             config.num_codes, config.code_dim, decay=config.decay,
-            kmeans_iters=config.kmeans_iters, rngs=rngs)
+            kmeans_iters=config.kmeans_iters,
+            dead_code_patience=config.dead_code_patience, rngs=rngs)
         self.decoder = ECGFormer(dec, rngs=rngs)
         self.decode_head = TaskHead(dec.hidden_dim, enc.token_len,
                                     dec.compute_dtype, rngs=rngs)
