@@ -158,6 +158,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     workdir = os.fspath(workdir)
     tokenizer = load_tokenizer(config)  # fails before any compute if missing or incompatible
     tokenizer_dir = os.path.abspath(config.tokenizer_workdir)
+    # Recorded absolute, so fine-tuning started from another directory finds the vocabulary.
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.tokenizer_workdir = tokenizer_dir
     checkpointing.claim_workdir(workdir, config, IDENTITY_FIELDS)
     _, sources = common.open_dataset(config, workdir)
     mesh = parallel.make_mesh()

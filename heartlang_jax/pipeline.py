@@ -1,0 +1,71 @@
+"""One command, one workdir: build the dataset, learn the vocabulary, pre-train, run the sweep.
+
+    <workdir>/tfds      the dataset, built once and read by every stage
+    <workdir>/vqhbr     VQ-HBR, the tokenizer (its checkpoint gives pre-training its targets)
+    <workdir>/pretrain  masked pre-training (tokenizer_workdir set to <workdir>/vqhbr)
+    <workdir>/sweep     the downstream grid (init_workdir set to <workdir>/pretrain)
+
+Rerunning the command resumes: each stage restores its newest checkpoint (a finished stage
+restores its last one and trains no further step), and the sweep skips its finished cells.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+
+import ml_collections
+
+from heartlang_jax import checkpointing
+from heartlang_jax import input_pipeline
+from heartlang_jax import sweep
+from heartlang_jax.stages import common
+from heartlang_jax.stages import pretrain
+from heartlang_jax.stages import vqhbr
+
+
+def stage_config(sub: ml_collections.ConfigDict, data: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+    """An unlocked copy of a stage's sub-config with the shared `data` and the pipeline-set `fields`."""
+    config = ml_collections.ConfigDict(sub.to_dict())
+    config.data = ml_collections.ConfigDict(data.to_dict())
+    for name, value in fields.items():
+        config[name] = value
+    return config
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
+    """Runs every stage in order; returns the sweep's Markdown table."""
+    workdir = pathlib.Path(workdir).absolute()
+    dirs = {name: workdir / name for name in ("vqhbr", "pretrain", "sweep")}
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    data.tfds_dir = os.fspath(common.tfds_dir(config, workdir).absolute())
+    sweep_config = stage_config(config.sweep, data, init_workdir=os.fspath(dirs["pretrain"]))
+    sweep.cells(sweep_config)  # a bad grid fails now, not after pre-training
+    builder, _ = common.open_dataset(ml_collections.ConfigDict({"data": data}), workdir)
+    print(input_pipeline.summarize(builder), flush=True)
+
+    logging.info("[pipeline] vqhbr in %s", dirs["vqhbr"])
+    vqhbr.train_and_evaluate(stage_config(config.vqhbr, data), dirs["vqhbr"])
+    logging.info("[pipeline] pretrain in %s", dirs["pretrain"])
+    pretrain.train_and_evaluate(
+        stage_config(config.pretrain, data, tokenizer_workdir=os.fspath(dirs["vqhbr"])), dirs["pretrain"]
+    )
+    logging.info("[pipeline] sweep in %s", dirs["sweep"])
+    sweep.run(sweep_config, dirs["sweep"])
+    print(_where(workdir, data.tfds_dir, dirs), flush=True)
+    return (dirs["sweep"] / sweep.RESULTS_MD).read_text()
+
+
+def _where(workdir: pathlib.Path, tfds_dir: str, dirs: dict[str, pathlib.Path]) -> str:
+    return "\n".join(
+        [
+            f"Pipeline finished in {workdir}",
+            f"  dataset:     {tfds_dir}",
+            f"  checkpoints: {dirs['vqhbr'] / checkpointing.CHECKPOINT_DIR} (tokenizer), "
+            f"{dirs['pretrain'] / checkpointing.CHECKPOINT_DIR} (pre-trained encoder)",
+            f"  logs:        tensorboard --logdir {workdir}   (and metrics.jsonl in each stage's folder)",
+            f"  results:     {dirs['sweep'] / sweep.RESULTS_MD}, {dirs['sweep'] / sweep.RESULTS_JSON}, "
+            f"per-run result.json and logs under {dirs['sweep'] / sweep.CELLS_DIR}",
+        ]
+    )

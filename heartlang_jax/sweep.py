@@ -1,0 +1,255 @@
+"""The downstream grid of paper Tables 1-2, run cell by cell, summarized beside the paper's numbers.
+
+Each cell (task, label fraction, mode, seed, init) is one fine-tuning run in its own workdir
+`<workdir>/cells/<name>/`. A cell whose `result.json` exists is finished and skipped, so an
+interrupted sweep is resumed by rerunning the same command (an unfinished cell resumes from its
+own checkpoint). `results.json` and `results.md` are rewritten after every cell. The grid and
+the pre-training run are checked before the first cell trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import pathlib
+import shutil
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from heartlang_jax import checkpointing
+from heartlang_jax import ptbxl
+from heartlang_jax.stages import common
+from heartlang_jax.stages import finetune
+
+CELLS_DIR = "cells"
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+INITS = ("pretrained", "random")
+TASK_SHORT = {"superdiagnostic": "super", "subdiagnostic": "sub", "form": "form", "rhythm": "rhythm"}
+
+
+def _paper_row(values: dict[str, Sequence[float]]) -> dict[tuple[str, float], float]:
+    """{task: (1%, 10%, 100%)} -> {(task, fraction): value}."""
+    return {(task, f): v for task, row in values.items() for f, v in zip((0.01, 0.1, 1.0), row)}
+
+
+# Test macro AUC (%) reported by the paper (SPEC §6), under the (init, mode) row of ours they
+# compare with: {(init, mode): [(row label, {(task, fraction): value})]}.
+PAPER_ROWS = {
+    ("pretrained", "linear"): [
+        (
+            "paper: HeartLang-Small (Table 1)",
+            _paper_row(
+                {
+                    "superdiagnostic": (70.61, 84.23, 87.89),
+                    "subdiagnostic": (58.08, 73.68, 87.12),
+                    "form": (59.61, 65.28, 77.61),
+                    "rhythm": (69.95, 83.26, 92.36),
+                }
+            ),
+        ),
+        (
+            "paper: HeartLang-Base (Table 1)",
+            _paper_row(
+                {
+                    "superdiagnostic": (71.44, 83.97, 87.96),
+                    "subdiagnostic": (60.55, 76.60, 86.66),
+                    "form": (57.76, 63.14, 77.43),
+                    "rhythm": (56.32, 71.71, 90.54),
+                }
+            ),
+        ),
+    ],
+    ("pretrained", "full"): [
+        (
+            "paper: HeartLang-Small (Table 2)",
+            {("superdiagnostic", 1.0): 90.37, ("subdiagnostic", 1.0): 90.05, ("form", 1.0): 82.36, ("rhythm", 1.0): 92.31},
+        ),
+    ],
+    ("random", "linear"): [
+        (
+            "paper: Random Init-Small (Table 1)",
+            {("superdiagnostic", 1.0): 80.75, ("subdiagnostic", 1.0): 75.51, ("form", 1.0): 61.46, ("rhythm", 1.0): 76.95},
+        ),
+    ],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    task: str
+    label_fraction: float
+    mode: str
+    init: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}_{self.label_fraction * 100:g}pct_{self.mode}_{self.init}_seed{self.seed}"
+
+
+def cells(config: ml_collections.ConfigDict) -> list[Cell]:
+    """The grid, in the order it runs (all cheap linear cells of a task before its full ones).
+
+    Every value is checked here, with the sweep's field names, before anything runs.
+    """
+    allowed = {"tasks": ptbxl.TASKS, "modes": finetune.MODES, "inits": INITS}
+    for field, choices in allowed.items():
+        bad = [v for v in config[field] if v not in choices]
+        if bad or not config[field]:
+            raise ValueError(f"config.{field} must be a non-empty tuple of values from {choices}, got {config[field]!r}")
+    bad = [f for f in config.label_fractions if not 0.0 < f <= 1.0]
+    if bad or not config.label_fractions:
+        raise ValueError(f"config.label_fractions must be a non-empty tuple of values in (0, 1], got {config.label_fractions!r}")
+    if not config.seeds:
+        raise ValueError("config.seeds must not be empty")
+    if "pretrained" in config.inits and not config.init_workdir:
+        raise ValueError("config.init_workdir is empty but config.inits asks for pretrained cells")
+    grid = itertools.product(config.tasks, config.modes, config.label_fractions, config.inits, config.seeds)
+    return [Cell(task, float(f), mode, init, int(seed)) for task, mode, f, init, seed in grid]
+
+
+def cell_config(config: ml_collections.ConfigDict, cell: Cell, tfds_dir: str, encoder) -> ml_collections.ConfigDict:
+    """The fine-tuning config of one cell; its dataset is the sweep's (built once, shared)."""
+    cfg = ml_collections.ConfigDict(config.finetune.to_dict())
+    cfg.stage = finetune.STAGE
+    cfg.data = ml_collections.ConfigDict(config.data.to_dict())
+    cfg.data.tfds_dir = tfds_dir
+    cfg.task = cell.task
+    cfg.mode = cell.mode
+    cfg.label_fraction = cell.label_fraction
+    cfg.seed = cell.seed
+    cfg.init_workdir = os.path.abspath(config.init_workdir) if cell.init == "pretrained" else ""
+    if encoder is not None:
+        cfg.encoder = encoder
+    return cfg
+
+
+def _random_init_encoder(config: ml_collections.ConfigDict):
+    """Random-init cells copy the pre-trained run's architecture, so both rows compare like with like.
+
+    Dropout stays the fine-tuning config's, as it does for the pre-trained cells.
+    """
+    if not config.init_workdir:
+        return None
+    encoder = ml_collections.ConfigDict(checkpointing.load_run_config(config.init_workdir).model.encoder.to_dict())
+    for name in finetune.REGULARIZATION_FIELDS:
+        encoder[name] = config.finetune.encoder[name]
+    return encoder
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict]:
+    """Runs every unfinished cell, then writes and prints the results table."""
+    workdir = pathlib.Path(workdir).absolute()
+    grid = cells(config)
+    if "pretrained" in config.inits:
+        finetune.check_init_workdir(os.path.abspath(config.init_workdir))
+    tfds_dir = os.fspath(common.tfds_dir(config, workdir).absolute())
+    encoder = _random_init_encoder(config)
+    configs = {cell: cell_config(config, cell, tfds_dir, encoder if cell.init == "random" else None) for cell in grid}
+    results, table = [], ""
+    for i, cell in enumerate(grid):
+        cell_dir = workdir / CELLS_DIR / cell.name
+        result_path = cell_dir / finetune.RESULT_FILE
+        if result_path.is_file():
+            logging.info("[sweep] cell %d/%d %s: finished earlier, skipped", i + 1, len(grid), cell.name)
+        else:
+            logging.info("[sweep] cell %d/%d %s", i + 1, len(grid), cell.name)
+            finetune.train_and_evaluate(configs[cell], cell_dir)
+            if not config.keep_cell_checkpoints:
+                shutil.rmtree(cell_dir / checkpointing.CHECKPOINT_DIR, ignore_errors=True)
+        results.append({"cell": cell.name, "init_kind": cell.init, **json.loads(result_path.read_text())})
+        table = write_results(config, workdir, results)  # after every cell: partial results survive
+    print(table, flush=True)
+    return results
+
+
+def summarize(results: Sequence[dict]) -> list[dict]:
+    """Mean and sample std of the test macro AUC over seeds, per (init, mode, task, fraction)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["init_kind"], r["mode"], r["task"], r["label_fraction"]), []).append(r)
+    summary = []
+    for (init, mode, task, fraction), rows in groups.items():
+        aucs = np.asarray([r["test_auc"] for r in rows if r["test_auc"] is not None], np.float64)
+        summary.append(
+            {
+                "init": init,
+                "mode": mode,
+                "task": task,
+                "label_fraction": fraction,
+                "seeds": sorted(r["seed"] for r in rows),
+                "n": len(aucs),
+                "test_auc_mean": float(aucs.mean()) if len(aucs) else None,
+                "test_auc_std": float(aucs.std(ddof=1)) if len(aucs) > 1 else None,
+            }
+        )
+    return summary
+
+
+def _fmt(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict]) -> str:
+    """Paper Table 1's shape: a row per setting, a column per task x fraction; under each of our
+    rows, the paper's rows for the same setting, so each of our numbers sits over the paper's."""
+    columns = [(task, float(f)) for task in config.tasks for f in config.label_fractions]
+    by_key = {(s["init"], s["mode"], s["task"], s["label_fraction"]): s for s in summary}
+    header = "| setting | " + " | ".join(f"{TASK_SHORT[t]} {f * 100:g}%" for t, f in columns) + " |"
+    lines = [header, "|---" * (len(columns) + 1) + "|"]
+    for mode, init in itertools.product(config.modes, config.inits):
+        values = []
+        for task, f in columns:
+            s = by_key.get((init, mode, task, f))
+            values.append(_fmt(s["test_auc_mean"], s["test_auc_std"]) if s else "not run")
+        label = f"**ours: {'pre-trained' if init == 'pretrained' else 'random init'}, {mode}**"
+        lines.append(f"| {label} | " + " | ".join(values) + " |")
+        for paper_label, paper in PAPER_ROWS.get((init, mode), []):
+            lines.append(f"| {paper_label} | " + " | ".join(f"{paper[c]:.2f}" if c in paper else "–" for c in columns) + " |")
+    seeds = sorted({seed for s in summary for seed in s["seeds"]})
+    bundled = config.data.ptbxl_dir == "bundled"
+    data = "the bundled 500-record PTB-XL sample" if bundled else "PTB-XL"
+    notes = [
+        "Test macro AUC (%) at the epoch with the best validation macro AUC.",
+        f"Ours: {data}, mean ± sample std over seeds {seeds} (a single seed shows no std).",
+        "Paper: HeartLang pre-trained on all of PTB-XL (SPEC §6); '–' = not reported.",
+    ]
+    if bundled:
+        notes.append(
+            "The sample's test split holds 66 records, some classes with one or two positives: a few points "
+            "of macro AUC are within the noise of which records were drawn, which the seed-to-seed std does not show."
+        )
+    if config.init_workdir:
+        enc = checkpointing.load_run_config(config.init_workdir).model.encoder
+        notes.append(
+            f"Our encoder: {enc.num_layers} layers, hidden {enc.hidden_dim}, {enc.num_heads} heads, "
+            f"position={enc.position}, pre-trained in {os.path.abspath(config.init_workdir)}."
+        )
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def write_results(config: ml_collections.ConfigDict, workdir: pathlib.Path, results: Sequence[dict]) -> str:
+    """Writes results.json (every cell + the summary) and results.md; returns the Markdown."""
+    summary = summarize(results)
+    table = results_markdown(config, summary)
+    _atomic_write(workdir / RESULTS_JSON, json.dumps({"cells": list(results), "summary": summary}, indent=2))
+    _atomic_write(workdir / RESULTS_MD, table)
+    return table
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+    if jax.process_index() != 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
