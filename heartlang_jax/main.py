@@ -15,6 +15,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from heartlang_jax import config_validation
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -71,6 +73,7 @@ def main(argv):
     from heartlang_jax import train_loop
 
     try:
+        config_validation.validate(config)
         stage_function(config.stage)(config, _WORKDIR.value)
     except train_loop.Preempted as e:
         logging.warning("%s", e)
@@ -80,7 +83,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    app.run(main, flags_parser=config_validation.parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,151 @@
+"""Config validation: every shipped config passes; a typo or a wrong type is named before any compute."""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from heartlang_jax import config_validation
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Every config file and its variants (`--config=configs/<name>.py:<variant>`).
+SHIPPED = {
+    "dataset": (None,),
+    "vqhbr": ("", "tiny"),
+    "pretrain_small": ("", "tiny"),
+    "pretrain_base": ("", "tiny"),
+    "pretrain_large": ("", "tiny"),
+    "finetune": ("", "tiny"),
+    "sweep": ("", "tiny"),
+    "pipeline": ("", "demo"),
+}
+
+
+def _config(name: str, variant: str | None = "") -> ml_collections.ConfigDict:
+    module = importlib.import_module(f"configs.{name}")
+    return module.get_config() if variant is None else module.get_config(variant)
+
+
+def _edited(name: str, variant: str, edits: dict) -> ml_collections.ConfigDict:
+    """The config with `edits` ({dotted path: value, or None to delete}) applied to its plain dict,
+    as a user's own config file would build it (ConfigDict refuses wrong types on assignment)."""
+    tree = _config(name, variant).to_dict()
+    for path, value in edits.items():
+        *parents, leaf = path.split(".")
+        node = tree
+        for key in parents:
+            node = node[key]
+        if value is None:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return ml_collections.ConfigDict(tree)
+
+
+def test_every_config_file_is_listed():
+    files = {p.stem for p in (REPO / "configs").glob("*.py") if "def get_config" in p.read_text()}
+    assert files == set(SHIPPED)
+
+
+@pytest.mark.parametrize("name, variant", [(n, v) for n, vs in SHIPPED.items() for v in vs])
+def test_shipped_configs_are_valid(name, variant):
+    config_validation.validate(_config(name, variant))
+
+
+def _problems(config) -> str:
+    with pytest.raises(config_validation.ConfigError) as info:
+        config_validation.validate(config)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("model.num_code", "model.num_code: unknown field; did you mean model.num_codes?"),
+        ("num_train_step", "num_train_step: unknown field; did you mean num_train_steps?"),
+        ("num_codes", "num_codes: unknown field; did you mean model.num_codes?"),  # at the wrong level
+        ("optimizer.lr", "optimizer.lr: unknown field; optimizer has b1, b2, end_learning_rate"),
+    ],
+)
+def test_unknown_field_is_named_with_a_suggestion(path, expected):
+    assert expected in _problems(_edited("vqhbr", "tiny", {path: 3}))
+
+
+@pytest.mark.parametrize(
+    "name, path, value, expected",
+    [
+        ("vqhbr", "per_device_batch_size", "32", "per_device_batch_size: expected int, got str '32'"),
+        ("vqhbr", "model.encoder.mask_padding", 1, "model.encoder.mask_padding: expected bool, got int 1"),
+        ("pretrain_base", "model.mask_ratio", True, "model.mask_ratio: expected float, got bool True"),
+        ("finetune", "encoder", 3, "encoder: expected a group of fields, got 3"),
+        ("sweep", "tasks", "rhythm", "tasks: expected a tuple, got str 'rhythm'"),
+        ("sweep", "seeds", (0, "1"), "seeds[1]: expected int, got str '1'"),
+    ],
+)
+def test_wrong_type_is_named(name, path, value, expected):
+    assert expected in _problems(_edited(name, "tiny", {path: value}))
+
+
+@pytest.mark.parametrize(
+    "name, path, value, expected",
+    [
+        ("vqhbr", "optimizer.b2", 1.0, "optimizer.b2: must be in [0, 1), got 1.0"),
+        ("vqhbr", "dtype", "fp16", "dtype: must be one of ('auto', 'float32', 'bfloat16')"),
+        ("vqhbr", "model.encoder.num_heads", 0, "model.encoder: ECGFormerConfig.num_heads must be a positive int"),
+        ("finetune", "data.builder_config", "leads13", "data.builder_config: must be one of ('leads12'"),
+        ("pipeline", "sweep.tasks", ("rythm",), "sweep.tasks[0]: must be one of ('superdiagnostic'"),
+        ("pipeline", "vqhbr.stage", "pretrain", "vqhbr.stage: must be 'vqhbr' here, got 'pretrain'"),
+    ],
+)
+def test_bad_value_is_named(name, path, value, expected):
+    assert expected in _problems(_edited(name, "demo" if name == "pipeline" else "tiny", {path: value}))
+
+
+def test_missing_field_and_every_problem_are_reported():
+    message = _problems(_edited("pretrain_base", "tiny", {"optimizer.b1": None, "seed": "0"}))
+    assert message.startswith("2 problem(s) in the pretrain config")
+    assert "optimizer.b1: missing" in message and "seed: expected int" in message
+
+
+def test_unknown_stage_is_named():
+    config = ml_collections.ConfigDict({"stage": "pretraining"})
+    assert "config.stage must be one of" in _problems(config)
+
+
+def _main(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "heartlang_jax.main", f"--workdir={tmp_path / 'run'}", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_main_refuses_a_bad_config_file_before_any_compute(tmp_path):
+    """One error line naming the field, exit code 2, and the workdir is never created."""
+    config_file = tmp_path / "my_vqhbr.py"
+    config_file.write_text(
+        "import ml_collections\n"
+        "from configs import vqhbr\n\n\n"
+        "def get_config():\n"
+        "    config = vqhbr.get_config('tiny').to_dict()\n"
+        "    config['model']['num_code'] = 64\n"
+        "    return ml_collections.ConfigDict(config)\n"
+    )
+    result = _main(tmp_path, f"--config={config_file}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "ConfigError: 1 problem(s) in the vqhbr config" in result.stderr
+    assert "model.num_code: unknown field; did you mean model.num_codes?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_main_names_an_override_of_no_field(tmp_path):
+    result = _main(tmp_path, "--config=configs/vqhbr.py:tiny", "--config.model.num_codez=64")
+    assert result.returncode == 1
+    assert "--config.model.num_codez: unknown field; did you mean model.num_codes?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
