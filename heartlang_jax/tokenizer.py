@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import numbers
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Literal
@@ -185,8 +186,8 @@ def _check_shape(x: np.ndarray, fs: float, name: str) -> None:
         raise BadSignalError(f"record {name}: ECG must be [leads, samples], got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise BadSignalError(f"record {name}: ECG is empty, shape {x.shape}")
-    if not (np.isfinite(fs) and fs > 2 * _BAND_HZ[1]):
-        raise BadSignalError(f"record {name}: sampling rate {fs} Hz is not above {2 * _BAND_HZ[1]} Hz")
+    if isinstance(fs, bool) or not isinstance(fs, numbers.Real) or not (np.isfinite(fs) and fs > 2 * _BAND_HZ[1]):
+        raise BadSignalError(f"record {name}: sampling rate must be a number above {2 * _BAND_HZ[1]:g} Hz, got {fs!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +223,19 @@ class QRSTokenizer:
     max_duration_s: float = 10.0
 
     def __post_init__(self) -> None:
+        # Checked here: a wrong type would otherwise fail deep in numpy/scipy, or not at all.
+        for field in ("fs", "max_duration_s"):
+            value = getattr(self, field)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"QRSTokenizer.{field} must be a positive number, got {value!r}")
+        if not self.fs > 2 * _BAND_HZ[1]:
+            raise ValueError(f"QRSTokenizer.fs must be above {2 * _BAND_HZ[1]:g} Hz (QRS band-pass), got {self.fs!r}")
+        for field in ("max_len", "token_len"):
+            value = getattr(self, field)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"QRSTokenizer.{field} must be a positive int, got {value!r}")
+        if not isinstance(self.leads, (tuple, list)) or not all(isinstance(lead, str) for lead in self.leads):
+            raise ValueError(f"QRSTokenizer.leads must be a tuple of lead names, got {self.leads!r}")
         canonical = tuple(canonical_lead_name(lead) for lead in self.leads)
         if not canonical or None in canonical or len(set(canonical)) != len(canonical):
             raise ValueError(f"leads must be distinct names from {STANDARD_LEADS}, got {self.leads}")

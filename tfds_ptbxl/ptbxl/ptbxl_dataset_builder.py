@@ -108,6 +108,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         root = self._source_dir(dl_manager)
         rows = ptbxl.read_database(root)
+        for split, folds in ptbxl.SPLIT_FOLDS.items():  # TFDS fails obscurely on an empty split
+            if not ptbxl.fold_rows(rows, split):
+                raise ValueError(f"{root / 'ptbxl_database.csv'} has no record in the {split} split (folds {folds})")
         labels = ptbxl.LabelSpace.from_statements(root / "scp_statements.csv")
         if dict(labels.classes) != {t: tuple(c) for t, c in self.info.metadata["classes"].items()}:
             raise ValueError(f"{root / 'scp_statements.csv'} differs from PTB-XL {ptbxl.PTBXL_VERSION}'s class lists")
@@ -133,10 +136,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         results = sentence_corpus.tokenize_records(
             [(row.ecg_id, root / row.filename(rate)) for row in rows], spec, mean, std, self._num_workers
         )
+        kept = 0
         for ecg_id, sentence, error in results:
             if error is not None:
                 self._record_skip(ecg_id, error)
                 continue
+            kept += 1
             row = by_id[ecg_id]
             example = {
                 "words": sentence.words.astype(np.float16),
@@ -150,6 +155,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             for task in ptbxl.TASKS:
                 example[task] = labels.multi_hot(row.scp_codes, task)
             yield ecg_id, example
+        if not kept:
+            folds = sorted({row.strat_fold for row in rows})
+            raise ValueError(f"all {len(rows)} records of strat_fold {folds} were skipped (see the warnings above)")
 
     def _record_skip(self, ecg_id: int, error: sentence_corpus.SkipReason) -> None:
         logging.warning("Skipping ecg_id=%d: %s", ecg_id, error.message)
