@@ -86,15 +86,22 @@ def claim_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
     if path.is_file():
         previous = json.loads(path.read_text())
         current = json.loads(config_to_json(config))
-        differing = [f for f in identity_fields if _get(previous, f) != _get(current, f)]
+        differing = [d for f in identity_fields for d in _differences(_get(previous, f), _get(current, f), f)]
         if differing:
-            details = "; ".join(f"{f}: {_get(previous, f)!r} there, {_get(current, f)!r} now" for f in differing)
+            details = "; ".join(f"{path}: {there!r} there, {now!r} now" for path, there, now in differing)
             raise CheckpointError(
                 f"{workdir} holds a run with a different configuration ({details}). "
                 "Use a new --workdir, or rerun with the original config to resume it."
             )
     if jax.process_index() == 0:
         _atomic_write(path, config_to_json(config))
+
+
+def _differences(there, now, path: str) -> list[tuple[str, object, object]]:
+    """(dotted path, there, now) of each field that differs, so the message names the field."""
+    if isinstance(there, Mapping) and isinstance(now, Mapping):
+        return [d for k in sorted(set(there) | set(now)) for d in _differences(there.get(k), now.get(k), f"{path}.{k}")]
+    return [] if there == now else [(path, there, now)]
 
 
 def _get(tree: Mapping, dotted: str):
