@@ -91,7 +91,7 @@ def main() -> None:
         raise SystemExit(f"--batch={args.batch} must be divisible by the {jax.device_count()} devices")
     enc = common.ecgformer_config(config.model.encoder, common.compute_dtype(config))
     model = pretrain.build_model(config, args.vocab)
-    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    params = common.parameter_count(model)
     tx = optim.make_optimizer(config.optimizer, num_train_steps=1000, warmup_steps=10)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     parallel.replicate_module(model, mesh)

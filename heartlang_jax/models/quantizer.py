@@ -124,8 +124,9 @@ class EmaCodebookQuantizer(nnx.Module):
         self.initialized = CodebookVariable(jnp.array(False))
         # Consecutive updates in which no real word chose each code.
         self.unused_steps = CodebookVariable(jnp.zeros((num_codes,), jnp.int32))
-        # Raw uint32 key data (not a typed key) so checkpoints stay plain arrays.
-        self.kmeans_key = CodebookVariable(jax.random.key_data(rngs.params()))
+        # Key of the k-means start and of dead-code restarts; raw uint32 data (not a typed key) so
+        # checkpoints stay plain arrays.
+        self.codebook_key = CodebookVariable(jax.random.key_data(rngs.params()))
 
     def encode(self, z: jax.Array) -> jax.Array:
         """z [..., d] -> nearest code indices [...] int32, no update."""
@@ -185,7 +186,7 @@ class EmaCodebookQuantizer(nnx.Module):
 
     def _maybe_initialize(self, vectors: jax.Array, real: jax.Array):
         """k-means init on the first batch; a no-op (lax.cond) once initialized."""
-        key = jax.random.wrap_key_data(self.kmeans_key[...])
+        key = jax.random.wrap_key_data(self.codebook_key[...])
 
         def kmeans_init(_):
             return spherical_kmeans(key, vectors, real, self.num_codes,
@@ -213,8 +214,8 @@ class EmaCodebookQuantizer(nnx.Module):
         """Moves each code unused for `dead_code_patience` updates onto a random real vector."""
         unused = jnp.where(counts > 0, 0, self.unused_steps[...] + 1)  # [K]
         dead = unused >= self.dead_code_patience  # [K]
-        key, sample_key = jax.random.split(jax.random.wrap_key_data(self.kmeans_key[...]))
-        self.kmeans_key[...] = jax.random.key_data(key)
+        key, sample_key = jax.random.split(jax.random.wrap_key_data(self.codebook_key[...]))
+        self.codebook_key[...] = jax.random.key_data(key)
         logits = jnp.where(real, 0.0, -jnp.inf)  # uniform over real words
         picks = jax.random.categorical(sample_key, logits, shape=(self.num_codes,))  # [K]
         self.codebook[...] = jnp.where(dead[:, None], vectors[picks], self.codebook[...])

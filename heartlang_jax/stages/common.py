@@ -9,6 +9,7 @@ import pathlib
 
 import jax
 import ml_collections
+from flax import nnx
 
 from heartlang_jax import input_pipeline
 from heartlang_jax.models import ECGFormerConfig
@@ -48,5 +49,10 @@ def open_dataset(config: ml_collections.ConfigDict, workdir: str | os.PathLike):
     return builder, builder.as_data_source()
 
 
-def log_parameter_count(name: str, count: int) -> None:
-    logging.info("[%s] %s parameters", name, f"{count:,}")
+def parameter_count(model: nnx.Module) -> int:
+    """Trainable parameters (`nnx.Param`; the codebook and RNG state are not counted)."""
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def log_parameter_count(name: str, model: nnx.Module) -> None:
+    logging.info("[%s] %s parameters", name, f"{parameter_count(model):,}")

@@ -176,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         config, len(sources["train"]), parallel.global_batch_size(config.per_device_batch_size)
     )
     model = build_model(config, vocab_size)
-    common.log_parameter_count(STAGE, sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+    common.log_parameter_count(STAGE, model)
     tx = optim.make_optimizer(
         config.optimizer, num_train_steps=schedule.num_train_steps, warmup_steps=schedule.warmup_steps
     )

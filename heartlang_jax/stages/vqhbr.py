@@ -138,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         config, len(sources["train"]), parallel.global_batch_size(config.per_device_batch_size)
     )
     model = build_model(config)
-    common.log_parameter_count(STAGE, _count(nnx.state(model, nnx.Param)))
+    common.log_parameter_count(STAGE, model)
     tx = optim.make_optimizer(
         config.optimizer, num_train_steps=schedule.num_train_steps, warmup_steps=schedule.warmup_steps
     )
@@ -158,10 +158,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     )
     logging.info("[%s] done at step %d: %s", STAGE, result.step, result.last_eval)
     return result.last_eval
-
-
-def _count(params) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
 @functools.lru_cache(maxsize=4)
