@@ -27,6 +27,7 @@ from flax import nnx
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from heartlang_jax import optim, parallel  # noqa: E402
+from heartlang_jax.models import num_mask_positions  # noqa: E402
 from heartlang_jax.stages import common, pretrain  # noqa: E402
 
 # The released PyTorch code's base model (SPEC §3): 12 layers, 8 heads of 64, MLP 1024, learned
@@ -113,7 +114,7 @@ def main() -> None:
     if not np.isfinite(float(metrics["loss"])):
         raise SystemExit("the benchmarked step produced a non-finite loss")
 
-    masked = pretrain.num_mask_positions(enc.max_len, config.model.mask_ratio)
+    masked = num_mask_positions(enc.max_len, config.model.mask_ratio)
     flops = model_flops_per_sample(enc, args.vocab, enc.max_len, masked) * args.batch
     achieved_tflops = flops / seconds / 1e12
     mfu = achieved_tflops / args.peak_tflops if args.peak_tflops > 0 else float("nan")

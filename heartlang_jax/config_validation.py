@@ -24,12 +24,12 @@ from heartlang_jax import ptbxl
 
 # stage -> module of its reference config (`get_config()` with no variant).
 REFERENCE_CONFIGS = {
-    "dataset": "configs.dataset",
-    "vqhbr": "configs.vqhbr",
-    "pretrain": "configs.pretrain_base",
-    "finetune": "configs.finetune",
-    "sweep": "configs.sweep",
-    "pipeline": "configs.pipeline",
+    "dataset": "heartlang_jax.configs.dataset",
+    "vqhbr": "heartlang_jax.configs.vqhbr",
+    "pretrain": "heartlang_jax.configs.pretrain_base",
+    "finetune": "heartlang_jax.configs.finetune",
+    "sweep": "heartlang_jax.configs.sweep",
+    "pipeline": "heartlang_jax.configs.pipeline",
 }
 DTYPES = ("auto", "float32", "bfloat16")
 # Blocks that become an `ECGFormerConfig`, which checks its own sizes, position and dropout.
@@ -251,6 +251,13 @@ def parse_flags(argv: list[str], flag_name: str = "config") -> list[str]:
     int()"), but an override naming no field (`--config.model.num_codez=3`) escapes flag parsing
     as a bare KeyError/AttributeError with a traceback and only the last name.
     """
+    from heartlang_jax import configs
+
+    try:
+        argv = _resolve_config_flag(argv, flag_name, configs.resolve_config_path)
+    except configs.ConfigFileError as e:
+        sys.stderr.write(f"FATAL Flags parsing error: {e}\n")
+        sys.exit(1)
     try:
         return app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError):
@@ -271,6 +278,17 @@ def unknown_overrides(config: ml_collections.ConfigDict, argv: Sequence[str], fl
         if match and match.group(1) not in known:
             problems.append(f"--{flag_name}.{unknown_field_message(match.group(1), known)}")
     return problems
+
+
+def _resolve_config_flag(argv: list[str], flag_name: str, resolve) -> list[str]:
+    """Rewrites the `--config` value (either `--config=X` or `--config X`) to an existing file."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg in (f"--{flag_name}", f"-{flag_name}") and i + 1 < len(argv):
+            argv[i + 1] = resolve(argv[i + 1])
+        elif match := re.match(rf"^(--?{re.escape(flag_name)}=)(.*)$", arg):
+            argv[i] = match.group(1) + resolve(match.group(2))
+    return argv
 
 
 def _flag_value(argv: Sequence[str], flag_name: str) -> str:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import nnx
 
 _NO_DECAY_NAMES = ("lead_embed", "time_embed", "pos_embed", "cls_token", "mask_token")
 
@@ -65,3 +66,21 @@ def make_optimizer(
         chain.append(scale_by_tree(lr_scales))
     chain.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*chain)
+
+
+def layer_id(path, num_layers: int) -> int:
+    """BEiT's `get_layer_id`: embeddings 0, block i -> i + 1, final norm and head num_layers + 1."""
+    names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+    if names[0] != "encoder" or names[1] == "final_norm":
+        return num_layers + 1
+    if names[1] == "blocks":
+        return int(names[2]) + 1
+    return 0  # token/lead/time/position embeddings, CLS token
+
+
+def layer_decay_scales(model: nnx.Module, decay: float):
+    """Per-parameter lr factor decay^(num_layers + 1 - layer_id), a tree like the Param state."""
+    num_layers = model.encoder.config.num_layers
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: decay ** (num_layers + 1 - layer_id(path, num_layers)), nnx.state(model, nnx.Param)
+    )

@@ -2,7 +2,7 @@
 
     <workdir>/tfds      the dataset, built once and read by every stage
     <workdir>/vqhbr     VQ-HBR, the tokenizer (its checkpoint gives pre-training its targets)
-    <workdir>/pretrain  masked pre-training (tokenizer_workdir set to <workdir>/vqhbr)
+    <workdir>/pretrain  masked pre-training (vqhbr_workdir set to <workdir>/vqhbr)
     <workdir>/sweep     the downstream grid (init_workdir set to <workdir>/pretrain)
 
 Rerunning the command resumes: each stage restores its newest checkpoint (a finished stage
@@ -49,7 +49,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
     vqhbr.train_and_evaluate(stage_config(config.vqhbr, data), dirs["vqhbr"])
     logging.info("[pipeline] pretrain in %s", dirs["pretrain"])
     pretrain.train_and_evaluate(
-        stage_config(config.pretrain, data, tokenizer_workdir=os.fspath(dirs["vqhbr"])), dirs["pretrain"]
+        stage_config(config.pretrain, data, vqhbr_workdir=os.fspath(dirs["vqhbr"])), dirs["pretrain"]
     )
     logging.info("[pipeline] sweep in %s", dirs["sweep"])
     sweep.run(sweep_config, dirs["sweep"])

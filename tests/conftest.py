@@ -30,7 +30,7 @@ def bundled_sources(bundled_builder):
 @pytest.fixture(scope="session")
 def tiny_vqhbr_workdir(tmp_path_factory, bundled_tfds_dir):
     """A tiny VQ-HBR tokenizer briefly trained on the bundled sample (the pre-training tests' targets)."""
-    from configs import vqhbr as vqhbr_config
+    from heartlang_jax.configs import vqhbr as vqhbr_config
     from heartlang_jax.stages import vqhbr
 
     workdir = tmp_path_factory.mktemp("vqhbr")
@@ -52,8 +52,8 @@ def make_pretrain_run(tmp_path):
     import optax
     from flax import nnx
 
-    from configs import pretrain_common
-    from configs import vqhbr as vqhbr_config
+    from heartlang_jax.configs import pretrain_common
+    from heartlang_jax.configs import vqhbr as vqhbr_config
     from heartlang_jax import checkpointing
     from heartlang_jax.stages import pretrain
 
@@ -64,7 +64,7 @@ def make_pretrain_run(tmp_path):
         config = pretrain_common.get_pretrain_config("small", "tiny")
         config.model.encoder.update(num_layers=2, hidden_dim=16, mlp_dim=32, num_heads=2, head_dim=8)
         config.model.encoder.update(encoder_overrides)
-        config.tokenizer_workdir = str(tmp_path / "vqhbr")
+        config.vqhbr_workdir = str(tmp_path / "vqhbr")
         config.seed = 3
         config.dtype = "float32"
         workdir = tmp_path / "pretrain"

@@ -27,7 +27,7 @@ SHIPPED = {
 
 
 def _config(name: str, variant: str | None = "") -> ml_collections.ConfigDict:
-    module = importlib.import_module(f"configs.{name}")
+    module = importlib.import_module(f"heartlang_jax.configs.{name}")
     return module.get_config() if variant is None else module.get_config(variant)
 
 
@@ -48,7 +48,7 @@ def _edited(name: str, variant: str, edits: dict) -> ml_collections.ConfigDict:
 
 
 def test_every_config_file_is_listed():
-    files = {p.stem for p in (REPO / "configs").glob("*.py") if "def get_config" in p.read_text()}
+    files = {p.stem for p in (REPO / "heartlang_jax" / "configs").glob("*.py") if "def get_config" in p.read_text()}
     assert files == set(SHIPPED)
 
 
@@ -129,7 +129,7 @@ def test_main_refuses_a_bad_config_file_before_any_compute(tmp_path):
     config_file = tmp_path / "my_vqhbr.py"
     config_file.write_text(
         "import ml_collections\n"
-        "from configs import vqhbr\n\n\n"
+        "from heartlang_jax.configs import vqhbr\n\n\n"
         "def get_config():\n"
         "    config = vqhbr.get_config('tiny').to_dict()\n"
         "    config['model']['num_code'] = 64\n"

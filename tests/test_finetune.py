@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import finetune as finetune_config
-from configs import pretrain_common
+from heartlang_jax.configs import finetune as finetune_config
+from heartlang_jax.configs import pretrain_common
 from heartlang_jax import checkpointing
 from heartlang_jax import input_pipeline
+from heartlang_jax import optim
 from heartlang_jax.stages import finetune
 
 NUM_CLASSES = {"superdiagnostic": 5, "subdiagnostic": 23, "form": 19, "rhythm": 12}
@@ -131,7 +132,7 @@ def test_layer_decay_factors_follow_beit(position):
     config = tiny_config("full")
     config.encoder.position = position
     model = finetune.build_model(config, 5)
-    scales = nnx.to_pure_dict(finetune.layer_decay_scales(model, 0.9))
+    scales = nnx.to_pure_dict(optim.layer_decay_scales(model, 0.9))
     assert jax.tree.structure(scales) == jax.tree.structure(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     assert scales["head"]["kernel"] == scales["head"]["bias"] == 1.0
     assert scales["encoder"]["final_norm"]["scale"] == 1.0

@@ -25,7 +25,7 @@ import pytest
 from flax import nnx
 
 import synthetic
-from configs import finetune as finetune_config
+from heartlang_jax.configs import finetune as finetune_config
 from heartlang_jax import checkpointing, input_pipeline, train_loop
 from heartlang_jax.stages import finetune, pretrain
 
@@ -57,7 +57,7 @@ def launch(tmp_path_factory, tiny_vqhbr_workdir, bundled_tfds_dir):
             "--config.checkpoint_every_steps=2",
             "--config.log_every_steps=2",
             "--config.per_device_batch_size=8",
-            f"--config.tokenizer_workdir={tiny_vqhbr_workdir}",
+            f"--config.vqhbr_workdir={tiny_vqhbr_workdir}",
             f"--config.data.tfds_dir={bundled_tfds_dir}",
             *overrides,
         ]  # fmt: skip
@@ -93,10 +93,10 @@ def _wait_for_checkpoint(process: subprocess.Popen, workdir: pathlib.Path, log: 
     pytest.fail(f"no checkpoint past step {after} within the time limit")
 
 
-def _final_params(workdir: pathlib.Path, tokenizer_workdir: pathlib.Path) -> tuple[int, dict]:
+def _final_params(workdir: pathlib.Path, vqhbr_workdir: pathlib.Path) -> tuple[int, dict]:
     """The newest checkpoint's parameters, restored into a model rebuilt from the run's config."""
     config = checkpointing.load_run_config(workdir)
-    vocab_size = checkpointing.load_run_config(tokenizer_workdir).model.num_codes
+    vocab_size = checkpointing.load_run_config(vqhbr_workdir).model.num_codes
     model = pretrain.build_model(config, vocab_size)
     store = checkpointing.RunCheckpoints(workdir, read_only=True)
     step = store.steps()[-1]

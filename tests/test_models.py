@@ -132,7 +132,7 @@ def test_vqhbr_forward_shapes_padding_and_tokenize():
     assert out.reconstruction.shape == (2, 8, T)
     assert out.reconstruction.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(out.indices)[lead_ids == 0], 0)
-    tokens = np.asarray(model.tokenize(words, lead_ids, time_ids))
+    tokens = np.asarray(model.word_ids(words, lead_ids, time_ids))
     np.testing.assert_array_equal(tokens, np.asarray(out.indices))
     np.testing.assert_array_equal(np.asarray(model.quantizer.codebook[...]),
                                   codebook)

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import synthetic
-from configs import pretrain_base, vqhbr as vqhbr_config
+from heartlang_jax.configs import pretrain_base, vqhbr as vqhbr_config
 from heartlang_jax import input_pipeline, optim, parallel
 from heartlang_jax.stages import pretrain, vqhbr
 

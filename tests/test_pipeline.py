@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from configs import pipeline as pipeline_config
+from heartlang_jax.configs import pipeline as pipeline_config
 from heartlang_jax import pipeline
 from heartlang_jax import sweep
 

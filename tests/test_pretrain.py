@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import synthetic
-from configs import pretrain_base
+from heartlang_jax.configs import pretrain_base
 from heartlang_jax import checkpointing, parallel
-from heartlang_jax.models import sample_mask
+from heartlang_jax.models import masked_lm_loss, sample_mask
 from heartlang_jax.stages import pretrain, vqhbr
 
 
@@ -32,25 +32,25 @@ def test_loss_counts_masked_real_words_only():
     batch = _batch()
     rng = jax.random.key(5)
     mask = np.asarray(sample_mask(rng, jnp.asarray(batch["lead_ids"]), 0.5))
-    loss = float(pretrain.masked_lm_loss(model, batch, rng, 0.5)[0])
+    loss = float(masked_lm_loss(model, batch, rng, 0.5)[0])
 
     changed = dict(batch, targets=np.where(mask, batch["targets"], (batch["targets"] + 7) % 32))
-    assert float(pretrain.masked_lm_loss(model, changed, rng, 0.5)[0]) == pytest.approx(loss, rel=1e-6)
+    assert float(masked_lm_loss(model, changed, rng, 0.5)[0]) == pytest.approx(loss, rel=1e-6)
 
     first_masked = tuple(np.argwhere(mask)[0])
     changed = dict(batch, targets=batch["targets"].copy())
     changed["targets"][first_masked] = (changed["targets"][first_masked] + 1) % 32
-    assert float(pretrain.masked_lm_loss(model, changed, rng, 0.5)[0]) != pytest.approx(loss, rel=1e-6)
+    assert float(masked_lm_loss(model, changed, rng, 0.5)[0]) != pytest.approx(loss, rel=1e-6)
 
     # Each sentence contributes round(n / 2) masked words, never padding.
-    _, stats = pretrain.masked_lm_loss(model, batch, rng, 0.5)
+    _, stats = masked_lm_loss(model, batch, rng, 0.5)
     real = (batch["lead_ids"] != 0).sum(axis=1)
     assert float(stats["count"]) == float(np.round(real / 2).sum())
     assert not mask[batch["lead_ids"] == 0].any()
 
 
 def test_cached_targets_equal_the_tokenizers_word_ids(tmp_path):
-    from configs import vqhbr as vqhbr_config
+    from heartlang_jax.configs import vqhbr as vqhbr_config
 
     config = vqhbr_config.get_config("tiny")
     config.dtype = "float32"
@@ -65,7 +65,7 @@ def test_cached_targets_equal_the_tokenizers_word_ids(tmp_path):
     cached = pretrain.cached_targets(tokenizer, source, "train", str(tokenizer_dir), str(tmp_path / "run"), 4, mesh)
     assert cached.shape == (10, 256)
     for i, example in enumerate(source):
-        ids = tokenizer.tokenize(
+        ids = tokenizer.word_ids(
             jnp.asarray(example["words"][None], jnp.float32),
             jnp.asarray(example["lead_ids"][None], jnp.int32),
             jnp.asarray(example["time_ids"][None], jnp.int32),
@@ -80,7 +80,7 @@ def test_cached_targets_equal_the_tokenizers_word_ids(tmp_path):
 
 def test_missing_tokenizer_fails_before_compute(tmp_path):
     config = pretrain_base.get_config("tiny")
-    config.tokenizer_workdir = str(tmp_path / "nothing")
+    config.vqhbr_workdir = str(tmp_path / "nothing")
     with pytest.raises(checkpointing.CheckpointError, match="nothing"):
         pretrain.train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -89,7 +89,7 @@ def test_missing_tokenizer_fails_before_compute(tmp_path):
 def test_tiny_pretraining_learns(tmp_path, bundled_tfds_dir, tiny_vqhbr_workdir):
     config = pretrain_base.get_config("tiny")
     config.data.tfds_dir = str(bundled_tfds_dir)
-    config.tokenizer_workdir = str(tiny_vqhbr_workdir)
+    config.vqhbr_workdir = str(tiny_vqhbr_workdir)
     config.num_train_steps = 80
     config.warmup_epochs = 1
     config.eval_every_steps = 10

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from configs import sweep as sweep_config
+from heartlang_jax.configs import sweep as sweep_config
 from heartlang_jax import sweep
 from heartlang_jax.stages import finetune
 

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 import synthetic
-from configs import vqhbr as vqhbr_config
+from heartlang_jax.configs import vqhbr as vqhbr_config
 from heartlang_jax import checkpointing, input_pipeline, optim, parallel, train_loop
 from heartlang_jax.stages import vqhbr
 

@@ -1,9 +1,9 @@
 """HeartLang models: the ECGFormer backbone and the modules of each stage."""
 
-from heartlang_jax.models.classifier import EcgClassifier
+from heartlang_jax.models.classifier import EcgClassifier, classifier_bce_loss
 from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
-from heartlang_jax.models.masked_lm import (MaskedEcgModel, masked_positions,
-                                            sample_mask)
+from heartlang_jax.models.masked_lm import (MaskedEcgModel, masked_lm_loss, masked_positions,
+                                            num_mask_positions, sample_mask)
 from heartlang_jax.models.quantizer import (CodebookVariable,
                                             EmaCodebookQuantizer,
                                             QuantizerOutput, l2_normalize,
@@ -24,8 +24,11 @@ __all__ = [
     "VQHBRConfig",
     "VQHBROutput",
     "apply_rope",
+    "classifier_bce_loss",
     "l2_normalize",
+    "masked_lm_loss",
     "masked_positions",
+    "num_mask_positions",
     "rope_angles",
     "sample_mask",
     "spherical_kmeans",

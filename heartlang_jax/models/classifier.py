@@ -8,6 +8,7 @@ probing freezes `encoder` and trains `head` only.
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
@@ -36,3 +37,8 @@ class EcgClassifier(nnx.Module):
                  time_ids: jax.Array) -> jax.Array:
         """words [B, L, T], ids [B, L] -> logits [B, C] float32."""
         return self.head(self.features(words, lead_ids, time_ids))
+
+
+def classifier_bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean sigmoid BCE over examples and classes (torch's BCEWithLogitsLoss)."""
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), labels))

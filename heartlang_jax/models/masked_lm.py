@@ -14,8 +14,11 @@ Note: the token embedding is a kernel-3 conv, so an unmasked neighbour's
 embedding still sees a masked word's samples (as in the released code).
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
@@ -90,3 +93,29 @@ class MaskedEcgModel(nnx.Module):
         """hidden [B, L, D], positions [B, M] -> float32 logits [B, M, V]."""
         picked = jnp.take_along_axis(hidden, positions[..., None], axis=1)  # [B,M,D]
         return self.lm_head(picked).astype(jnp.float32)
+
+
+def num_mask_positions(max_len: int, ratio: float) -> int:
+    """Static bound M on masked words per sentence: sample_mask masks round(ratio * n) <= ceil(ratio * L)."""
+    return math.ceil(ratio * max_len)
+
+
+def masked_lm_loss(model: MaskedEcgModel, batch, rng, mask_ratio: float):
+    """Cross-entropy on masked words only; the LM head sees only the M masked positions."""
+    mask = sample_mask(rng, batch["lead_ids"], mask_ratio)  # [B, L]
+    positions, valid = masked_positions(mask, num_mask_positions(mask.shape[1], mask_ratio))  # [B, M]
+    hidden = model(batch["words"], batch["lead_ids"], batch["time_ids"], mask)  # [B, L, D]
+    logits = model.logits_at(hidden, positions)  # [B, M, V] float32
+    targets = jnp.take_along_axis(batch["targets"], positions, axis=1)  # [B, M]
+    weights = valid.astype(jnp.float32)
+    if "mask" in batch:  # padded eval rows
+        weights = weights * batch["mask"][:, None]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    count = jnp.sum(weights)
+    return jnp.sum(ce * weights) / jnp.maximum(count, 1.0), {
+        "ce_sum": jnp.sum(ce * weights),
+        "correct": jnp.sum(correct * weights),
+        "count": count,
+        "target_counts": jnp.zeros(logits.shape[-1], jnp.int32).at[targets].add(weights.astype(jnp.int32)),
+    }

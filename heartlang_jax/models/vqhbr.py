@@ -2,7 +2,7 @@
 
 encoder ECGFormer -> task head -> (padding zeroed) -> EMA cosine quantizer ->
 decoder ECGFormer fed the unit-norm codes -> head back to T samples per word.
-Its frozen `tokenize` gives the targets of masked pre-training.
+Its frozen `word_ids` gives the targets of masked pre-training.
 """
 
 import dataclasses
@@ -74,7 +74,7 @@ class VQHBR(nnx.Module):
 
     Padding words (lead id 0) have their encoder output set to 0 before
     quantization, so all code similarities tie and their index is 0: padding
-    positions of `indices` / `tokenize` are always 0 and must be ignored.
+    positions of `indices` / `word_ids` are always 0 and must be ignored.
     """
 
     def __init__(self, config: VQHBRConfig, *, rngs: nnx.Rngs):
@@ -105,7 +105,7 @@ class VQHBR(nnx.Module):
         h = self.decoder(codes, lead_ids, time_ids)
         return self.decode_head(h[:, self.decoder.num_prefix_tokens:])
 
-    def tokenize(self, words: jax.Array, lead_ids: jax.Array,
+    def word_ids(self, words: jax.Array, lead_ids: jax.Array,
                  time_ids: jax.Array) -> jax.Array:
         """Codebook indices [B, L] int32 without updating anything (call eval())."""
         return self.quantizer.encode(self.encode(words, lead_ids, time_ids))

@@ -35,7 +35,7 @@ from heartlang_jax import optim
 from heartlang_jax import parallel
 from heartlang_jax import ptbxl
 from heartlang_jax import train_loop
-from heartlang_jax.models import EcgClassifier, MaskedEcgModel
+from heartlang_jax.models import EcgClassifier, MaskedEcgModel, classifier_bce_loss
 from heartlang_jax.stages import common
 from heartlang_jax.stages import pretrain
 
@@ -80,10 +80,10 @@ def check_init_workdir(init_workdir: str) -> None:
 def _vocab_size(run_config: ml_collections.ConfigDict, init_workdir: str) -> int:
     """The LM head's size, needed to rebuild the pre-training model before restoring it."""
     try:
-        return int(checkpointing.load_run_config(run_config.tokenizer_workdir).model.num_codes)
+        return int(checkpointing.load_run_config(run_config.vqhbr_workdir).model.num_codes)
     except checkpointing.CheckpointError as e:
         raise checkpointing.CheckpointError(
-            f"the pre-training run in {init_workdir} names tokenizer_workdir={run_config.tokenizer_workdir!r}, "
+            f"the pre-training run in {init_workdir} names vqhbr_workdir={run_config.vqhbr_workdir!r}, "
             f"whose config gives the vocabulary size; it cannot be read from here ({e})"
         ) from e
 
@@ -132,36 +132,13 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> EcgClass
     return model
 
 
-def layer_id(path, num_layers: int) -> int:
-    """BEiT's `get_layer_id`: embeddings 0, block i -> i + 1, final norm and head num_layers + 1."""
-    names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
-    if names[0] != "encoder" or names[1] == "final_norm":
-        return num_layers + 1
-    if names[1] == "blocks":
-        return int(names[2]) + 1
-    return 0  # token/lead/time/position embeddings, CLS token
-
-
-def layer_decay_scales(model: EcgClassifier, decay: float):
-    """Per-parameter lr factor decay^(num_layers + 1 - layer_id), a tree like the Param state."""
-    num_layers = model.encoder.config.num_layers
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: decay ** (num_layers + 1 - layer_id(path, num_layers)), nnx.state(model, nnx.Param)
-    )
-
-
-def bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean sigmoid BCE over examples and classes (torch's BCEWithLogitsLoss)."""
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), labels))
-
-
 @nnx.jit
 def linear_train_step(model: EcgClassifier, optimizer: nnx.Optimizer, batch, rng):
     """Linear probing: the head on precomputed frozen-encoder features; only the head has grads."""
     del rng  # no randomness: the encoder is frozen in eval mode, the head has no dropout
 
     def loss_fn(model):
-        return bce_loss(model.head(batch["features"]), batch["labels"])
+        return classifier_bce_loss(model.head(batch["features"]), batch["labels"])
 
     loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, HEAD))(model)
     optimizer.update(model, grads)
@@ -174,7 +151,7 @@ def full_train_step(model: EcgClassifier, optimizer: nnx.Optimizer, batch, rng):
     del rng
 
     def loss_fn(model):
-        return bce_loss(model(batch["words"], batch["lead_ids"], batch["time_ids"]), batch["labels"])
+        return classifier_bce_loss(model(batch["words"], batch["lead_ids"], batch["time_ids"]), batch["labels"])
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)
@@ -309,7 +286,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str | os.PathLike, sour
             return labels, np.asarray(jax.device_get(_head_logits(model, features)))
 
     else:
-        scales = layer_decay_scales(model, opt_cfg.layer_decay) if opt_cfg.layer_decay < 1.0 else None
+        scales = optim.layer_decay_scales(model, opt_cfg.layer_decay) if opt_cfg.layer_decay < 1.0 else None
         tx = optim.make_optimizer(
             opt_cfg, num_train_steps=schedule.num_train_steps, warmup_steps=schedule.warmup_steps, lr_scales=scales
         )

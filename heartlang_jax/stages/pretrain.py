@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import pathlib
 
@@ -26,12 +25,12 @@ from heartlang_jax import input_pipeline
 from heartlang_jax import optim
 from heartlang_jax import parallel
 from heartlang_jax import train_loop
-from heartlang_jax.models import MaskedEcgModel, masked_positions, sample_mask
+from heartlang_jax.models import MaskedEcgModel, masked_lm_loss
 from heartlang_jax.stages import common
 from heartlang_jax.stages import vqhbr
 
 STAGE = "pretrain"
-IDENTITY_FIELDS = ("stage", "model", "data.builder_config", "tokenizer_workdir")
+IDENTITY_FIELDS = ("stage", "model", "data.builder_config", "vqhbr_workdir")
 TARGETS_DIR = "targets"
 
 
@@ -40,24 +39,19 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> MaskedEcg
     return MaskedEcgModel(encoder, vocab_size, rngs=nnx.Rngs(config.seed))
 
 
-def load_tokenizer(config: ml_collections.ConfigDict):
+def load_vocabulary(config: ml_collections.ConfigDict):
     """The frozen VQ-HBR model named by the config, checked before any compute."""
-    if not config.tokenizer_workdir:
+    if not config.vqhbr_workdir:
         raise checkpointing.CheckpointError(
-            "config.tokenizer_workdir is empty: set it to the workdir of a finished vqhbr run"
+            "config.vqhbr_workdir is empty: set it to the workdir of a finished vqhbr run"
         )
-    tokenizer = vqhbr.load_tokenizer(os.path.abspath(config.tokenizer_workdir))
+    tokenizer = vqhbr.load_vocabulary(os.path.abspath(config.vqhbr_workdir))
     token_len = tokenizer.config.encoder.token_len
     if token_len != 96:
         raise checkpointing.CheckpointError(
-            f"tokenizer in {config.tokenizer_workdir} reads words of {token_len} samples, the data has 96"
+            f"tokenizer in {config.vqhbr_workdir} reads words of {token_len} samples, the data has 96"
         )
     return tokenizer
-
-
-def num_mask_positions(max_len: int, ratio: float) -> int:
-    """Static bound M on masked words per sentence: sample_mask masks round(ratio * n) <= ceil(ratio * L)."""
-    return math.ceil(ratio * max_len)
 
 
 def cached_targets(tokenizer, source, split: str, tokenizer_dir: str, workdir: str, batch_size: int, mesh) -> np.ndarray:
@@ -90,27 +84,6 @@ def cached_targets(tokenizer, source, split: str, tokenizer_dir: str, workdir: s
         os.replace(tmp, path)
     logging.info("[%s] cached %s targets %s at %s", STAGE, split, targets.shape, path)
     return targets
-
-
-def masked_lm_loss(model: MaskedEcgModel, batch, rng, mask_ratio: float):
-    """Cross-entropy on masked words only; the LM head sees only the M masked positions."""
-    mask = sample_mask(rng, batch["lead_ids"], mask_ratio)  # [B, L]
-    positions, valid = masked_positions(mask, num_mask_positions(mask.shape[1], mask_ratio))  # [B, M]
-    hidden = model(batch["words"], batch["lead_ids"], batch["time_ids"], mask)  # [B, L, D]
-    logits = model.logits_at(hidden, positions)  # [B, M, V] float32
-    targets = jnp.take_along_axis(batch["targets"], positions, axis=1)  # [B, M]
-    weights = valid.astype(jnp.float32)
-    if "mask" in batch:  # padded eval rows
-        weights = weights * batch["mask"][:, None]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    count = jnp.sum(weights)
-    return jnp.sum(ce * weights) / jnp.maximum(count, 1.0), {
-        "ce_sum": jnp.sum(ce * weights),
-        "correct": jnp.sum(correct * weights),
-        "count": count,
-        "target_counts": jnp.zeros(logits.shape[-1], jnp.int32).at[targets].add(weights.astype(jnp.int32)),
-    }
 
 
 def make_train_step(mask_ratio: float):
@@ -156,11 +129,11 @@ def evaluate(model, source, targets, batch_size, mesh, seed: int, mask_ratio: fl
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
     workdir = os.fspath(workdir)
-    tokenizer = load_tokenizer(config)  # fails before any compute if missing or incompatible
-    tokenizer_dir = os.path.abspath(config.tokenizer_workdir)
+    tokenizer = load_vocabulary(config)  # fails before any compute if missing or incompatible
+    tokenizer_dir = os.path.abspath(config.vqhbr_workdir)
     # Recorded absolute, so fine-tuning started from another directory finds the vocabulary.
     config = ml_collections.ConfigDict(config.to_dict())
-    config.tokenizer_workdir = tokenizer_dir
+    config.vqhbr_workdir = tokenizer_dir
     checkpointing.claim_workdir(workdir, config, IDENTITY_FIELDS)
     _, sources = common.open_dataset(config, workdir)
     mesh = parallel.make_mesh()

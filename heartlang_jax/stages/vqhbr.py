@@ -1,7 +1,7 @@
 """VQ-HBR: learn the ECG vocabulary by reconstructing heartbeats through an EMA codebook.
 
 Its checkpoint is the "tokenizer" that masked pre-training reads its targets from:
-`load_tokenizer(workdir)` rebuilds the model from the run's own config and restores it, and
+`load_vocabulary(workdir)` rebuilds the model from the run's own config and restores it, and
 `word_ids` maps sentences to vocabulary indices.
 """
 
@@ -161,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 
 @functools.lru_cache(maxsize=4)
-def load_tokenizer(workdir: str) -> VQHBR:
+def load_vocabulary(workdir: str) -> VQHBR:
     """The trained VQ-HBR model of a workdir, rebuilt from that run's own config."""
     config = checkpointing.load_run_config(workdir)
     if config.get("stage") != STAGE:
@@ -177,4 +177,4 @@ def load_tokenizer(workdir: str) -> VQHBR:
 @nnx.jit
 def word_ids(model: VQHBR, words, lead_ids, time_ids) -> jax.Array:
     """Vocabulary index of every word [B, L] (computed with the lead and time ids)."""
-    return model.tokenize(words, lead_ids, time_ids)
+    return model.word_ids(words, lead_ids, time_ids)

@@ -1,10 +1,10 @@
 """HeartLang-Small pre-training (paper Table 3); `:tiny` keeps its structure at CPU size.
 
     python -m heartlang_jax.main --config=configs/pretrain_small.py --workdir=runs/pretrain_small \
-        --config.tokenizer_workdir=runs/vqhbr
+        --config.vqhbr_workdir=runs/vqhbr
 """
 
-from configs import pretrain_common
+from heartlang_jax.configs import pretrain_common
 
 
 def get_config(variant: str = ""):

@@ -7,7 +7,7 @@
 
 import ml_collections
 
-from configs import common
+from heartlang_jax.configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -5,7 +5,7 @@
 
 import ml_collections
 
-from configs import common
+from heartlang_jax.configs import common
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

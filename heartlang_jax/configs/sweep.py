@@ -10,8 +10,8 @@ label fraction, seed, initialization and data.
 
 import ml_collections
 
-from configs import common
-from configs import finetune
+from heartlang_jax.configs import common
+from heartlang_jax.configs import finetune
 
 # Set per cell by the sweep, so they are not fields of the `finetune` sub-config.
 PER_CELL_FIELDS = ("stage", "data", "task", "mode", "label_fraction", "seed", "init_workdir")

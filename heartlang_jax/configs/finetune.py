@@ -10,7 +10,7 @@ config (`optimizer.linear`, `optimizer.full`), so `--config.mode` alone switches
 
 import ml_collections
 
-from configs import common
+from heartlang_jax.configs import common
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from configs import common
+from heartlang_jax.configs import common
 
 
 def get_pretrain_config(size: str, variant: str = "") -> ml_collections.ConfigDict:
@@ -11,7 +11,7 @@ def get_pretrain_config(size: str, variant: str = "") -> ml_collections.ConfigDi
     config.stage = "pretrain"
     config.data = common.data_config()
     # Workdir of the finished VQ-HBR run whose codebook indices are the targets (required).
-    config.tokenizer_workdir = ""
+    config.vqhbr_workdir = ""
 
     model = ml_collections.ConfigDict()
     # The ECGFormer being pre-trained (paper Table 3 sizes).

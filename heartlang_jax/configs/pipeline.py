@@ -11,10 +11,10 @@ random init, three seeds; about ten minutes on 2 CPU cores. Set `data` here: eve
 
 import ml_collections
 
-from configs import common
-from configs import pretrain_common
-from configs import sweep
-from configs import vqhbr
+from heartlang_jax.configs import common
+from heartlang_jax.configs import pretrain_common
+from heartlang_jax.configs import sweep
+from heartlang_jax.configs import vqhbr
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -27,13 +27,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.stage = "pipeline"
     # The dataset of every stage, built once into <workdir>/tfds (unless data.tfds_dir is set).
     config.data = common.data_config()
-    # Stage configs; their `data`, `tokenizer_workdir` and `init_workdir` are set by the pipeline.
+    # Stage configs; their `data`, `vqhbr_workdir` and `init_workdir` are set by the pipeline.
     config.vqhbr = vqhbr.get_config(size)
     config.pretrain = pretrain_common.get_pretrain_config("base", size)
     config.sweep = sweep.get_config(size)
     for stage in (config.vqhbr, config.pretrain, config.sweep):
         del stage["data"]
-    del config.pretrain["tokenizer_workdir"]
+    del config.pretrain["vqhbr_workdir"]
     del config.sweep["init_workdir"]
 
     if demo:

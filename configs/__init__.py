@@ -1,1 +1,0 @@
-"""ml_collections config files: `--config=configs/<name>.py[:variant]`."""

@@ -1,0 +1,35 @@
+"""ml_collections config files, shipped inside the package: `--config=configs/<name>.py[:variant]`.
+
+`configs/<name>.py` is found relative to the working directory first and then here, so the same
+flag works from a checkout and from any directory after `pip install`.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+PACKAGE_DIR = pathlib.Path(__file__).parent
+
+
+class ConfigFileError(ValueError):
+    """A `--config` path that names no config file."""
+
+
+def resolve_config_path(argument: str) -> str:
+    """`configs/x.py[:variant]` -> an existing file path (with the variant kept).
+
+    A path that exists as given wins; otherwise a path under `configs/` is looked up in the
+    installed package. Anything else is a one-line ConfigFileError naming both places.
+    """
+    path, sep, variant = argument.partition(":")
+    if os.path.isfile(path):
+        return argument
+    name = pathlib.PurePath(path)
+    candidates = [PACKAGE_DIR / name.relative_to("configs")] if name.parts[:1] == ("configs",) else []
+    candidates.append(PACKAGE_DIR / name.name)
+    for candidate in candidates:
+        if candidate.is_file() and candidate.suffix == ".py":
+            return os.fspath(candidate) + sep + variant
+    shipped = ", ".join(sorted(f"configs/{p.name}" for p in PACKAGE_DIR.glob("*.py") if p.name != "__init__.py"))
+    raise ConfigFileError(f"--config={argument}: no such config file here or in the package; shipped: {shipped}")
