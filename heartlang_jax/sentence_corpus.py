@@ -28,14 +28,40 @@ _WINDOW_CHUNKS = 4
 
 @dataclasses.dataclass(frozen=True)
 class SentenceSpec:
-    """How sentences are cut: which leads, how many words, how many samples per word."""
+    """How sentences are cut: which leads, how many words, how many samples per word, which QRS
+    detector, and when flat leads reject a record (see `tokenizer.QRSTokenizer`)."""
 
     leads: tuple[str, ...] = records.STANDARD_LEADS
     max_len: int = 256
     token_len: int = 96
+    detector: tokenizer_lib.Detector = tokenizer_lib.DEFAULT_DETECTOR
+    min_leads: int = 1
+    reject_flat_leads: bool = False
 
     def make_tokenizer(self) -> tokenizer_lib.QRSTokenizer:
-        return tokenizer_lib.QRSTokenizer(max_len=self.max_len, token_len=self.token_len, leads=self.leads)
+        return tokenizer_lib.QRSTokenizer(
+            max_len=self.max_len,
+            token_len=self.token_len,
+            leads=self.leads,
+            detector=self.detector,
+            min_leads=self.min_leads,
+            reject_flat_leads=self.reject_flat_leads,
+        )
+
+    def metadata(self) -> dict:
+        """The spec as stored in a dataset's info (`info.metadata["sentence"]`), so that downstream
+        code reads the sentence shape from the dataset instead of literals."""
+        tokenizer = self.make_tokenizer()
+        return {
+            "leads": list(tokenizer.leads),
+            "max_len": tokenizer.max_len,
+            "token_len": tokenizer.token_len,
+            "fs": int(tokenizer.fs),
+            "detector": tokenizer.detector,
+            "max_duration_s": float(tokenizer.max_duration_s),
+            "min_leads": tokenizer.min_leads,
+            "reject_flat_leads": tokenizer.reject_flat_leads,
+        }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -74,12 +74,15 @@ class EcgSentence:
       lead_ids: [max_len] int32, STANDARD_LEADS index + 1; 0 marks padding.
       time_ids: [max_len] int32, the second holding the beat's QRS, q // fs + 1; 0 marks padding.
       num_words: rows before the padding.
+      flat_leads: leads of the tokenizer's `leads` that the record has but that were flat, so
+        contributed no words (see QRSTokenizer's `min_leads` and `reject_flat_leads`).
     """
 
     words: np.ndarray  # [max_len, token_len] float32
     lead_ids: np.ndarray  # [max_len] int32
     time_ids: np.ndarray  # [max_len] int32
     num_words: int
+    flat_leads: tuple[str, ...] = ()  # leads left out because they were flat (dead electrodes)
 
 
 def detect_qrs(
@@ -208,8 +211,18 @@ class QRSTokenizer:
     `max_len` words, then zero words with lead id 0 and time id 0. Lead ids are the
     STANDARD_LEADS index + 1 whatever `leads` holds; time ids are q_i // fs + 1.
 
-    Input at another rate is resampled to `fs` first (polyphase, scipy.signal.resample_poly), and
-    only its first `max_duration_s` seconds are used, so time ids stay in 1..ceil(max_duration_s).
+    Duration and rate: input at another rate is resampled to `fs` first (polyphase,
+    scipy.signal.resample_poly). A record longer than `max_duration_s` (10 s) is cut to its first
+    `max_duration_s` seconds; a shorter one is used as it is, not padded or stretched: it simply
+    gives fewer beats (fewer words, more padding), and its time ids stop at its last second. So time
+    ids stay in 1..ceil(max_duration_s) for any record length.
+
+    Flat leads: a lead whose peak-to-peak range is below 1e-3 of the record's widest lead carries
+    no ECG (a disconnected electrode; Ningbo and CinC 2021 store such all-zero leads). By default it
+    is treated as a missing lead: its words are left out, a warning names the record and the lead,
+    and `EcgSentence.flat_leads` lists it. The record is rejected (BadSignalError) only when fewer
+    than `min_leads` usable leads remain (default 1: a record is rejected when every lead is flat).
+    `reject_flat_leads=True` restores the strict rule: any flat lead rejects the record.
 
     For many records, `tokenize_many` (arrays) and `tokenize_records` (paths) spread the work
     over processes; the tokenizer is a frozen dataclass, so it pickles to the workers as is.
@@ -221,6 +234,8 @@ class QRSTokenizer:
     detector: Detector = DEFAULT_DETECTOR
     leads: tuple[str, ...] = STANDARD_LEADS
     max_duration_s: float = 10.0
+    min_leads: int = 1
+    reject_flat_leads: bool = False
 
     def __post_init__(self) -> None:
         # Checked here: a wrong type would otherwise fail deep in numpy/scipy, or not at all.
@@ -230,10 +245,12 @@ class QRSTokenizer:
                 raise ValueError(f"QRSTokenizer.{field} must be a positive number, got {value!r}")
         if not self.fs > 2 * _BAND_HZ[1]:
             raise ValueError(f"QRSTokenizer.fs must be above {2 * _BAND_HZ[1]:g} Hz (QRS band-pass), got {self.fs!r}")
-        for field in ("max_len", "token_len"):
+        for field in ("max_len", "token_len", "min_leads"):
             value = getattr(self, field)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"QRSTokenizer.{field} must be a positive int, got {value!r}")
+        if not isinstance(self.reject_flat_leads, bool):
+            raise ValueError(f"QRSTokenizer.reject_flat_leads must be a bool, got {self.reject_flat_leads!r}")
         if not isinstance(self.leads, (tuple, list)) or not all(isinstance(lead, str) for lead in self.leads):
             raise ValueError(f"QRSTokenizer.leads must be a tuple of lead names, got {self.leads!r}")
         canonical = tuple(canonical_lead_name(lead) for lead in self.leads)
@@ -271,19 +288,36 @@ class QRSTokenizer:
         finite = np.isfinite(x).all(axis=1)
         if not finite.all():
             raise BadSignalError(f"record {name}: lead {leads[int(np.argmin(finite))]} contains NaN or inf")
-        spread = np.ptp(x, axis=1)
-        flat = spread <= _FLAT_RELATIVE * spread.max()
-        if flat.any():
-            raise BadSignalError(
-                f"record {name}: lead {leads[int(np.argmax(flat))]} is flat (peak-to-peak "
-                f"{spread[flat][0]:.3g} vs {spread.max():.3g} on the widest lead)"
-            )
+        x, leads, flat_leads = self._drop_flat_leads(x, leads, name)
 
         x = self._resample(x, fs)
         beats = detect_qrs(x, self.fs, self.detector, name)
         if beats.size == 0:
             raise NoBeatsError(f"record {name}: the {self.detector} detector found no heartbeat on leads {leads}")
-        return self._sentence(x, beats, leads)
+        return dataclasses.replace(self._sentence(x, beats, leads), flat_leads=flat_leads)
+
+    def _drop_flat_leads(
+        self, x: np.ndarray, leads: tuple[str, ...], name: str
+    ) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...]]:
+        """Leaves out flat leads (see the class docstring); raises when too few leads remain."""
+        spread = np.ptp(x, axis=1)
+        flat = spread <= _FLAT_RELATIVE * spread.max()
+        if not flat.any():
+            return x, leads, ()
+        first = int(np.argmax(flat))
+        detail = f"peak-to-peak {spread[first]:.3g} vs {spread.max():.3g} on the widest lead"
+        if self.reject_flat_leads:
+            raise BadSignalError(f"record {name}: lead {leads[first]} is flat ({detail})")
+        flat_leads = tuple(lead for lead, is_flat in zip(leads, flat) if is_flat)
+        usable = len(leads) - len(flat_leads)
+        if usable < self.min_leads:
+            which = "every lead is flat" if usable == 0 else f"only {usable} usable lead(s) remain"
+            raise BadSignalError(
+                f"record {name}: {which} (flat: {', '.join(flat_leads)}); min_leads={self.min_leads}"
+            )
+        log.warning("record %s: flat leads %s contribute no words", name, ", ".join(flat_leads))
+        keep = ~flat
+        return x[keep], tuple(lead for lead, k in zip(leads, keep) if k), flat_leads
 
     def _match_leads(
         self, num_rows: int, lead_names: Sequence[str] | None, name: str

@@ -41,15 +41,19 @@ CASES = {
     12: "short_6s",
     13: "long_15s",
     14: "cinc_mat",
+    15: "all_flat",
 }
 # case -> (error class, pattern its message matches after the record name).
 ERRORS = {
     "corrupt_header": (records.RecordError, "corrupt header"),
     "truncated_dat": (records.RecordError, "is truncated"),
     "all_nan": (tok.BadSignalError, "lead I contains NaN"),
-    "flat_lead": (tok.BadSignalError, "lead AVL is flat"),
+    "all_flat": (tok.BadSignalError, "every lead is flat"),
     "no_beat": (tok.NoBeatsError, "found no heartbeat"),
 }
+# case -> (error, pattern) under the strict flat-lead rule (`reject_flat_leads=True`); by default a
+# flat lead is left out like a missing one (test_api_flat_lead_is_left_out_with_a_warning).
+STRICT_ERRORS = {"flat_lead": (tok.BadSignalError, "lead AVL is flat")}
 ID = {case: ecg_id for ecg_id, case in CASES.items()}
 KEPT_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")  # the 8 independent leads
 # Validation and test each get a good and a bad record; the rest are training folds.
@@ -96,6 +100,8 @@ def _write_case(folder: pathlib.Path, ecg_id: int, case: str, source: records.Re
     elif case == "flat_lead":
         x[STANDARD_LEADS.index("AVL")] = 0.0
         _write_wfdb(folder, name, x, 100, STANDARD_LEADS)
+    elif case == "all_flat":
+        _write_wfdb(folder, name, np.zeros_like(x), 100, STANDARD_LEADS)
     elif case == "no_beat":
         _write_wfdb(folder, name, 0.02 * np.random.default_rng(0).standard_normal(x.shape), 100, STANDARD_LEADS)
     elif case.startswith("fs_"):
@@ -158,11 +164,13 @@ def built(tmp_path_factory, ptbxl_dir):
     return _build(tmp_path_factory.mktemp("tfds"), ptbxl_dir)
 
 
-def _tokenize(path: pathlib.Path, mean: float = 0.0, std: float = 1.0):
+def _tokenize(path: pathlib.Path, mean: float = 0.0, std: float = 1.0, **tokenizer):
     """The public API: load a record, tokenize it (standardized as the builder does)."""
     record = records.load_record(path)
     signal = ((record.signal - mean) / std).astype(np.float32)
-    return tok.QRSTokenizer().tokenize(signal, record.fs, lead_names=record.lead_names, record_name=record.name)
+    return tok.QRSTokenizer(**tokenizer).tokenize(
+        signal, record.fs, lead_names=record.lead_names, record_name=record.name
+    )
 
 
 def _lead_words(sentence: tok.EcgSentence, lead: str) -> np.ndarray:
@@ -187,6 +195,23 @@ def test_api_raises_an_error_naming_the_record(ptbxl_dir, case):
     error, pattern = ERRORS[case]
     with pytest.raises(error, match=rf"{_name(ID[case])}\b.*{pattern}"):
         _tokenize(_path(ptbxl_dir, ID[case]))
+
+
+@pytest.mark.parametrize("case", list(STRICT_ERRORS))
+def test_api_strict_flat_rule_raises_an_error_naming_the_record(ptbxl_dir, case):
+    error, pattern = STRICT_ERRORS[case]
+    with pytest.raises(error, match=rf"{_name(ID[case])}\b.*{pattern}"):
+        _tokenize(_path(ptbxl_dir, ID[case]), reject_flat_leads=True)
+
+
+def test_api_flat_lead_is_left_out_with_a_warning(ptbxl_dir, reference, caplog):
+    with caplog.at_level(logging.WARNING, logger=tok.__name__):
+        sentence = _tokenize(_path(ptbxl_dir, ID["flat_lead"]))
+    assert f"record {_name(ID['flat_lead'])}: flat leads AVL contribute no words" in caplog.text
+    assert sentence.flat_leads == ("AVL",)
+    others = [lead for lead in STANDARD_LEADS if lead != "AVL"]
+    assert sorted(set(sentence.lead_ids[: sentence.num_words])) == [STANDARD_LEADS.index(x) + 1 for x in others]
+    _assert_same_beats(sentence, reference, others)
 
 
 @pytest.mark.parametrize("case", ["fifteen_leads", "long_15s", "cinc_mat"])
@@ -261,6 +286,7 @@ def test_builder_keeps_the_good_records_and_names_every_skip(built, ptbxl_dir):
         assert _name(entry["ecg_id"]) in entry["message"]
     stored = {int(e["ecg_id"]): e for split in built.as_data_source().values() for e in split}
     assert sorted(stored) == [i for i, c in CASES.items() if c not in ERRORS]
+    assert built.info.metadata["flat_leads"] == {"total": 1, "by_lead": {"AVL": 1}, "records": [{"ecg_id": ID["flat_lead"], "leads": ["AVL"]}]}
 
     # Each kept record is the API's sentence of the standardized record (float16 storage).
     amplitude = built.info.metadata["amplitude"]

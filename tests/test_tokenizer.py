@@ -304,10 +304,59 @@ def test_nan_in_an_unused_lead_is_ignored():
 
 
 def test_flat_lead():
+    """The strict rule, kept behind `reject_flat_leads=True`: any flat lead rejects the record."""
     ecg = _clean_record()
     ecg[4] = 0.3
     with pytest.raises(tok.BadSignalError, match=r"record r2: lead AVL is flat"):
-        tok.QRSTokenizer().tokenize(ecg, 100.0, record_name="r2")
+        tok.QRSTokenizer(reject_flat_leads=True).tokenize(ecg, 100.0, record_name="r2")
+
+
+def test_flat_leads_are_left_out_like_missing_leads(caplog):
+    """Dead electrodes (all-zero leads, as Ningbo and CinC 2021 store them) count as missing leads:
+    three flat leads of twelve give the sentence of the other nine, with a warning naming them."""
+    ecg = _clean_record()
+    flat = ("III", "AVL", "V2")
+    for lead in flat:
+        ecg[STANDARD_LEADS.index(lead)] = 0.0
+    with caplog.at_level(logging.WARNING, logger=tok.__name__):
+        sentence = tok.QRSTokenizer().tokenize(ecg, 100.0, record_name="r9")
+    assert "record r9: flat leads III, AVL, V2 contribute no words" in caplog.text
+    assert sentence.flat_leads == flat
+    others = [lead for lead in STANDARD_LEADS if lead not in flat]
+    expected = tok.QRSTokenizer().tokenize(
+        ecg[[STANDARD_LEADS.index(lead) for lead in others]], 100.0, lead_names=others
+    )
+    assert expected.flat_leads == ()
+    assert sorted(set(sentence.lead_ids[: sentence.num_words])) == [STANDARD_LEADS.index(lead) + 1 for lead in others]
+    for field in ("words", "lead_ids", "time_ids"):
+        np.testing.assert_array_equal(getattr(sentence, field), getattr(expected, field), err_msg=field)
+
+
+def test_every_lead_flat_is_rejected_naming_the_record():
+    with pytest.raises(tok.BadSignalError, match=r"record r10: every lead is flat \(flat: I, II, .*V6\)"):
+        tok.QRSTokenizer().tokenize(np.zeros((12, 1000), np.float32), 100.0, record_name="r10")
+
+
+def test_min_leads_rejects_a_record_with_too_few_usable_leads():
+    ecg = _clean_record()
+    ecg[2:] = 0.0
+    assert tok.QRSTokenizer(min_leads=2).tokenize(ecg, 100.0).num_words > 0
+    with pytest.raises(tok.BadSignalError, match=r"record r11: only 2 usable lead\(s\) remain .*min_leads=3"):
+        tok.QRSTokenizer(min_leads=3).tokenize(ecg, 100.0, record_name="r11")
+
+
+def test_sentence_spec_selects_the_detector_and_flat_rule():
+    spec = sentence_corpus.SentenceSpec(detector="xqrs", min_leads=4, reject_flat_leads=True)
+    tokenizer = spec.make_tokenizer()
+    assert (tokenizer.detector, tokenizer.min_leads, tokenizer.reject_flat_leads) == ("xqrs", 4, True)
+    assert spec.metadata() == {
+        "leads": list(STANDARD_LEADS), "max_len": 256, "token_len": 96, "fs": 100, "detector": "xqrs",
+        "max_duration_s": 10.0, "min_leads": 4, "reject_flat_leads": True,
+    }  # fmt: skip
+    ecg = _clean_record()
+    expected = tok.QRSTokenizer(detector="xqrs").tokenize(ecg, 100.0)
+    sentence = sentence_corpus.SentenceSpec(detector="xqrs").make_tokenizer().tokenize(ecg, 100.0)
+    np.testing.assert_array_equal(sentence.words, expected.words)
 
 
 def test_no_beat():

@@ -2,8 +2,9 @@
 
 Seven real records from the bundled sample (CC BY 4.0) spread over the three splits, plus bad
 records that a full-scale build meets in the wild and must skip, each named in the dataset info:
-a corrupt header, a truncated `.dat`, samples marked invalid (NaN), a flat lead, and a record with
-no detectable beat.
+a corrupt header, a truncated `.dat`, samples marked invalid (NaN), every lead flat (a record with
+only some leads flat is kept without them, see tests/test_bad_inputs.py), and a record with no
+detectable beat.
 
     python -m tfds_ptbxl.ptbxl.make_dummy_data
 """
@@ -26,7 +27,7 @@ BAD = {  # ecg_id -> (fold, what is wrong)
     6: (1, "corrupt_header"),
     7: (1, "truncated_dat"),
     8: (1, "nan"),
-    9: (9, "flat_lead"),
+    9: (9, "all_flat"),
     10: (10, "no_beat"),
 }
 
@@ -73,8 +74,8 @@ def main() -> None:
         signal = base.copy()
         if kind == "nan":
             signal[:, 400:450] = np.nan  # written as WFDB's invalid-sample marker
-        elif kind == "flat_lead":
-            signal[1] = 0.0
+        elif kind == "all_flat":
+            signal[:] = 0.0
         elif kind == "no_beat":
             signal = 0.01 * rng.standard_normal(signal.shape)
         _write_signal(records, name, signal)

@@ -9,7 +9,6 @@ the training folds, as the PTB-XL benchmark does; both are stored in the dataset
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import os
@@ -21,6 +20,7 @@ import tensorflow_datasets as tfds
 from heartlang_jax import ptbxl
 from heartlang_jax import sentence_corpus
 from heartlang_jax.records import STANDARD_LEADS
+from tfds_ptbxl import sentences
 from tfds_ptbxl.ptbxl import physionet
 
 _MAX_LEN = 256
@@ -29,10 +29,18 @@ _TOKEN_LEN = 96
 
 @dataclasses.dataclass
 class BuilderConfig(tfds.core.BuilderConfig):
-    """Which leads form the sentence, and which of PTB-XL's two sampling rates is read."""
+    """Which leads form the sentence, which of PTB-XL's two sampling rates is read, which QRS
+    detector cuts the beats."""
 
     leads: tuple[str, ...] = STANDARD_LEADS
     sampling_rate: int = 100  # the files read; sentences are always at 100 Hz
+    detector: str = "multilead"  # or "xqrs", the paper's and released code's detector
+
+    @property
+    def spec(self) -> sentence_corpus.SentenceSpec:
+        return sentence_corpus.SentenceSpec(
+            leads=self.leads, max_len=_MAX_LEN, token_len=_TOKEN_LEN, detector=self.detector
+        )
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -50,6 +58,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             sampling_rate=500,
             description="All 12 leads from the 500 Hz files, resampled to 100 Hz by the tokenizer.",
         ),
+        BuilderConfig(
+            name="leads12_xqrs",
+            detector="xqrs",
+            description="All 12 leads, beats found by XQRS on lead I (the paper's and released code's tokenization).",
+        ),
     ]
     DEFAULT_CONFIG_NAME = "leads12"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
@@ -64,30 +77,23 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._download_url = download_url or os.environ.get("PTBXL_DOWNLOAD_URL") or ptbxl.DOWNLOAD_URL
         self._num_workers = num_workers or os.cpu_count() or 1
         self._manual_dir_given: str | None = None
-        super().__init__(**kwargs)
+        super().__init__(**sentences.with_default_file_format(kwargs))
 
     def _info(self) -> tfds.core.DatasetInfo:
         labels = ptbxl.LabelSpace.from_statements(ptbxl.bundled_sample_dir() / "scp_statements.csv")
+        classes = {t: labels.classes[t] for t in ptbxl.TASKS}
         features = {
-            "words": tfds.features.Tensor(shape=(_MAX_LEN, _TOKEN_LEN), dtype=np.float16),
-            "lead_ids": tfds.features.Tensor(shape=(_MAX_LEN,), dtype=np.uint8),
-            "time_ids": tfds.features.Tensor(shape=(_MAX_LEN,), dtype=np.uint8),
-            "num_words": np.int32,
+            **sentences.sentence_features(self.builder_config.spec),
             "ecg_id": np.int32,
             "patient_id": np.int32,
             "strat_fold": np.int32,
+            **sentences.task_features(classes),
         }
-        for task in ptbxl.TASKS:
-            features[task] = tfds.features.Tensor(
-                shape=(labels.num_classes(task),),
-                dtype=np.uint8,
-                doc=f"Multi-hot {task} labels; class names in info.metadata['classes']['{task}'].",
-            )
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(features),
             supervised_keys=None,
             homepage="https://physionet.org/content/ptb-xl/1.0.3/",
-            metadata=tfds.core.MetadataDict(classes={t: list(labels.classes[t]) for t in ptbxl.TASKS}),
+            metadata=sentences.base_metadata(classes, self.builder_config.spec),
         )
 
     def _download_and_prepare(self, dl_manager, download_config):  # pytype: disable=signature-mismatch
@@ -114,16 +120,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         labels = ptbxl.LabelSpace.from_statements(root / "scp_statements.csv")
         if dict(labels.classes) != {t: tuple(c) for t, c in self.info.metadata["classes"].items()}:
             raise ValueError(f"{root / 'scp_statements.csv'} differs from PTB-XL {ptbxl.PTBXL_VERSION}'s class lists")
-        spec = sentence_corpus.SentenceSpec(
-            leads=self.builder_config.leads, max_len=_MAX_LEN, token_len=_TOKEN_LEN
-        )
+        spec = self.builder_config.spec
         rate = self.builder_config.sampling_rate
         train = ptbxl.fold_rows(rows, "train")
         mean, std = sentence_corpus.amplitude_moments(
             [root / row.filename(rate) for row in train], spec, self._num_workers
         )
         self.info.metadata["amplitude"] = {"mean": mean, "std": std, "fitted_on": "train (folds 1-8)"}
-        self.info.metadata["skipped"] = {"total": 0, "by_reason": {}, "records": []}
+        self._log = sentences.BuildLog(self.info.metadata, id_field="ecg_id")
         logging.info("Amplitude standardization fitted on %d training records: mean=%.5f std=%.5f", len(train), mean, std)
         return {
             split: self._generate_examples(root, ptbxl.fold_rows(rows, split), labels, spec, mean, std)
@@ -139,15 +143,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         kept = 0
         for ecg_id, sentence, error in results:
             if error is not None:
-                self._record_skip(ecg_id, error)
+                self._log.skip(ecg_id, error)
                 continue
             kept += 1
+            self._log.sentence(ecg_id, sentence)
             row = by_id[ecg_id]
             example = {
-                "words": sentence.words.astype(np.float16),
-                "lead_ids": sentence.lead_ids.astype(np.uint8),
-                "time_ids": sentence.time_ids.astype(np.uint8),
-                "num_words": sentence.num_words,
+                **sentences.sentence_fields(sentence),
                 "ecg_id": row.ecg_id,
                 "patient_id": row.patient_id,
                 "strat_fold": row.strat_fold,
@@ -158,12 +160,3 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if not kept:
             folds = sorted({row.strat_fold for row in rows})
             raise ValueError(f"all {len(rows)} records of strat_fold {folds} were skipped (see the warnings above)")
-
-    def _record_skip(self, ecg_id: int, error: sentence_corpus.SkipReason) -> None:
-        logging.warning("Skipping ecg_id=%d: %s", ecg_id, error.message)
-        skipped = self.info.metadata["skipped"]
-        skipped["total"] += 1
-        by_reason = collections.Counter(skipped["by_reason"])
-        by_reason[error.kind] += 1
-        skipped["by_reason"] = dict(by_reason)
-        skipped["records"].append({"ecg_id": ecg_id, "kind": error.kind, "message": error.message})

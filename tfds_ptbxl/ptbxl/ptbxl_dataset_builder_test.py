@@ -144,3 +144,52 @@ def test_incomplete_folder_says_what_to_put_where(tmp_path, remove):
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(ptbxl.DatasetLayoutError, match="does not exist"):
         _build(tmp_path, manual_dir=str(tmp_path / "nowhere"))
+
+
+def test_info_declares_tasks_and_sentence_spec(built):
+    meta = built.info.metadata
+    assert list(meta["classes"]) == list(ptbxl.TASKS)
+    for task, names in meta["classes"].items():
+        assert built.info.features[task].shape == (len(names),)
+    assert meta["sentence"] == sentence_corpus.SentenceSpec().metadata()
+    assert meta["sentence"]["detector"] == "multilead"
+    assert built.info.features["words"].shape == (meta["sentence"]["max_len"], meta["sentence"]["token_len"])
+    assert set(meta["amplitude"]) == {"mean", "std", "fitted_on"}
+    assert meta["flat_leads"] == {"total": 0, "by_lead": {}, "records": []}
+
+
+def test_plain_tfds_call_registers_and_builds_array_record_without_tensorflow(tmp_path):
+    """`import tfds_ptbxl.ptbxl` registers the builder, and TFDS's plain calls (no file_format)
+    build array_record: tfrecord, TFDS's default, would need TensorFlow at the end of a split."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+import tensorflow_datasets as tfds
+import tfds_ptbxl.ptbxl
+builder = tfds.builder("ptbxl", data_dir={str(tmp_path)!r})
+builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir={str(DUMMY)!r}))
+assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+assert str(builder.info.file_format.value) == "array_record", builder.info.file_format
+source = tfds.data_source("ptbxl", data_dir={str(tmp_path)!r}, split="train")
+print(len(source), sorted(builder.info.metadata["sentence"]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[-1].split()[0] == str(EXPECTED_SPLITS["train"])
+
+
+def test_xqrs_config_tokenizes_with_the_papers_detector(tmp_path):
+    builder = _build(tmp_path, manual_dir=str(DUMMY), builder={"config": "leads12_xqrs"})
+    meta = builder.info.metadata
+    assert meta["sentence"]["detector"] == "xqrs"
+    source = builder.as_data_source()["train"]
+    stored = {int(source[i]["ecg_id"]): source[i] for i in range(len(source))}
+    record = load_record(DUMMY / "records100/00000/00003_lr")
+    tokenizer = sentence_corpus.SentenceSpec(detector="xqrs").make_tokenizer()
+    expected = tokenizer.tokenize(
+        (record.signal - meta["amplitude"]["mean"]) / meta["amplitude"]["std"], record.fs, lead_names=record.lead_names
+    )
+    np.testing.assert_array_equal(stored[3]["time_ids"], expected.time_ids)
+    np.testing.assert_allclose(stored[3]["words"].astype(np.float32), expected.words, rtol=1e-3, atol=1e-3)

@@ -1,0 +1,114 @@
+"""What every ECG-sentence builder here shares: features, info metadata, storage, build log.
+
+Each dataset (`ptbxl`, `cpsc2018`, `csn`, `mimic_iv_ecg`) stores the same sentence features, so a
+loader and a model read any of them alike, plus its own label tasks. Its info metadata holds:
+
+  - `classes`: {task: [class names]}; its keys are the dataset's tasks, each a multi-hot feature
+    named after the task ({} for an unlabelled dataset);
+  - `sentence`: the sentence spec (`SentenceSpec.metadata()`: leads, max_len, token_len, fs,
+    detector, ...), so downstream code reads the sentence shape from the dataset;
+  - `amplitude`: {"mean", "std", "fitted_on"}, the standardization fitted on its own train split;
+  - `skipped`: {"total", "by_reason", "records"}, every record that gave no sentence, and why;
+  - `flat_leads`: {"total", "by_lead", "records"}, records kept without their flat (dead) leads.
+
+Data flows one way: records -> tokenizer -> sentence_corpus -> these builders -> the loader
+(`heartlang_jax.input_pipeline`) -> the stages. Nothing here imports the loader or a stage.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from heartlang_jax import sentence_corpus
+from heartlang_jax import tokenizer as tokenizer_lib
+
+# Examples kept in `metadata["flat_leads"]["records"]`; the counts cover every record.
+MAX_LISTED_FLAT_RECORDS = 1000
+DEFAULT_FILE_FORMAT = "array_record"
+
+
+def with_default_file_format(kwargs: dict) -> dict:
+    """array_record unless the caller names a format: TFDS's default, tfrecord, needs TensorFlow
+    (which this project does not install) and fails only at the end of the first split."""
+    if kwargs.get("file_format") is None:
+        kwargs["file_format"] = DEFAULT_FILE_FORMAT
+    return kwargs
+
+
+def sentence_features(spec: sentence_corpus.SentenceSpec) -> dict:
+    """The sentence features; words are stored as float16 (half the disk; the loader casts)."""
+    return {
+        "words": tfds.features.Tensor(shape=(spec.max_len, spec.token_len), dtype=np.float16),
+        "lead_ids": tfds.features.Tensor(shape=(spec.max_len,), dtype=np.uint8),
+        "time_ids": tfds.features.Tensor(shape=(spec.max_len,), dtype=np.uint8),
+        "num_words": np.int32,
+    }
+
+
+def task_features(classes: dict[str, Sequence[str]]) -> dict:
+    return {
+        task: tfds.features.Tensor(
+            shape=(len(names),),
+            dtype=np.uint8,
+            doc=f"Multi-hot {task} labels; class names in info.metadata['classes']['{task}'].",
+        )
+        for task, names in classes.items()
+    }
+
+
+def sentence_fields(sentence: tokenizer_lib.EcgSentence) -> dict:
+    return {
+        "words": sentence.words.astype(np.float16),
+        "lead_ids": sentence.lead_ids.astype(np.uint8),
+        "time_ids": sentence.time_ids.astype(np.uint8),
+        "num_words": sentence.num_words,
+    }
+
+
+def base_metadata(classes: dict[str, Sequence[str]], spec: sentence_corpus.SentenceSpec) -> tfds.core.MetadataDict:
+    return tfds.core.MetadataDict(classes={t: list(c) for t, c in classes.items()}, sentence=spec.metadata())
+
+
+class BuildLog:
+    """Fills `metadata["skipped"]` and `metadata["flat_leads"]` as records stream past, and logs
+    one line per record naming it. `id_field` names the record key in the lists."""
+
+    def __init__(self, metadata: dict, id_field: str = "record"):
+        self._metadata = metadata
+        self._id_field = id_field
+        metadata["skipped"] = {"total": 0, "by_reason": {}, "records": []}
+        metadata["flat_leads"] = {"total": 0, "by_lead": {}, "records": []}
+
+    def skip(self, key: Hashable, error: sentence_corpus.SkipReason) -> None:
+        logging.warning("Skipping %s=%s: %s", self._id_field, key, error.message)
+        skipped = self._metadata["skipped"]
+        skipped["total"] += 1
+        by_reason = collections.Counter(skipped["by_reason"])
+        by_reason[error.kind] += 1
+        skipped["by_reason"] = dict(by_reason)
+        skipped["records"].append({self._id_field: key, "kind": error.kind, "message": error.message})
+
+    def sentence(self, key: Hashable, sentence: tokenizer_lib.EcgSentence) -> None:
+        """Counts the flat leads a kept sentence was cut without."""
+        if not sentence.flat_leads:
+            return
+        logging.warning("%s=%s: flat leads %s left out", self._id_field, key, ", ".join(sentence.flat_leads))
+        flat = self._metadata["flat_leads"]
+        flat["total"] += 1
+        by_lead = collections.Counter(flat["by_lead"])
+        by_lead.update(sentence.flat_leads)
+        flat["by_lead"] = dict(by_lead)
+        if len(flat["records"]) < MAX_LISTED_FLAT_RECORDS:
+            flat["records"].append({self._id_field: key, "leads": list(sentence.flat_leads)})
+
+    def merge(self, skipped: Sequence[tuple[Hashable, sentence_corpus.SkipReason]], flat: Sequence) -> None:
+        """Replays a chunk's log (from a resumed build's checkpoint)."""
+        for key, reason in skipped:
+            self.skip(key, reason)
+        for key, leads in flat:
+            self.sentence(key, tokenizer_lib.EcgSentence(None, None, None, 0, flat_leads=tuple(leads)))
