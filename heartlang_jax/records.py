@@ -1,8 +1,11 @@
 """Reading ECG records from disk into one in-memory form.
 
-Two layouts are supported because they cover the datasets HeartLang is used with: WFDB
-(`.hea` + `.dat`, e.g. PTB-XL) and the PhysioNet/CinC challenge layout (`.hea` + `.mat`, e.g.
-CPSC2018, Georgia), where the header is WFDB but the samples sit in a MATLAB file under 'val'.
+Three layouts are supported because they cover the datasets HeartLang is used with: WFDB
+(`.hea` + `.dat`, e.g. PTB-XL, MIMIC-IV-ECG), the PhysioNet/CinC challenge layout (`.hea` +
+`.mat`, e.g. Chapman-Shaoxing-Ningbo, CPSC2018 as CinC 2020 republished it), where the header is
+WFDB but the samples sit in a MATLAB file under 'val', and the original CPSC 2018 challenge files
+(a `.mat` alone, holding a struct 'ECG' with 'sex', 'age' and 'data', 12 x samples in mV at 500 Hz
+in the standard lead order).
 wfdb reads such a `.mat` as raw bytes at the header's byte offset, which is only right for
 MAT v4 files, so `.mat` samples are read with scipy instead.
 
@@ -63,6 +66,8 @@ def load_record(path: str | os.PathLike) -> Record:
     """Loads a WFDB or CinC-style `.mat` record; `path` is the record path without extension."""
     path = Path(path)
     header_path = path.with_name(path.name + ".hea")
+    if not header_path.is_file() and path.with_name(path.name + ".mat").is_file():
+        return _read_cpsc2018(path)
     if not header_path.is_file():
         raise RecordError(f"record {path}: header file {header_path} not found (give the path without extension)")
     data_files = _signal_files(path, header_path)
@@ -170,3 +175,24 @@ def _read_mat(path: Path, header: wfdb.Record) -> np.ndarray:
     gain = np.array([g or 200.0 for g in header.adc_gain], dtype=np.float64)[:, None]  # WFDB default gain
     baseline = np.array([b or 0 for b in header.baseline], dtype=np.float64)[:, None]
     return (digital - baseline) / gain
+
+
+CPSC2018_FS = 500.0  # the original CPSC 2018 files carry no header: 500 Hz, the 12 standard leads
+
+
+def _read_cpsc2018(path: Path) -> Record:
+    """An original CPSC 2018 record: `<name>.mat` with a struct 'ECG' whose 'data' is [12, n] mV."""
+    mat_path = path.with_name(path.name + ".mat")
+    try:
+        ecg = scipy.io.loadmat(str(mat_path))["ECG"][0, 0]
+        data = np.asarray(ecg["data"], dtype=np.float64)
+    except Exception as e:  # a CinC 'val' file without its header, or not a MATLAB file at all
+        raise RecordError(
+            f"record {path}: no header {path}.hea, and {mat_path} is not an original CPSC 2018 file "
+            f"(a struct 'ECG' with a 'data' field): {e!r}"
+        ) from e
+    if data.ndim != 2 or data.shape[0] != len(STANDARD_LEADS) or data.shape[1] == 0:
+        raise RecordError(
+            f"record {path}: 'ECG.data' in {mat_path} has shape {data.shape}, expected (12, samples)"
+        )
+    return Record(name=path.name, signal=data.astype(np.float32), fs=CPSC2018_FS, lead_names=STANDARD_LEADS)

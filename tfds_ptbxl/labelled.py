@@ -1,0 +1,148 @@
+"""A labelled ECG-sentence builder driven by a split file (CPSC 2018, Chapman-Shaoxing-Ningbo).
+
+The split file (`split_files`) says which record is in which split and its multi-hot labels; the
+dataset's own folder (`manual_dir`) holds the signals. A dataset subclass says where a record's
+files sit (`_record_path`), what the folder must hold (`_check_layout`), and its one task's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import re
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from heartlang_jax import sentence_corpus
+from heartlang_jax.records import STANDARD_LEADS
+from tfds_ptbxl import sentences
+from tfds_ptbxl import split_files
+
+_MAX_LEN = 256
+_TOKEN_LEN = 96
+_LISTED_MISSING = 3
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """A dataset folder is missing or incomplete; the message says what to put where."""
+
+
+@dataclasses.dataclass
+class BuilderConfig(tfds.core.BuilderConfig):
+    """Which leads form the sentence and which QRS detector cuts the beats."""
+
+    leads: tuple[str, ...] = STANDARD_LEADS
+    detector: str = "multilead"
+
+    @property
+    def spec(self) -> sentence_corpus.SentenceSpec:
+        return sentence_corpus.SentenceSpec(
+            leads=self.leads, max_len=_MAX_LEN, token_len=_TOKEN_LEN, detector=self.detector
+        )
+
+
+def builder_configs() -> list[BuilderConfig]:
+    return [
+        BuilderConfig(name="leads12", description="All 12 standard leads, resampled to 100 Hz."),
+        BuilderConfig(name="leads1", leads=("I",), description="Lead I only."),
+        BuilderConfig(
+            name="leads12_xqrs", detector="xqrs", description="All 12 leads, beats found by XQRS on lead I (the paper's)."
+        ),
+    ]
+
+
+def record_number(record: str) -> int:
+    """The number in a record's name (A0001 -> 1, .../JS00001 -> 1), stored as `record_id`."""
+    digits = re.findall(r"\d+", pathlib.PurePosixPath(record).name)
+    return int(digits[-1]) if digits else -1
+
+
+class SplitFileBuilder:
+    """Mixin for `tfds.core.GeneratorBasedBuilder`: see the module docstring."""
+
+    TASK: str  # the name of the dataset's one multi-hot task
+    SPLIT_FILE: pathlib.Path  # shipped beside the builder
+    HOMEPAGE: str
+    FITTED_ON = "train split of the released split file"
+
+    def __init__(self, *, split_file: str | os.PathLike | None = None, num_workers: int | None = None, **kwargs):
+        """`split_file` replaces the shipped split file (same columns; e.g. a subset for a test)."""
+        self._split_file = pathlib.Path(split_file) if split_file else self.SPLIT_FILE
+        self._num_workers = num_workers or os.cpu_count() or 1
+        super().__init__(**sentences.with_default_file_format(kwargs))
+
+    # --- what a dataset says -------------------------------------------------------------------
+
+    def _check_layout(self, root: pathlib.Path) -> None:
+        raise NotImplementedError
+
+    def _record_paths(self, root: pathlib.Path, records: list[str]) -> dict[str, pathlib.Path]:
+        """Path (no extension) of each record whose files are present."""
+        raise NotImplementedError
+
+    # --- shared --------------------------------------------------------------------------------
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        classes = {self.TASK: split_files.read(self.SPLIT_FILE)[0]}
+        spec = self.builder_config.spec
+        features = {**sentences.sentence_features(spec), "record_id": np.int32, **sentences.task_features(classes)}
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=None,
+            homepage=self.HOMEPAGE,
+            metadata=sentences.base_metadata(classes, spec),
+        )
+
+    def _split_generators(self, dl_manager):
+        root = pathlib.Path(dl_manager.manual_dir)
+        self._check_layout(root)
+        classes, rows = split_files.read(self._split_file)
+        if list(classes) != self.info.metadata["classes"][self.TASK]:
+            raise ValueError(f"{self._split_file}: classes {classes} differ from {self.name}'s")
+        paths = self._record_paths(root, [row.record for row in rows])
+        missing = [row.record for row in rows if row.record not in paths]
+        if missing:
+            raise DatasetLayoutError(
+                f"{self.name} folder {root} lacks {len(missing)} of the {len(rows)} records of the split file "
+                f"(e.g. {', '.join(missing[:_LISTED_MISSING])}). {one_line(self.MANUAL_DOWNLOAD_INSTRUCTIONS)}"
+            )
+        by_split = {split: [row for row in rows if row.split == split] for split in split_files.SPLITS}
+        for split, members in by_split.items():
+            if not members:
+                raise ValueError(f"{self._split_file} has no record in the {split} split")
+        spec = self.builder_config.spec
+        train = [paths[row.record] for row in by_split["train"]]
+        mean, std = sentence_corpus.amplitude_moments(train, spec, self._num_workers)
+        self.info.metadata["amplitude"] = {"mean": mean, "std": std, "fitted_on": self.FITTED_ON}
+        self._log = sentences.BuildLog(self.info.metadata, id_field="record")
+        logging.info("Amplitude standardization fitted on %d training records: mean=%.5f std=%.5f", len(train), mean, std)
+        return {
+            split: self._generate_examples(split, members, paths, spec, mean, std)
+            for split, members in by_split.items()
+        }
+
+    def _generate_examples(self, split, rows, paths, spec, mean, std):
+        by_record = {row.record: row for row in rows}
+        items = [(row.record, paths[row.record]) for row in rows]
+        kept = 0
+        for record, sentence, error in sentence_corpus.tokenize_records(items, spec, mean, std, self._num_workers):
+            if error is not None:
+                self._log.skip(record, error)
+                continue
+            kept += 1
+            self._log.sentence(record, sentence)
+            example = {
+                **sentences.sentence_fields(sentence),
+                "record_id": record_number(record),
+                self.TASK: by_record[record].labels,
+            }
+            yield record, example
+        if not kept:
+            raise ValueError(f"all {len(rows)} records of the {split} split were skipped (see the warnings above)")
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
