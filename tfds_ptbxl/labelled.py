@@ -96,8 +96,12 @@ class SplitFileBuilder:
             metadata=sentences.base_metadata(classes, spec),
         )
 
+    def _download_and_prepare(self, dl_manager, download_config):  # pytype: disable=signature-mismatch
+        self._manual_root = sentences.manual_root(dl_manager, download_config)
+        return super()._download_and_prepare(dl_manager, download_config)
+
     def _split_generators(self, dl_manager):
-        root = pathlib.Path(dl_manager.manual_dir)
+        root = self._manual_root
         self._check_layout(root)
         classes, rows = split_files.read(self._split_file)
         if list(classes) != self.info.metadata["classes"][self.TASK]:

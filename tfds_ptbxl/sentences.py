@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+import pathlib
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -38,6 +40,14 @@ def with_default_file_format(kwargs: dict) -> dict:
     if kwargs.get("file_format") is None:
         kwargs["file_format"] = DEFAULT_FILE_FORMAT
     return kwargs
+
+
+def manual_root(dl_manager, download_config) -> "pathlib.Path":
+    """The manual_dir the user named (else TFDS's default, `<download_dir>/manual`), without
+    `dl_manager.manual_dir`'s check, whose multi-line message names nothing of the layout: each
+    builder checks the folder itself and says what is missing in one line."""
+    given = download_config.manual_dir if download_config is not None else None
+    return pathlib.Path(os.fspath(given or os.path.join(os.fspath(dl_manager.download_dir), "manual")))
 
 
 def sentence_features(spec: sentence_corpus.SentenceSpec) -> dict:

@@ -120,3 +120,10 @@ def test_missing_folder_and_records_are_named_in_one_line(tmp_path, folder):
     with pytest.raises(labelled.DatasetLayoutError, match=r"lacks 10 of the 10 records .*e\.g\. WFDBRecords/") as e:
         _build(tmp_path, tmp_path, tmp / "splits.csv.gz")
     assert "\n" not in str(e.value)
+
+
+def test_a_folder_that_does_not_exist_is_named_in_one_line(tmp_path, folder):
+    tmp, _ = folder
+    with pytest.raises(labelled.DatasetLayoutError, match=r"CSN folder .*nowhere does not exist\. Put the extracted") as e:
+        _build(tmp_path, tmp_path / "nowhere", tmp / "splits.csv.gz")
+    assert "\n" not in str(e.value)
