@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -68,19 +69,36 @@ def make_optimizer(
     return optax.chain(*chain)
 
 
-def layer_id(path, num_layers: int) -> int:
-    """BEiT's `get_layer_id`: embeddings 0, block i -> i + 1, final norm and head num_layers + 1."""
+def layer_id(path, num_layers: int):
+    """BEiT's `get_layer_id`: embeddings 0, block i -> i + 1, final norm and head num_layers + 1.
+
+    The encoder's blocks are stacked on a leading layer axis (`encoder/blocks/...` leaves are
+    [num_layers, ...]), so for them this returns the array of ids 1..num_layers, one per layer; a
+    path with an explicit block index (`encoder/blocks/<i>/...`, unstacked layouts) gives i + 1.
+    """
     names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
     if names[0] != "encoder" or names[1] == "final_norm":
         return num_layers + 1
     if names[1] == "blocks":
-        return int(names[2]) + 1
+        if len(names) > 2 and names[2].isdigit():
+            return int(names[2]) + 1
+        return np.arange(1, num_layers + 1)
     return 0  # token/lead/time/position embeddings, CLS token
 
 
 def layer_decay_scales(model: nnx.Module, decay: float):
-    """Per-parameter lr factor decay^(num_layers + 1 - layer_id), a tree like the Param state."""
+    """Per-parameter lr factor decay^(num_layers + 1 - layer_id), a tree like the Param state.
+
+    Leaves are Python floats, except the stacked blocks' leaves: float32 arrays [num_layers, 1, ...]
+    (block i's row is decay^(num_layers - i)) that broadcast against their parameter.
+    """
     num_layers = model.encoder.config.num_layers
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: decay ** (num_layers + 1 - layer_id(path, num_layers)), nnx.state(model, nnx.Param)
-    )
+
+    def scale(path, value):
+        ids = layer_id(path, num_layers)
+        if isinstance(ids, np.ndarray):
+            factors = np.asarray(decay, np.float64) ** (num_layers + 1 - ids)
+            return jnp.asarray(factors.reshape((-1,) + (1,) * (value.ndim - 1)), jnp.float32)
+        return decay ** (num_layers + 1 - ids)
+
+    return jax.tree_util.tree_map_with_path(scale, nnx.state(model, nnx.Param))

@@ -41,14 +41,22 @@ def _np(v):
     return np.asarray(v[...], np.float64)
 
 
-def _layer_norm(x, norm, eps=1e-6):
+def _layer_norm(x, norm, eps=1e-6, layer=None):
+    scale, bias = _np(norm.scale), _np(norm.bias)
+    if layer is not None:  # stacked blocks: this layer's row
+        scale, bias = scale[layer], bias[layer]
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * _np(norm.scale) + _np(norm.bias)
+    return (x - mean) / np.sqrt(var + eps) * scale + bias
 
 
-def _dense(x, layer):
-    return x @ _np(layer.kernel) + _np(layer.bias)
+def _dense(x, dense, layer=None):
+    kernel = _np(dense.kernel)
+    bias = None if dense.bias is None else _np(dense.bias)
+    if layer is not None:
+        kernel = kernel[layer]
+        bias = None if bias is None else bias[layer]
+    return x @ kernel + (0.0 if bias is None else bias)
 
 
 def _rope(x):  # x [B, L, N, H]; out[2j] = x cos + y sin, out[2j+1] = -x sin + y cos
@@ -67,7 +75,9 @@ _erf = np.vectorize(math.erf)
 
 
 def _reference_forward(model, words, lead_ids, time_ids):
+    """Layer by layer, each layer's weights sliced from the stacked `blocks` parameters."""
     cfg = model.config
+    eps = cfg.ln_epsilon
     w = np.asarray(words, np.float64)
     kernel = _np(model.token_embed.kernel)  # [3, T, D]
     # Circular conv along L: out[l] = sum_k x[(l + k - 1) mod L] @ W[k].
@@ -75,23 +85,32 @@ def _reference_forward(model, words, lead_ids, time_ids):
     x = x + _np(model.lead_embed.embedding)[lead_ids]
     x = x + _np(model.time_embed.embedding)[time_ids]
     real = lead_ids != 0
+    if cfg.position == "learned":
+        cls = np.broadcast_to(_np(model.cls_token), (x.shape[0], 1, x.shape[2]))
+        x = np.concatenate([cls, x], axis=1) + _np(model.pos_embed)[: x.shape[1] + 1]
+        real = np.pad(real, ((0, 0), (1, 0)), constant_values=True)
+    if not cfg.mask_padding:
+        real = np.ones_like(real)
     batch, length, _ = x.shape
-    for block in model.blocks:
-        h = _layer_norm(x, block.norm1)
+    blocks = model.blocks
+    for i in range(cfg.num_layers):
+        h = _layer_norm(x, blocks.norm1, eps, i)
         shape = (batch, length, cfg.num_heads, cfg.head_dim)
-        q = _rope(_dense(h, block.attn.query).reshape(shape))
-        k = _rope(_dense(h, block.attn.key).reshape(shape))
-        v = _dense(h, block.attn.value).reshape(shape)
+        q = _dense(h, blocks.attn.query, i).reshape(shape)
+        k = _dense(h, blocks.attn.key, i).reshape(shape)
+        v = _dense(h, blocks.attn.value, i).reshape(shape)
+        if cfg.position == "rope":
+            q, k = _rope(q), _rope(k)
         logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(cfg.head_dim)
         logits = np.where(real[:, None, None, :], logits, -np.inf)
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
         attn = np.einsum("bnts,bsnh->btnh", probs, v).reshape(batch, length, -1)
-        x = x + _dense(attn, block.attn.out)
-        h = _dense(_layer_norm(x, block.norm2), block.mlp.fc1)
+        x = x + _dense(attn, blocks.attn.out, i)
+        h = _dense(_layer_norm(x, blocks.norm2, eps, i), blocks.mlp.fc1, i)
         h = 0.5 * h * (1.0 + _erf(h / np.sqrt(2.0)))
-        x = x + _dense(h, block.mlp.fc2)
-    return _layer_norm(x, model.final_norm)
+        x = x + _dense(h, blocks.mlp.fc2, i)
+    return _layer_norm(x, model.final_norm, eps)
 
 
 def _randomize_params(model, scale=0.5, seed=0):
@@ -102,14 +121,75 @@ def _randomize_params(model, scale=0.5, seed=0):
         lambda p: (scale * rng.normal(size=p.shape)).astype(np.float32), params))
 
 
-def test_matches_numpy_reference():
-    model = ECGFormer(TINY, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("config", [
+    TINY,
+    dataclasses.replace(TINY, num_layers=5),
+    dataclasses.replace(TINY, num_layers=3, position="learned", mask_padding=False),
+], ids=["rope", "rope-5-layers", "learned-released"])
+def test_matches_numpy_reference(config):
+    """The scanned blocks equal a per-layer float64 NumPy forward of the same weights."""
+    model = ECGFormer(config, rngs=nnx.Rngs(0))
     _randomize_params(model)
     words, lead_ids, time_ids = _batch()
     got = np.asarray(model(words, lead_ids, time_ids))
     want = _reference_forward(model, words, lead_ids, time_ids)
-    real = lead_ids != 0
+    real = np.pad(lead_ids != 0, ((0, 0), (model.num_prefix_tokens, 0)), constant_values=True)
     np.testing.assert_allclose(got[real], want[real], atol=2e-4)
+
+
+def test_blocks_are_stacked_on_a_layer_axis():
+    config = dataclasses.replace(TINY, num_layers=3)
+    model = ECGFormer(config, rngs=nnx.Rngs(0))
+    assert model.blocks.attn.query.kernel.shape == (3, 16, 12)
+    assert model.blocks.norm1.scale.shape == (3, 16)
+    layer = model.layer(1)
+    np.testing.assert_array_equal(layer.mlp.fc1.kernel[...], model.blocks.mlp.fc1.kernel[...][1])
+    # Layers are initialised independently.
+    kernels = np.asarray(model.blocks.attn.query.kernel[...])
+    assert np.abs(kernels[0] - kernels[1]).max() > 1e-3
+
+
+def test_scanned_dropout_matches_unrolled_layers_and_differs_per_layer():
+    """Train mode: the scan applies layer i with layer i's own dropout stream, as an unrolled
+    loop over standalone copies of each layer (same keys, same counters) does."""
+    config = dataclasses.replace(TINY, num_layers=3, dropout_rate=0.3, attention_dropout_rate=0.2)
+    model = ECGFormer(config, rngs=nnx.Rngs(0))
+    model.train()
+    keys = nnx.state(model.blocks, nnx.RngKey)
+    for key in jax.tree.leaves(keys):
+        data = np.asarray(jax.random.key_data(key)).reshape(3, -1)
+        assert len({row.tobytes() for row in data}) == 3  # each layer draws its own masks
+    words, lead_ids, time_ids = _batch()
+    twin = nnx.clone(model)
+    scanned = np.asarray(model(words, lead_ids, time_ids))
+
+    x = twin.embed_words(words) + twin.lead_embed(lead_ids) + twin.time_embed(time_ids)
+    x = twin.embed_dropout(x)
+    for i in range(config.num_layers):
+        x = twin.layer(i)(x, lead_ids != 0)
+    unrolled = np.asarray(twin.final_norm(x))
+    np.testing.assert_allclose(scanned, unrolled, atol=1e-5)
+    # The counters moved: the next step draws new masks.
+    again = np.asarray(model(words, lead_ids, time_ids))
+    assert np.abs(again - scanned).max() > 1e-3
+
+
+def test_released_block_details_follow_position():
+    rope = ECGFormer(TINY, rngs=nnx.Rngs(0))
+    assert TINY.use_qkv_bias and TINY.ln_epsilon == 1e-6 and not TINY.use_released_init
+    assert rope.blocks.attn.query.bias is not None
+    learned_config = dataclasses.replace(TINY, position="learned")
+    assert not learned_config.use_qkv_bias and learned_config.ln_epsilon == 1e-5
+    assert learned_config.use_released_init
+    learned = ECGFormer(learned_config, rngs=nnx.Rngs(0))
+    assert learned.blocks.attn.query.bias is None and learned.blocks.attn.out.bias is not None
+    assert learned.final_norm.epsilon == 1e-5
+    # PyTorch's N(0, 1) position table and U(+-1/sqrt(fan_in)) linear layers.
+    assert 0.8 < float(np.std(learned.pos_embed[...])) < 1.2
+    fc2 = np.asarray(learned.blocks.mlp.fc2.kernel[...])
+    assert np.abs(fc2).max() <= 1 / np.sqrt(TINY.mlp_dim) + 1e-6
+    explicit = dataclasses.replace(TINY, position="learned", qkv_bias=True, released_init=False)
+    assert explicit.use_qkv_bias and not explicit.use_released_init
 
 
 # ---------------------------------------------------------------------------
@@ -197,7 +277,7 @@ def test_dropout_only_in_train_mode():
 
 def test_explicit_attention_path_matches_fused():
     config = dataclasses.replace(TINY, attention_dropout_rate=0.5)
-    attn = ECGFormer(config, rngs=nnx.Rngs(0)).blocks[0].attn
+    attn = ECGFormer(config, rngs=nnx.Rngs(0)).layer(0).attn
     attn.eval()  # dropout off: the explicit path must equal the fused one
     rng = np.random.default_rng(3)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 5, 2, 6)), jnp.float32)
@@ -223,6 +303,8 @@ def test_runs_under_nnx_jit():
     ("num_layers", -1),
     ("dropout_rate", 1.0),
     ("dtype", "int8"),
+    ("layer_norm_epsilon", 0.0),
+    ("attention_implementation", "flash"),
 ])
 def test_config_validation_names_field(field, value):
     with pytest.raises(ValueError, match=field):

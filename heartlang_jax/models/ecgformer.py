@@ -4,13 +4,22 @@ A sentence is L words of T samples. Words are embedded by a circular 1-D conv
 over the sentence axis, get learnable lead (spatial) and time (temporal)
 embeddings, and go through pre-norm Transformer blocks whose attention rotates
 Q and K with RoPE. position="learned" reproduces the released code instead: a
-learned absolute position embedding and a prepended CLS token, no RoPE.
+learned absolute position embedding and a prepended CLS token, no RoPE, and
+(unless set otherwise) the released block details: no Q/K/V bias, LayerNorm
+epsilon 1e-5 and PyTorch's initialisation.
+
+The blocks are one `Block` whose parameters are stacked along a leading layer
+axis (created with nnx.vmap) and applied with nnx.scan, so the compiled program
+holds one block whatever the depth: compile time does not grow with num_layers.
+Each layer's dropout streams carry their own key (split at creation), so masks
+differ between layers and, through the stream counters, between steps.
 
 Embedding and encoding are separate methods because masked pre-training swaps
 words for a mask token in between (SPEC §5).
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +30,23 @@ from heartlang_jax.models.rope import apply_rope
 
 _POSITIONS = ("rope", "learned")
 _DTYPES = ("float32", "bfloat16", "float16")
+_ATTENTION = ("auto", "xla", "cudnn")
 _EMBED_INIT = nnx.initializers.normal(stddev=0.02)
 _DENSE_INIT = nnx.initializers.truncated_normal(stddev=0.02)
+# PyTorch's defaults, used by the released code: nn.Embedding and torch.randn are N(0, 1);
+# nn.Linear draws weight and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+_TORCH_EMBED_INIT = nnx.initializers.normal(stddev=1.0)
+_TORCH_KERNEL_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int):
+    """nn.Linear's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +55,9 @@ class ECGFormerConfig:
 
     The attention inner width is num_heads * head_dim, projected back to
     hidden_dim, because the paper's Base (hidden 768, 10 heads) is not divisible.
+    Fields left None take the value of the position mode's source: the paper's
+    RoPE model (this project's choices) or, with position="learned", the
+    released code.
     """
 
     num_layers: int
@@ -52,6 +79,15 @@ class ECGFormerConfig:
     rope_max_wavelength: float = 10_000.0
     # Compute dtype; parameters are always float32.
     dtype: str = "float32"
+    # Bias on the Q, K, V projections; None: True with RoPE, False (released) with "learned".
+    qkv_bias: bool | None = None
+    # LayerNorm epsilon; None: 1e-6 with RoPE, 1e-5 (PyTorch's, released) with "learned".
+    layer_norm_epsilon: float | None = None
+    # PyTorch's initialisation as in the released code (N(0, 1) embeddings, CLS and positions,
+    # nn.Linear's uniform weights and biases, zero mask token); None: True with "learned".
+    released_init: bool | None = None
+    # Attention kernel: "auto" = cuDNN flash attention on GPU in bfloat16/float16, XLA otherwise.
+    attention_implementation: str = "auto"
 
     def __post_init__(self):
         for name in ("num_layers", "hidden_dim", "mlp_dim", "num_heads", "head_dim",
@@ -77,30 +113,80 @@ class ECGFormerConfig:
         if self.dtype not in _DTYPES:
             raise ValueError(f"ECGFormerConfig.dtype must be one of {_DTYPES}, "
                              f"got {self.dtype!r}.")
+        for name in ("qkv_bias", "released_init"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"ECGFormerConfig.{name} must be a bool or None, got {value!r}.")
+        eps = self.layer_norm_epsilon
+        if eps is not None and not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"ECGFormerConfig.layer_norm_epsilon must be positive or None, got {eps!r}.")
+        if self.attention_implementation not in _ATTENTION:
+            raise ValueError(f"ECGFormerConfig.attention_implementation must be one of "
+                             f"{_ATTENTION}, got {self.attention_implementation!r}.")
 
     @property
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
 
+    # The None fields resolved (kept None in the dataclass, so that dataclasses.replace of
+    # `position` changes them too and a saved config reloads the same).
+    @property
+    def released(self) -> bool:
+        return self.position == "learned"
 
-def _dense(din: int, dout: int, config: ECGFormerConfig, rngs: nnx.Rngs,
-           use_bias: bool = True) -> nnx.Linear:
-    return nnx.Linear(din, dout, use_bias=use_bias, dtype=config.compute_dtype,
-                      kernel_init=_DENSE_INIT, rngs=rngs)
+    @property
+    def use_qkv_bias(self) -> bool:
+        return (not self.released) if self.qkv_bias is None else self.qkv_bias
+
+    @property
+    def ln_epsilon(self) -> float:
+        if self.layer_norm_epsilon is None:
+            return 1e-5 if self.released else 1e-6
+        return float(self.layer_norm_epsilon)
+
+    @property
+    def use_released_init(self) -> bool:
+        return self.released if self.released_init is None else self.released_init
+
+    @property
+    def embed_init(self):
+        return _TORCH_EMBED_INIT if self.use_released_init else _EMBED_INIT
 
 
-def _layer_norm(dim: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def dense(din: int, dout: int, config: ECGFormerConfig, rngs: nnx.Rngs,
+          use_bias: bool = True, dtype=None) -> nnx.Linear:
+    """A Linear layer with the config's initialisation (0.02 truncated normal or PyTorch's)."""
+    if config.use_released_init:
+        inits = dict(kernel_init=_TORCH_KERNEL_INIT, bias_init=torch_bias_init(din))
+    else:
+        inits = dict(kernel_init=_DENSE_INIT)
+    return nnx.Linear(din, dout, use_bias=use_bias,
+                      dtype=config.compute_dtype if dtype is None else dtype,
+                      rngs=rngs, **inits)
+
+
+def _layer_norm(dim: int, config: ECGFormerConfig, dtype: jnp.dtype,
+                rngs: nnx.Rngs) -> nnx.LayerNorm:
     # Flax computes LayerNorm statistics in float32 whatever `dtype` is.
-    return nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, rngs=rngs)
+    return nnx.LayerNorm(dim, epsilon=config.ln_epsilon, dtype=dtype, rngs=rngs)
+
+
+def _use_cudnn(config: ECGFormerConfig) -> bool:
+    if config.attention_implementation != "auto":
+        return config.attention_implementation == "cudnn"
+    return (jax.default_backend() == "gpu" and config.dtype in ("bfloat16", "float16")
+            and config.head_dim % 8 == 0 and config.head_dim <= 128)
 
 
 class Attention(nnx.Module):
     """Multi-head self-attention with optional RoPE on Q and K.
 
-    Uses jax.nn.dot_product_attention (fused kernels on accelerators). That
+    Uses jax.nn.dot_product_attention: XLA's implementation on CPU/TPU, cuDNN's
+    fused flash attention on GPU in half precision, with the padding mask given
+    as an additive bias in the compute dtype (cuDNN takes no boolean mask). That
     function has no dropout, so when attention dropout is active (rate > 0 and
-    train mode) the probabilities are computed explicitly instead; the two
-    paths give the same result when dropout is off.
+    train mode) the probabilities are computed explicitly instead; the paths
+    give the same result when dropout is off.
     """
 
     def __init__(self, config: ECGFormerConfig, *, rngs: nnx.Rngs):
@@ -109,10 +195,11 @@ class Attention(nnx.Module):
         self.head_dim = config.head_dim
         self.use_rope = config.position == "rope"
         self.max_wavelength = config.rope_max_wavelength
-        self.query = _dense(config.hidden_dim, inner, config, rngs)
-        self.key = _dense(config.hidden_dim, inner, config, rngs)
-        self.value = _dense(config.hidden_dim, inner, config, rngs)
-        self.out = _dense(inner, config.hidden_dim, config, rngs)
+        self.use_cudnn = _use_cudnn(config)
+        self.query = dense(config.hidden_dim, inner, config, rngs, use_bias=config.use_qkv_bias)
+        self.key = dense(config.hidden_dim, inner, config, rngs, use_bias=config.use_qkv_bias)
+        self.value = dense(config.hidden_dim, inner, config, rngs, use_bias=config.use_qkv_bias)
+        self.out = dense(inner, config.hidden_dim, config, rngs)
         self.attn_dropout = Dropout(config.attention_dropout_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
@@ -129,8 +216,15 @@ class Attention(nnx.Module):
         mask = None if key_mask is None else key_mask[:, None, None, :]  # [B,1,1,L]
         if self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic:
             out = self._attend_with_dropout(q, k, v, mask)
+        elif self.use_cudnn:
+            bias = None
+            if mask is not None:  # [B, 1, L, L]: cuDNN wants the full query and key lengths
+                neg = jnp.asarray(-0.7 * float(jnp.finfo(q.dtype).max), q.dtype)
+                bias = jnp.broadcast_to(jnp.where(mask, jnp.zeros((), q.dtype), neg),
+                                        (batch, 1, length, length))
+            out = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
         else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [B, L, N, H]
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
         return self.out(out.reshape(batch, length, -1))  # [B, L, D]
 
     def _attend_with_dropout(self, q, k, v, mask):
@@ -146,8 +240,8 @@ class Attention(nnx.Module):
 class Mlp(nnx.Module):
 
     def __init__(self, config: ECGFormerConfig, *, rngs: nnx.Rngs):
-        self.fc1 = _dense(config.hidden_dim, config.mlp_dim, config, rngs)
-        self.fc2 = _dense(config.mlp_dim, config.hidden_dim, config, rngs)
+        self.fc1 = dense(config.hidden_dim, config.mlp_dim, config, rngs)
+        self.fc2 = dense(config.mlp_dim, config.hidden_dim, config, rngs)
         self.dropout = Dropout(config.dropout_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -160,15 +254,32 @@ class Block(nnx.Module):
     """Pre-norm block: x + MHA(LN(x)), then x + MLP(LN(x))."""
 
     def __init__(self, config: ECGFormerConfig, *, rngs: nnx.Rngs):
-        self.norm1 = _layer_norm(config.hidden_dim, config.compute_dtype, rngs)
+        self.norm1 = _layer_norm(config.hidden_dim, config, config.compute_dtype, rngs)
         self.attn = Attention(config, rngs=rngs)
-        self.norm2 = _layer_norm(config.hidden_dim, config.compute_dtype, rngs)
+        self.norm2 = _layer_norm(config.hidden_dim, config, config.compute_dtype, rngs)
         self.mlp = Mlp(config, rngs=rngs)
         self.dropout = Dropout(config.dropout_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
         x = x + self.dropout(self.attn(self.norm1(x), key_mask))
         return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+def stacked_blocks(config: ECGFormerConfig, rngs: nnx.Rngs) -> Block:
+    """num_layers Blocks as one Block whose parameters and dropout keys are stacked on axis 0."""
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(rngs: nnx.Rngs) -> Block:
+        return Block(config, rngs=rngs)
+
+    return create(rngs)
+
+
+@nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry)
+def _apply_blocks(x: jax.Array, block: Block, key_mask: jax.Array | None) -> jax.Array:
+    """x [B, L, D] through each layer of the stacked `block` in turn."""
+    return block(x, key_mask)
 
 
 class ECGFormer(nnx.Module):
@@ -179,6 +290,9 @@ class ECGFormer(nnx.Module):
     follows (given the sentence already ends with a padding word; the circular
     conv wraps the last word onto the first). Outputs at padding positions are
     computed but meaningless.
+
+    `blocks` holds every layer stacked: `blocks.attn.query.kernel` is
+    [num_layers, D, N * H]; `layer(i)` gives layer i alone (for inspection).
     """
 
     def __init__(self, config: ECGFormerConfig, *, rngs: nnx.Rngs):
@@ -190,18 +304,17 @@ class ECGFormer(nnx.Module):
             use_bias=False, dtype=dtype,
             kernel_init=nnx.initializers.kaiming_normal(), rngs=rngs)
         self.lead_embed = nnx.Embed(config.num_lead_ids, dim, dtype=dtype,
-                                    embedding_init=_EMBED_INIT, rngs=rngs)
+                                    embedding_init=config.embed_init, rngs=rngs)
         self.time_embed = nnx.Embed(config.num_time_ids, dim, dtype=dtype,
-                                    embedding_init=_EMBED_INIT, rngs=rngs)
+                                    embedding_init=config.embed_init, rngs=rngs)
         if self.has_cls:
-            self.cls_token = nnx.Param(_EMBED_INIT(rngs.params(), (dim,)))
+            self.cls_token = nnx.Param(config.embed_init(rngs.params(), (dim,)))
             self.pos_embed = nnx.Param(
-                _EMBED_INIT(rngs.params(), (config.max_len + 1, dim)))
+                config.embed_init(rngs.params(), (config.max_len + 1, dim)))
         self.embed_dropout = Dropout(config.dropout_rate, rngs=rngs)
-        self.blocks = nnx.List(
-            [Block(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.blocks = stacked_blocks(config, rngs)
         # The final norm outputs float32 so every head starts from float32.
-        self.final_norm = _layer_norm(dim, jnp.float32, rngs)
+        self.final_norm = _layer_norm(dim, config, jnp.float32, rngs)
 
     @property
     def has_cls(self) -> bool:
@@ -211,6 +324,11 @@ class ECGFormer(nnx.Module):
     def num_prefix_tokens(self) -> int:
         """Tokens prepended to the sentence in encode()'s output (CLS: 1)."""
         return int(self.has_cls)
+
+    def layer(self, i: int) -> Block:
+        """A standalone copy of block i (its parameters sliced out of the stack)."""
+        graphdef, state = nnx.split(self.blocks)
+        return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
 
     def embed_words(self, words: jax.Array) -> jax.Array:
         """words [B, L, T] -> [B, L, D]; each output mixes a word and its neighbours."""
@@ -234,8 +352,7 @@ class ECGFormer(nnx.Module):
         if not self.config.mask_padding:
             key_mask = None
         x = self.embed_dropout(x)
-        for block in self.blocks:
-            x = block(x, key_mask)
+        x = _apply_blocks(x, self.blocks, key_mask)
         return self.final_norm(x)
 
     def __call__(self, words: jax.Array, lead_ids: jax.Array,
