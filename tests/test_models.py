@@ -154,6 +154,48 @@ def test_vqhbr_loss_is_masked_mse_plus_vq_terms():
         want_rec + float(q.codebook_loss) + float(q.commitment_loss), rel=1e-5)
 
 
+def test_commitment_weighting_mean_is_released_sum_is_paper():
+    """"mean" (default) = released F.mse_loss over the code dimension; "sum" = d times that."""
+    assert VQ.commitment_weighting == "mean"
+    words, lead_ids, time_ids = _batch()
+    losses = {}
+    for weighting in ("mean", "sum"):
+        model = VQHBR(dataclasses.replace(VQ, commitment_weighting=weighting), rngs=nnx.Rngs(0))
+        out = model(words, lead_ids, time_ids, update_codebook=False)
+        z = np.asarray(model.encode(words, lead_ids, time_ids), np.float64)[lead_ids != 0]
+        zn = z / np.linalg.norm(z, axis=-1, keepdims=True)
+        codes = np.asarray(model.quantizer.codebook[...], np.float64)[np.asarray(out.indices)[lead_ids != 0]]
+        losses[weighting] = float(out.quantizer.commitment_loss)
+        reduce = np.mean if weighting == "mean" else np.sum
+        assert losses[weighting] == pytest.approx(reduce((zn - codes) ** 2, axis=-1).mean(), rel=1e-5)
+    assert losses["sum"] == pytest.approx(VQ.code_dim * losses["mean"], rel=1e-5)
+    with pytest.raises(ValueError, match="commitment_weighting"):
+        dataclasses.replace(VQ, commitment_weighting="max")
+
+
+def test_layer_decay_scales_stacked_blocks():
+    """Block i gets decay^(L - i) through a [L, 1, ...] scale that broadcasts on its stack."""
+    from heartlang_jax import optim
+
+    config = dataclasses.replace(ENC, num_layers=3)
+    model = EcgClassifier(config, num_classes=3, rngs=nnx.Rngs(0))
+    scales = nnx.to_pure_dict(optim.layer_decay_scales(model, 0.5))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    assert jax.tree.structure(scales) == jax.tree.structure(params)
+    for scale, param in zip(jax.tree.leaves(scales["encoder"]["blocks"]),
+                            jax.tree.leaves(params["encoder"]["blocks"])):
+        assert scale.shape == (3,) + (1,) * (param.ndim - 1)
+        np.testing.assert_allclose(np.asarray(scale).ravel(), [0.5**3, 0.5**2, 0.5])
+    assert scales["head"]["kernel"] == scales["encoder"]["final_norm"]["scale"] == 1.0
+    assert scales["encoder"]["token_embed"]["kernel"] == pytest.approx(0.5**4)
+    # Through the optimizer: block i's update is scaled by its own factor.
+    opt = optax.chain(optim.scale_by_tree(optim.layer_decay_scales(model, 0.5)))
+    ones = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+    updates, _ = opt.update(ones, opt.init(ones))
+    kernel = np.asarray(updates["encoder"]["blocks"]["attn"]["query"]["kernel"][...])
+    np.testing.assert_allclose(kernel[:, 0, 0], [0.125, 0.25, 0.5])
+
+
 def test_vqhbr_train_step_updates_params_by_grad_and_codebook_by_ema():
     # CLS decoder: its output must be stripped before the reconstruction head.
     config = dataclasses.replace(VQ, decoder=dataclasses.replace(DEC, position="learned"))
@@ -176,9 +218,9 @@ def test_vqhbr_train_step_updates_params_by_grad_and_codebook_by_ema():
     assert np.abs(np.asarray(model.quantizer.codebook[...])
                   - codebook_before).max() > 1e-3
     assert not jax.tree.leaves(nnx.state(grads, CodebookVariable))
-    enc_kernel = np.asarray(model.encoder.blocks[0].attn.query.kernel[...])
-    assert np.abs(enc_kernel - params_before["encoder"]["blocks"][0]["attn"]
-                  ["query"]["kernel"]).max() > 0
+    enc_kernel = np.asarray(model.encoder.blocks.attn.query.kernel[...])[0]
+    assert np.abs(enc_kernel - params_before["encoder"]["blocks"]["attn"]
+                  ["query"]["kernel"][0]).max() > 0
     assert np.isfinite(float(metrics["loss"]))
     assert 1 <= int(metrics["num_used"]) <= VQ.num_codes
 

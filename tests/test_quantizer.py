@@ -57,9 +57,10 @@ def _state(q):
             np.asarray(q.cluster_size[...], np.float64))
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_update_after_init_matches_reference(jit):
-    q = EmaCodebookQuantizer(K, D, decay=0.9, kmeans_iters=3, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("jit,weighting", [(False, "mean"), (True, "mean"), (False, "sum")])
+def test_update_after_init_matches_reference(jit, weighting):
+    q = EmaCodebookQuantizer(K, D, decay=0.9, kmeans_iters=3, loss_weighting=weighting,
+                             rngs=nnx.Rngs(0))
     call = nnx.jit(lambda q, z, m: q(z, m, update=True)) if jit else (
         lambda q, z, m: q(z, m, update=True))
     call(q, *_data(0))  # k-means init + first EMA step
@@ -74,8 +75,10 @@ def test_update_after_init_matches_reference(jit):
                                want["cluster_size"], atol=1e-5)
     np.testing.assert_allclose(np.asarray(out.quantized), want["quantized"],
                                atol=1e-5)
-    assert float(out.codebook_loss) == pytest.approx(want["loss"], rel=1e-5)
-    assert float(out.commitment_loss) == pytest.approx(want["loss"], rel=1e-5)
+    # "mean" = the released F.mse_loss (an element mean), "sum" = the paper's ||.||^2 per word.
+    want_loss = want["loss"] / D if weighting == "mean" else want["loss"]
+    assert float(out.codebook_loss) == pytest.approx(want_loss, rel=1e-5)
+    assert float(out.commitment_loss) == pytest.approx(want_loss, rel=1e-5)
     assert float(out.perplexity) == pytest.approx(want["perplexity"], rel=1e-5)
     assert int(out.num_used) == want["num_used"]
     np.testing.assert_array_equal(np.asarray(out.counts), want["counts"])

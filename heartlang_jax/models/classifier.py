@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
+from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig, dense
 
 
 class EcgClassifier(nnx.Module):
@@ -20,9 +20,13 @@ class EcgClassifier(nnx.Module):
     def __init__(self, encoder_config: ECGFormerConfig, num_classes: int, *,
                  rngs: nnx.Rngs):
         self.encoder = ECGFormer(encoder_config, rngs=rngs)
-        self.head = nnx.Linear(encoder_config.hidden_dim, num_classes,
-                               kernel_init=nnx.initializers.truncated_normal(0.02),
-                               rngs=rngs)
+        if encoder_config.use_released_init:  # released: PyTorch's nn.Linear init
+            self.head = dense(encoder_config.hidden_dim, num_classes, encoder_config, rngs,
+                              dtype=jnp.float32)
+        else:
+            self.head = nnx.Linear(encoder_config.hidden_dim, num_classes,
+                                   kernel_init=nnx.initializers.truncated_normal(0.02),
+                                   rngs=rngs)
 
     def features(self, words: jax.Array, lead_ids: jax.Array,
                  time_ids: jax.Array) -> jax.Array:

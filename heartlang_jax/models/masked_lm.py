@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
+from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig, dense
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -72,10 +72,14 @@ class MaskedEcgModel(nnx.Module):
                  rngs: nnx.Rngs):
         dim = encoder_config.hidden_dim
         self.encoder = ECGFormer(encoder_config, rngs=rngs)
-        self.mask_token = nnx.Param(_INIT(rngs.params(), (dim,)))  # [D]
-        self.lm_head = nnx.Linear(dim, vocab_size,
-                                  dtype=encoder_config.compute_dtype,
-                                  kernel_init=_INIT, rngs=rngs)
+        if encoder_config.use_released_init:  # released: zeros, PyTorch's nn.Linear head
+            self.mask_token = nnx.Param(jnp.zeros((dim,), jnp.float32))  # [D]
+            self.lm_head = dense(dim, vocab_size, encoder_config, rngs)
+        else:
+            self.mask_token = nnx.Param(_INIT(rngs.params(), (dim,)))  # [D]
+            self.lm_head = nnx.Linear(dim, vocab_size,
+                                      dtype=encoder_config.compute_dtype,
+                                      kernel_init=_INIT, rngs=rngs)
 
     def __call__(self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array,
                  mask: jax.Array) -> jax.Array:

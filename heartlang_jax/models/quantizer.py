@@ -37,8 +37,8 @@ class QuantizerOutput:
 
     quantized: jax.Array  # [..., d] straight-through: forward = code, grad = l2(z)
     indices: jax.Array  # [...] int32 nearest code (also set for masked-out entries)
-    codebook_loss: jax.Array  # [] mean ||sg(l2 z) - v||^2
-    commitment_loss: jax.Array  # [] mean ||l2 z - sg(v)||^2
+    codebook_loss: jax.Array  # [] mean over words of ||sg(l2 z) - v||^2 (/ d with "mean")
+    commitment_loss: jax.Array  # [] mean over words of ||l2 z - sg(v)||^2 (/ d with "mean")
     perplexity: jax.Array  # [] exp(entropy of the batch code-usage distribution)
     num_used: jax.Array  # [] int32 distinct codes used in the batch
     # [K] int32 per-code usage this batch; sum over an epoch to count dead codes.
@@ -106,12 +106,24 @@ def spherical_kmeans(key: jax.Array, vectors: jax.Array, mask: jax.Array,
                              (means, jnp.zeros((num_codes,), jnp.float32)))
 
 
+LOSS_WEIGHTINGS = ("mean", "sum")
+
+
 class EmaCodebookQuantizer(nnx.Module):
-    """Maps vectors to the nearest of K unit-norm codes; trains the codes by EMA."""
+    """Maps vectors to the nearest of K unit-norm codes; trains the codes by EMA.
+
+    `loss_weighting` reduces the codebook and commitment terms over the code dimension:
+    "mean" as the released code (`F.mse_loss`, an element mean: (2 - 2 cos) / d per word) or
+    "sum" as the paper's squared l2 norm (2 - 2 cos per word, d times stronger). Either way
+    the terms are averaged over the real words.
+    """
 
     def __init__(self, num_codes: int, code_dim: int, *, decay: float = 0.99,
                  kmeans_iters: int = 10, dead_code_patience: int = 0,
-                 eps: float = 1e-6, rngs: nnx.Rngs):
+                 loss_weighting: str = "mean", eps: float = 1e-6, rngs: nnx.Rngs):
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}.")
+        self.loss_weighting = loss_weighting
         self.num_codes = num_codes
         self.code_dim = code_dim
         self.decay = decay
@@ -165,11 +177,12 @@ class EmaCodebookQuantizer(nnx.Module):
                 self._restart_dead_codes(counts, flat_sg, real)
 
         num_real = jnp.maximum(jnp.sum(weights), 1.0)
+        reduce = jnp.mean if self.loss_weighting == "mean" else jnp.sum
         def masked_mean(per_word):  # [N] -> []
             return jnp.sum(per_word * weights) / num_real
-        codebook_loss = masked_mean(jnp.sum(jnp.square(flat_sg - codes), axis=-1))
+        codebook_loss = masked_mean(reduce(jnp.square(flat_sg - codes), axis=-1))
         commitment_loss = masked_mean(
-            jnp.sum(jnp.square(flat - jax.lax.stop_gradient(codes)), axis=-1))
+            reduce(jnp.square(flat - jax.lax.stop_gradient(codes)), axis=-1))
 
         probs = counts / num_real  # [K]
         entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(probs), 0.0))

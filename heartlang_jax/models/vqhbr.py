@@ -13,7 +13,7 @@ from flax import nnx
 from flax import struct
 
 from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
-from heartlang_jax.models.quantizer import EmaCodebookQuantizer, QuantizerOutput
+from heartlang_jax.models.quantizer import LOSS_WEIGHTINGS, EmaCodebookQuantizer, QuantizerOutput
 
 _DENSE_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -31,6 +31,9 @@ class VQHBRConfig:
     kmeans_iters: int = 10
     # Restart a code unused for this many consecutive steps; 0 = never (released code).
     dead_code_patience: int = 0
+    # Codebook/commitment terms over the code dimension: "mean" as the released code's
+    # F.mse_loss, "sum" as the paper's squared l2 norm (code_dim times stronger).
+    commitment_weighting: str = "mean"
 
     def __post_init__(self):
         for name in ("num_codes", "code_dim", "kmeans_iters"):
@@ -43,6 +46,9 @@ class VQHBRConfig:
         if not isinstance(self.dead_code_patience, int) or self.dead_code_patience < 0:
             raise ValueError("VQHBRConfig.dead_code_patience must be an int >= 0, "
                              f"got {self.dead_code_patience!r}.")
+        if self.commitment_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"VQHBRConfig.commitment_weighting must be one of {LOSS_WEIGHTINGS}, "
+                             f"got {self.commitment_weighting!r}.")
         if self.decoder.token_len != self.code_dim:
             raise ValueError(
                 f"VQHBRConfig.decoder.token_len ({self.decoder.token_len}) must equal "
@@ -86,7 +92,8 @@ class VQHBR(nnx.Module):
         self.quantizer = EmaCodebookQuantizer(
             config.num_codes, config.code_dim, decay=config.decay,
             kmeans_iters=config.kmeans_iters,
-            dead_code_patience=config.dead_code_patience, rngs=rngs)
+            dead_code_patience=config.dead_code_patience,
+            loss_weighting=config.commitment_weighting, rngs=rngs)
         self.decoder = ECGFormer(dec, rngs=rngs)
         self.decode_head = TaskHead(dec.hidden_dim, enc.token_len,
                                     dec.compute_dtype, rngs=rngs)
