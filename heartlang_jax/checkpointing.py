@@ -4,30 +4,29 @@ A stage's workdir holds `config.json` (the full config that made it) and `checkp
 with four items: `model` and `optimizer` (NNX state), `data` (the grain iterator state) and
 `meta` (step and anything else small). Orbax writes each step to a temporary directory and
 renames it when complete, so a killed save is never listed; restore still falls back past a step
-that cannot be read.
+that cannot be read. Saves are collective: every host calls `save` at the same step, and Orbax
+writes each host's shards. Paths go through `etils.epath`, so a workdir may be `gs://...`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import pathlib
 from collections.abc import Mapping
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
+
+from heartlang_jax.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 _ITEMS = ("model", "optimizer", "data", "meta")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or belongs to another configuration."""
 
 
 def _saveable(state: nnx.State) -> dict:
@@ -62,16 +61,21 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def load_run_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    path = pathlib.Path(workdir) / CONFIG_FILE
+    path = epath.Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} not found: {workdir} holds no heartlang_jax run")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Process 0 writes `text` to a temporary name beside `path`, then renames it: never half-written."""
+    if jax.process_index() != 0:
+        return
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp.replace(path)  # atomic on POSIX; on object stores, the object appears whole
 
 
 def claim_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict, identity_fields) -> None:
@@ -80,7 +84,7 @@ def claim_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
     `identity_fields` are dotted paths (e.g. "model", "stage") that must match for a resume to
     make sense: a Base run must not resume from a Small run's checkpoints.
     """
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / CONFIG_FILE
     if path.is_file():
@@ -93,8 +97,7 @@ def claim_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                 f"{workdir} holds a run with a different configuration ({details}). "
                 "Use a new --workdir, or rerun with the original config to resume it."
             )
-    if jax.process_index() == 0:
-        _atomic_write(path, config_to_json(config))
+    atomic_write_text(path, config_to_json(config))
 
 
 def _differences(there, now, path: str) -> list[tuple[str, object, object]]:
@@ -112,25 +115,52 @@ def _get(tree: Mapping, dotted: str):
     return tree
 
 
-class RunCheckpoints:
-    """The checkpoints of one stage in one workdir."""
+def absolute(path: str | os.PathLike) -> epath.Path:
+    """A local path made absolute; a URL-style path (`gs://...`) as it is."""
+    path = epath.Path(path)
+    return path if "://" in os.fspath(path) else epath.Path(os.path.abspath(path))
 
-    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 2, read_only: bool = False):
-        self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+
+class RunCheckpoints:
+    """The checkpoints of one stage in one workdir.
+
+    `best_metric` keeps, besides the newest `max_to_keep` steps (for resuming), the step whose
+    saved metrics have the highest value of that name (Orbax's best-N preservation).
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        max_to_keep: int = 2,
+        read_only: bool = False,
+        best_metric: str | None = None,
+    ):
+        self.directory = absolute(workdir) / CHECKPOINT_DIR
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoints in {self.directory}")
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            item_names=_ITEMS,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=not read_only, read_only=read_only, cleanup_tmp_directories=True
-            ),
+        policy = None
+        if best_metric is not None and not read_only:
+            policies = ocp.checkpoint_managers
+            policy = policies.AnyPreservationPolicy(
+                [
+                    policies.LatestN(n=max_to_keep),
+                    policies.BestN(get_metric_fn=lambda m: m[best_metric], n=1, keep_checkpoints_without_metrics=False),
+                ]
+            )
+        options = ocp.CheckpointManagerOptions(
+            create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only, preservation_policy=policy
         )
+        if policy is None and not read_only:
+            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(self.directory, item_names=_ITEMS, options=options)
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None, data_state, meta) -> None:
+    def save(
+        self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None, data_state, meta, metrics=None
+    ) -> None:
         args = {
             "model": ocp.args.StandardSave(_saveable(nnx.state(model))),
             "data": ocp.args.JsonSave(data_state or {}),
@@ -138,7 +168,9 @@ class RunCheckpoints:
         }
         if optimizer is not None:  # a model-only checkpoint (e.g. an exported tokenizer) has none
             args["optimizer"] = ocp.args.StandardSave(_saveable(nnx.state(optimizer)))
-        self._manager.save(step, args=ocp.args.Composite(**args), force=True)
+        if metrics is not None:  # a NaN score (e.g. AUC without positives) ranks last
+            metrics = {k: float(v) if math.isfinite(float(v)) else -math.inf for k, v in metrics.items()}
+        self._manager.save(step, args=ocp.args.Composite(**args), force=True, metrics=metrics)
 
     def restore(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None) -> tuple[dict, dict]:
         """Restores in place into `model`/`optimizer`; returns (data_state, meta)."""
@@ -183,7 +215,7 @@ def load_model_from_run(workdir: str | os.PathLike, model: nnx.Module, what: str
 
     `what` names the checkpoint in errors ("tokenizer checkpoint", "pre-training checkpoint").
     """
-    directory = pathlib.Path(workdir) / CHECKPOINT_DIR
+    directory = absolute(workdir) / CHECKPOINT_DIR
     try:
         checkpoints = RunCheckpoints(workdir, read_only=True)
         steps = checkpoints.steps()
@@ -201,7 +233,3 @@ def load_model_from_run(workdir: str | os.PathLike, model: nnx.Module, what: str
         checkpoints.close()
     return steps[-1]
 
-
-def host_scalar_tree(tree) -> dict:
-    """Device scalars to Python floats (one transfer)."""
-    return {k: float(np.asarray(v)) for k, v in jax.device_get(dict(tree)).items()}

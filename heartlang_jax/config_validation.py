@@ -20,7 +20,7 @@ from typing import Any
 import ml_collections
 from absl import app, flags
 
-from heartlang_jax import ptbxl
+from heartlang_jax.errors import ConfigError
 
 # stage -> module of its reference config (`get_config()` with no variant).
 REFERENCE_CONFIGS = {
@@ -36,8 +36,6 @@ DTYPES = ("auto", "float32", "bfloat16")
 _ENCODER_BLOCKS = ("encoder", "decoder")
 
 
-class ConfigError(ValueError):
-    """A config field that is unknown, missing, of the wrong type or out of range; names the field."""
 
 
 def _finetune_modes() -> tuple[str, ...]:
@@ -86,7 +84,7 @@ _BETA = _range(0, 1, high_open=True)  # [0, 1)
 # Value checks by field name, wherever the field sits (a stage config or one nested in the
 # pipeline/sweep). Sequence fields are checked element by element.
 _VALUE_RULES: dict[str, Callable[[Any], str | None]] = {
-    "per_device_batch_size": _POSITIVE,
+    "batch_size": _POSITIVE,
     "num_epochs": _POSITIVE,
     "log_every_steps": _POSITIVE,
     "warmup_epochs": _NON_NEGATIVE,
@@ -108,12 +106,11 @@ _VALUE_RULES: dict[str, Callable[[Any], str | None]] = {
     "label_fraction": _FRACTION,
     "label_fractions": _FRACTION,
     "dtype": _one_of(lambda: DTYPES),
-    "task": _one_of(lambda: ptbxl.TASKS),
-    "tasks": _one_of(lambda: ptbxl.TASKS),
     "mode": _one_of(_finetune_modes),
     "modes": _one_of(_finetune_modes),
     "inits": _one_of(_sweep_inits),
     "builder_config": _one_of(_builder_configs),
+    "train_splits": _one_of(lambda: ("train", "validation", "test")),
 }
 
 

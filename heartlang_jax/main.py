@@ -1,14 +1,18 @@
 """Entry point: `python -m heartlang_jax.main --config=configs/<stage>.py[:variant] --workdir=DIR`.
 
-Parses flags, starts multi-host JAX when there are several hosts, logs the devices and hands over
-to one library function per stage, so that a notebook can call the same functions.
+Parses flags, starts multi-process JAX when there are several processes, logs the devices and
+hands over to one library function per stage, so that a notebook can call the same functions.
+
+Multi-process settings come from `--coordinator_address`, `--num_processes` and `--process_id`,
+else from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; without them, TPU VM
+pods and SLURM jobs are detected as JAX does. Errors in the user's input (the project's own
+error types) print as one line and exit 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 
 import jax
@@ -16,9 +20,13 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from heartlang_jax import config_validation
+from heartlang_jax import errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # stage name -> "module:function(config, workdir)"
@@ -34,25 +42,17 @@ STAGES = {
 
 def stage_function(stage: str):
     if stage not in STAGES:
-        raise ValueError(f"config.stage must be one of {sorted(STAGES)}, got {stage!r}")
+        raise errors.ConfigError(f"config.stage must be one of {sorted(STAGES)}, got {stage!r}")
     module, function = STAGES[stage].split(":")
     return getattr(importlib.import_module(module), function)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that describe a problem with the inputs: shown as one message, without a traceback."""
-    from heartlang_jax import checkpointing, ptbxl, train_loop
+    """The project's own error types, raised where the input is judged: one line, no traceback."""
+    from heartlang_jax import errors, ptbxl, tokenizer
     from tfds_ptbxl.ptbxl import physionet
 
-    return (
-        checkpointing.CheckpointError,
-        ptbxl.DatasetLayoutError,
-        physionet.DownloadError,
-        train_loop.NonFiniteError,
-        ValueError,
-        KeyError,
-        AttributeError,
-    )
+    return (errors.HeartLangError, ptbxl.DatasetLayoutError, physionet.DownloadError, tokenizer.TokenizerError)
 
 
 class _QuietLibraries(logging.Filter):
@@ -66,13 +66,17 @@ def main(argv):
     del argv
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietLibraries())
-    if int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES"):
-        jax.distributed.initialize()
-    config = _CONFIG.value
-    logging.info("JAX %s, process %d/%d, devices: %s", jax.__version__, jax.process_index(), jax.process_count(), jax.devices())
-    from heartlang_jax import train_loop
+    from heartlang_jax import parallel, train_loop
 
     try:
+        parallel.initialize_distributed(
+            coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
+        )
+        config = _CONFIG.value
+        logging.info(
+            "JAX %s, process %d/%d, %d devices: %s",
+            jax.__version__, jax.process_index(), jax.process_count(), jax.device_count(), jax.devices(),
+        )
         config_validation.validate(config)
         stage_function(config.stage)(config, _WORKDIR.value)
     except train_loop.Preempted as e:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-import pathlib
+
 
 import ml_collections
 
@@ -36,7 +36,7 @@ def stage_config(sub: ml_collections.ConfigDict, data: ml_collections.ConfigDict
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
     """Runs every stage in order; returns the sweep's Markdown table."""
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = checkpointing.absolute(workdir)
     dirs = {name: workdir / name for name in ("vqhbr", "pretrain", "sweep")}
     data = ml_collections.ConfigDict(config.data.to_dict())
     data.tfds_dir = os.fspath(common.tfds_dir(config, workdir).absolute())
@@ -57,7 +57,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
     return (dirs["sweep"] / sweep.RESULTS_MD).read_text()
 
 
-def _where(workdir: pathlib.Path, tfds_dir: str, dirs: dict[str, pathlib.Path]) -> str:
+def _where(workdir, tfds_dir: str, dirs: dict) -> str:
     return "\n".join(
         [
             f"Pipeline finished in {workdir}",

@@ -14,8 +14,6 @@ import itertools
 import json
 import logging
 import os
-import pathlib
-import shutil
 from collections.abc import Sequence
 
 import jax
@@ -23,7 +21,9 @@ import ml_collections
 import numpy as np
 
 from heartlang_jax import checkpointing
-from heartlang_jax import ptbxl
+from heartlang_jax import errors
+from heartlang_jax import parallel
+from heartlang_jax import run_info
 from heartlang_jax.stages import common
 from heartlang_jax.stages import finetune
 
@@ -97,20 +97,11 @@ class Cell:
 def cells(config: ml_collections.ConfigDict) -> list[Cell]:
     """The grid, in the order it runs (all cheap linear cells of a task before its full ones).
 
-    Every value is checked here, with the sweep's field names, before anything runs.
+    Field values were checked by config validation; the tasks are checked against the dataset
+    when it is open (`finetune.task_classes`).
     """
-    allowed = {"tasks": ptbxl.TASKS, "modes": finetune.MODES, "inits": INITS}
-    for field, choices in allowed.items():
-        bad = [v for v in config[field] if v not in choices]
-        if bad or not config[field]:
-            raise ValueError(f"config.{field} must be a non-empty tuple of values from {choices}, got {config[field]!r}")
-    bad = [f for f in config.label_fractions if not 0.0 < f <= 1.0]
-    if bad or not config.label_fractions:
-        raise ValueError(f"config.label_fractions must be a non-empty tuple of values in (0, 1], got {config.label_fractions!r}")
-    if not config.seeds:
-        raise ValueError("config.seeds must not be empty")
     if "pretrained" in config.inits and not config.init_workdir:
-        raise ValueError("config.init_workdir is empty but config.inits asks for pretrained cells")
+        raise errors.ConfigError("config.init_workdir is empty but config.inits asks for pretrained cells")
     grid = itertools.product(config.tasks, config.modes, config.label_fractions, config.inits, config.seeds)
     return [Cell(task, float(f), mode, init, int(seed)) for task, mode, f, init, seed in grid]
 
@@ -138,7 +129,7 @@ def _random_init_encoder(config: ml_collections.ConfigDict):
     """
     if not config.init_workdir:
         return None
-    encoder = ml_collections.ConfigDict(checkpointing.load_run_config(config.init_workdir).model.encoder.to_dict())
+    encoder = ml_collections.ConfigDict(dict(run_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"]))
     for name in finetune.REGULARIZATION_FIELDS:
         encoder[name] = config.finetune.encoder[name]
     return encoder
@@ -146,10 +137,10 @@ def _random_init_encoder(config: ml_collections.ConfigDict):
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     """Runs every unfinished cell, then writes and prints the results table."""
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = checkpointing.absolute(workdir)
     grid = cells(config)
     if "pretrained" in config.inits:
-        finetune.check_init_workdir(os.path.abspath(config.init_workdir))
+        run_info.read(checkpointing.absolute(config.init_workdir))  # fails before the first cell
     tfds_dir = os.fspath(common.tfds_dir(config, workdir).absolute())
     encoder = _random_init_encoder(config)
     configs = {cell: cell_config(config, cell, tfds_dir, encoder if cell.init == "random" else None) for cell in grid}
@@ -157,13 +148,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
     for i, cell in enumerate(grid):
         cell_dir = workdir / CELLS_DIR / cell.name
         result_path = cell_dir / finetune.RESULT_FILE
-        if result_path.is_file():
+        if result_path.exists():
             logging.info("[sweep] cell %d/%d %s: finished earlier, skipped", i + 1, len(grid), cell.name)
         else:
             logging.info("[sweep] cell %d/%d %s", i + 1, len(grid), cell.name)
             finetune.train_and_evaluate(configs[cell], cell_dir)
             if not config.keep_cell_checkpoints:
-                shutil.rmtree(cell_dir / checkpointing.CHECKPOINT_DIR, ignore_errors=True)
+                parallel.barrier(f"heartlang_jax.sweep.{cell.name}")
+                if jax.process_index() == 0:
+                    (cell_dir / checkpointing.CHECKPOINT_DIR).rmtree(missing_ok=True)
         results.append({"cell": cell.name, "init_kind": cell.init, **json.loads(result_path.read_text())})
         table = write_results(config, workdir, results)  # after every cell: partial results survive
     print(table, flush=True)
@@ -181,6 +174,7 @@ def summarize(results: Sequence[dict]) -> list[dict]:
         summary.append(
             {
                 "init": init,
+                "dataset": rows[0].get("dataset"),
                 "mode": mode,
                 "task": task,
                 "label_fraction": fraction,
@@ -204,7 +198,7 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
     rows, the paper's rows for the same setting, so each of our numbers sits over the paper's."""
     columns = [(task, float(f)) for task in config.tasks for f in config.label_fractions]
     by_key = {(s["init"], s["mode"], s["task"], s["label_fraction"]): s for s in summary}
-    header = "| setting | " + " | ".join(f"{TASK_SHORT[t]} {f * 100:g}%" for t, f in columns) + " |"
+    header = "| setting | " + " | ".join(f"{TASK_SHORT.get(t, t)} {f * 100:g}%" for t, f in columns) + " |"
     lines = [header, "|---" * (len(columns) + 1) + "|"]
     for mode, init in itertools.product(config.modes, config.inits):
         values = []
@@ -228,8 +222,11 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
             "The sample's test split holds 66 records, some classes with one or two positives: a few points "
             "of macro AUC are within the noise of which records were drawn, which the seed-to-seed std does not show."
         )
+    datasets = sorted({s["dataset"] for s in summary if s.get("dataset")})
+    if datasets:
+        notes.append(f"Dataset: {', '.join(datasets)}; tasks: {', '.join(config.tasks)}.")
     if config.init_workdir:
-        enc = checkpointing.load_run_config(config.init_workdir).model.encoder
+        enc = ml_collections.ConfigDict(dict(run_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"]))
         notes.append(
             f"Our encoder: {enc.num_layers} layers, hidden {enc.hidden_dim}, {enc.num_heads} heads, "
             f"position={enc.position}, pre-trained in {os.path.abspath(config.init_workdir)}."
@@ -237,19 +234,12 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-def write_results(config: ml_collections.ConfigDict, workdir: pathlib.Path, results: Sequence[dict]) -> str:
+def write_results(config: ml_collections.ConfigDict, workdir, results: Sequence[dict]) -> str:
     """Writes results.json (every cell + the summary) and results.md; returns the Markdown."""
     summary = summarize(results)
     table = results_markdown(config, summary)
-    _atomic_write(workdir / RESULTS_JSON, json.dumps({"cells": list(results), "summary": summary}, indent=2))
-    _atomic_write(workdir / RESULTS_MD, table)
+    checkpointing.atomic_write_text(workdir / RESULTS_JSON, json.dumps({"cells": list(results), "summary": summary}, indent=2))
+    checkpointing.atomic_write_text(workdir / RESULTS_MD, table)
     return table
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    if jax.process_index() != 0:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -4,8 +4,11 @@ A stage supplies its model, optimizer, jitted `train_step(model, optimizer, batc
 `evaluate()`; this loop owns everything that must behave the same in all of them:
 
 - resume from the newest complete checkpoint in the workdir (model, optimizer, step, data
-  iterator; the per-step RNG is `fold_in(seed, step)`, so it needs no state);
-- on SIGTERM (a TPU VM's preemption notice), save at the next step boundary and exit cleanly;
+  iterator; the per-step RNG is the step folded into the seed's own training stream, so it
+  needs no state and never repeats a key that initialization used);
+- on SIGTERM (a TPU VM's preemption notice) to any host, all hosts agree on one step through
+  JAX's preemption sync point, save it together and exit cleanly;
+- with `best_metric`, also checkpoint at every evaluation and keep the best one (Orbax best-N);
 - stop on a non-finite loss or gradient norm, naming the step, without saving the bad state;
 - TensorBoard + JSON-lines metrics, console progress with steps/s and ETA.
 """
@@ -17,6 +20,7 @@ import logging
 import math
 import signal
 import threading
+import zlib
 from collections.abc import Callable, Mapping
 
 import grain
@@ -24,13 +28,19 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from heartlang_jax import checkpointing
+from heartlang_jax import errors
 from heartlang_jax import metric_writer
 from heartlang_jax import parallel
 
+# Folded into the seed before the step, so per-step keys never equal the keys that
+# `nnx.Rngs(seed)` hands out at initialization (those fold the draw count into key(seed)).
+TRAIN_STREAM = zlib.crc32(b"heartlang_jax.train_step")
 
-class NonFiniteError(FloatingPointError):
+
+class NonFiniteError(errors.HeartLangError, FloatingPointError):
     """The loss or gradient became NaN/inf; the message names the step."""
 
 
@@ -54,7 +64,8 @@ class Schedule:
     log_every_steps: int
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict, num_train_examples: int, global_batch: int) -> Schedule:
+    def from_config(cls, config, num_train_examples: int, global_batch: int) -> Schedule:
+        """`global_batch` is the batch over all devices: the schedule does not depend on them."""
         steps_per_epoch = max(num_train_examples // global_batch, 1)
         total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
         return cls(
@@ -67,15 +78,28 @@ class Schedule:
         )
 
 
-class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop polls (only the main thread may install handlers)."""
+class _Preemption:
+    """Whether to save and stop after a step.
+
+    With several processes, JAX's preemption service (started by `jax.distributed.initialize`)
+    catches SIGTERM on any host and all hosts agree on the same step through
+    `reached_preemption_sync_point`, which every host calls after every step; a per-process flag
+    would let hosts disagree and hang the collective save. With one process, a SIGTERM handler
+    sets a flag (only the main thread may install it).
+    """
 
     def __init__(self):
         self.raised = False
         self._previous = None
+        self._multi = jax.process_count() > 1
+
+    def reached(self, step: int) -> bool:
+        if self._multi:
+            self.raised = self.raised or multihost_utils.reached_preemption_sync_point(step)
+        return self.raised
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if not self._multi and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
@@ -121,17 +145,20 @@ def run(
     on_eval: Callable[[int, dict, dict], None] | None = None,
     reduce_metrics: Callable[[list[dict]], dict[str, float]] | None = None,
     max_to_keep: int = 2,
+    best_metric: str | None = None,
 ) -> LoopResult:
     """Trains to `schedule.num_train_steps`, resuming if the workdir holds checkpoints.
 
     `on_eval(step, eval_metrics, meta)` may record anything in `meta` (saved with checkpoints),
     e.g. the best validation score so far. `reduce_metrics` turns the host metrics of the steps
     since the last log into scalars (default `mean_metrics`); a stage whose step returns arrays
-    (e.g. per-code counts) reduces them over the interval.
+    (e.g. per-code counts) reduces them over the interval. With `best_metric` (a key of the
+    evaluation's scores), every evaluation is also checkpointed with its scores, and the best
+    step is kept beside the newest ones; `meta["best_step"]` is left to `on_eval`.
     """
     parallel.replicate_module(model, mesh)
     parallel.replicate_module(optimizer, mesh)
-    checkpoints = checkpointing.RunCheckpoints(workdir, max_to_keep=max_to_keep)
+    checkpoints = checkpointing.RunCheckpoints(workdir, max_to_keep=max_to_keep, best_metric=best_metric)
     writer = metric_writer.MetricWriter(workdir)
     iterator = iter(train_data.to_iter_dataset())
     meta: dict = {}
@@ -145,7 +172,7 @@ def run(
         iterator.set_state(data_state)
         logging.info("[%s] resumed from the checkpoint at step %d in %s", stage, step, checkpoints.directory)
     meta.pop("step", None)
-    base_key = jax.random.key(config.seed)
+    base_key = jax.random.fold_in(jax.random.key(config.seed), TRAIN_STREAM)
     progress = metric_writer.Progress(schedule.num_train_steps, first_step=step)
     # (step, device metrics) not yet fetched: fetching every step would stall async dispatch.
     # Every step is checked at the next log/eval/checkpoint boundary, always before a save.
@@ -156,7 +183,7 @@ def run(
         """Fetches the pending metrics, checks every step's finiteness, logs their mean."""
         if not pending:
             return
-        fetched = jax.device_get([m for _, m in pending])
+        fetched = parallel.to_host([m for _, m in pending])
         for (s, _), values in zip(pending, fetched):
             _check_finite(s, {k: float(v) for k, v in values.items() if np.ndim(v) == 0}, stage)
         scalars = {f"train_{k}": v for k, v in (reduce_metrics or mean_metrics)(fetched).items()}
@@ -164,11 +191,11 @@ def run(
         writer.write_scalars(step, scalars)
         progress.report(step, stage, {k: v for k, v in scalars.items() if k == "train_loss"})
 
-    def save(at_step: int) -> None:
-        checkpoints.save(at_step, model, optimizer, iterator.get_state(), {**meta, "last_eval": last_eval})
+    def save(at_step: int, scores: dict | None = None) -> None:
+        checkpoints.save(at_step, model, optimizer, iterator.get_state(), {**meta, "last_eval": last_eval}, scores)
 
     try:
-        with _SigtermFlag() as sigterm:
+        with _Preemption() as preemption:
             while step < schedule.num_train_steps:
                 batch = next(iterator)
                 if prepare_batch is not None:
@@ -180,17 +207,23 @@ def run(
                 if step % schedule.log_every_steps == 0 or step == schedule.num_train_steps:
                     flush()
                 done = step == schedule.num_train_steps
+                preempted = preemption.reached(step)
+                evaluated = False
                 if evaluate is not None and (step % schedule.eval_every_steps == 0 or done):
                     flush()
                     last_eval = evaluate(step)
+                    evaluated = True
                     writer.write_scalars(step, last_eval)
                     logging.info("[%s] eval at step %d: %s", stage, step, _fmt(last_eval))
                     if on_eval is not None:
                         on_eval(step, last_eval, meta)
-                if step % schedule.checkpoint_every_steps == 0 or done or sigterm.raised:
+                if best_metric is not None and evaluated:
+                    flush()
+                    save(step, {best_metric: last_eval[best_metric]})
+                elif step % schedule.checkpoint_every_steps == 0 or done or preempted:
                     flush()
                     save(step)
-                if sigterm.raised and not done:
+                if preempted and not done:
                     checkpoints.wait()
                     raise Preempted(step)
     finally:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from heartlang_jax.records import STANDARD_LEADS
+from heartlang_jax.stages.common import DatasetInfo
+
 TASK_DIMS = {"superdiagnostic": 5, "subdiagnostic": 23, "form": 19, "rhythm": 12}
 
 
@@ -26,3 +29,11 @@ def sentences(n: int, seed: int = 0, max_len: int = 256, token_len: int = 96) ->
             example[task] = (rng.random(dim) < 0.3).astype(np.uint8)
         out.append(example)
     return out
+
+
+# What a stage records about the synthetic "dataset" in its run folder's model.json.
+DATASET = DatasetInfo(
+    name="synthetic",
+    sentence={"leads": list(STANDARD_LEADS), "max_len": 256, "token_len": 96, "fs": 100, "detector": "multilead"},
+    amplitude={"mean": 0.0, "std": 1.0},
+)

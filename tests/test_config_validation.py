@@ -79,7 +79,7 @@ def test_unknown_field_is_named_with_a_suggestion(path, expected):
 @pytest.mark.parametrize(
     "name, path, value, expected",
     [
-        ("vqhbr", "per_device_batch_size", "32", "per_device_batch_size: expected int, got str '32'"),
+        ("vqhbr", "batch_size", "32", "batch_size: expected int, got str '32'"),
         ("vqhbr", "model.encoder.mask_padding", 1, "model.encoder.mask_padding: expected bool, got int 1"),
         ("pretrain_base", "model.mask_ratio", True, "model.mask_ratio: expected float, got bool True"),
         ("finetune", "encoder", 3, "encoder: expected a group of fields, got 3"),

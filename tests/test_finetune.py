@@ -1,15 +1,18 @@
 """Fine-tuning stage on small in-memory splits: frozen encoder, layer decay, init, model selection."""
 
 import json
+import types
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
+import synthetic
 from heartlang_jax.configs import finetune as finetune_config
 from heartlang_jax.configs import pretrain_common
 from heartlang_jax import checkpointing
+from heartlang_jax import config_validation
 from heartlang_jax import input_pipeline
 from heartlang_jax import optim
 from heartlang_jax.stages import finetune
@@ -50,7 +53,7 @@ def tiny_config(mode="linear", task="superdiagnostic", steps=4):
     config.encoder.update(TINY_ENCODER)
     config.task = task
     config.mode = mode
-    config.per_device_batch_size = 4
+    config.batch_size = 4
     config.num_train_steps = steps
     config.eval_every_steps = 2
     config.log_every_steps = 2
@@ -78,7 +81,7 @@ def test_linear_probing_trains_only_the_head(sources, tmp_path, make_pretrain_ru
     pretrain_dir, pretrained = make_pretrain_run()
     config = tiny_config("linear")
     config.init_workdir = str(pretrain_dir)
-    result = finetune.finetune(config, tmp_path / "ft", sources, class_names(config.task))
+    result = finetune.finetune(config, tmp_path / "ft", sources, class_names(config.task), synthetic.DATASET)
     trained = restored_model(config, tmp_path / "ft")
     # Bitwise: the frozen encoder is the pre-trained one after training; only the head moved.
     jax.tree.map(np.testing.assert_array_equal, params(pretrained.encoder), params(trained.encoder))
@@ -97,7 +100,7 @@ def test_reported_auc_is_the_test_auc_of_the_best_validation_epoch(sources, tmp_
     """Every evaluation is in metrics.jsonl: the result must pick the max-validation one's test AUC."""
     config = tiny_config("linear", steps=6)
     config.eval_every_steps = 1
-    result = finetune.finetune(config, tmp_path, sources, class_names(config.task))
+    result = finetune.finetune(config, tmp_path, sources, class_names(config.task), synthetic.DATASET)
     evals = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "eval_auc" in r]
     assert len(evals) == 6
     best = max(evals, key=lambda r: r["eval_auc"])  # first of equals, as the stage keeps the first
@@ -109,19 +112,20 @@ def test_reported_auc_is_the_test_auc_of_the_best_validation_epoch(sources, tmp_
 def test_best_epoch_survives_resume(sources, tmp_path):
     """Rerunning a finished run restores its final checkpoint: the best epoch comes from `meta`."""
     config = tiny_config("linear", task="rhythm")
-    first = finetune.finetune(config, tmp_path, sources, class_names("rhythm"))
+    first = finetune.finetune(config, tmp_path, sources, class_names("rhythm"), synthetic.DATASET)
     assert first["num_train_records"] == 24 - 5  # records without a rhythm label are dropped
-    again = finetune.finetune(config, tmp_path, sources, class_names("rhythm"))
+    again = finetune.finetune(config, tmp_path, sources, class_names("rhythm"), synthetic.DATASET)
     assert again == first
 
 
 def test_full_finetuning_trains_the_encoder(sources, tmp_path):
     config = tiny_config("full", steps=2)
-    result = finetune.finetune(config, tmp_path, sources, class_names(config.task))
+    result = finetune.finetune(config, tmp_path, sources, class_names(config.task), synthetic.DATASET)
     initial = finetune.build_model(config, 5)
     trained = restored_model(config, tmp_path)
     before, after = params(initial.encoder), params(trained.encoder)
-    assert not np.array_equal(before["blocks"][0]["attn"]["query"]["kernel"], after["blocks"][0]["attn"]["query"]["kernel"])
+    # Blocks are scanned: their parameters are stacked along a leading layer axis.
+    assert not np.array_equal(before["blocks"]["attn"]["query"]["kernel"][0], after["blocks"]["attn"]["query"]["kernel"][0])
     assert not np.array_equal(before["token_embed"]["kernel"], after["token_embed"]["kernel"])
     assert 0.0 <= result["test_auc"] <= 1.0
 
@@ -136,10 +140,10 @@ def test_layer_decay_factors_follow_beit(position):
     assert jax.tree.structure(scales) == jax.tree.structure(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     assert scales["head"]["kernel"] == scales["head"]["bias"] == 1.0
     assert scales["encoder"]["final_norm"]["scale"] == 1.0
-    for value in jax.tree.leaves(scales["encoder"]["blocks"][1]):
-        assert value == pytest.approx(0.9)
-    for value in jax.tree.leaves(scales["encoder"]["blocks"][0]):
-        assert value == pytest.approx(0.81)
+    # Scanned blocks: each scale has a leading layer axis, block i at index i.
+    for value in jax.tree.leaves(scales["encoder"]["blocks"]):
+        assert np.asarray(value).reshape(2, -1)[1] == pytest.approx(0.9)
+        assert np.asarray(value).reshape(2, -1)[0] == pytest.approx(0.81)
     embeddings = ["token_embed", "lead_embed", "time_embed"] + (["cls_token", "pos_embed"] if position == "learned" else [])
     assert set(scales["encoder"]) == {"blocks", "final_norm", *embeddings}
     for name in embeddings:
@@ -181,20 +185,24 @@ def test_missing_init_checkpoint_fails_before_any_compute(tmp_path):
     unfinished = pretrain_common.get_pretrain_config("small", "tiny")
     checkpointing.claim_workdir(tmp_path / "unfinished", unfinished, ())
     config.init_workdir = str(tmp_path / "unfinished")
-    with pytest.raises(checkpointing.CheckpointError, match=r"^config.init_workdir: .*holds no saved step"):
+    with pytest.raises(checkpointing.CheckpointError, match=r"^config.init_workdir: .*unfinished is not a finished"):
         finetune.train_and_evaluate(config, tmp_path / "ft")
     assert not (tmp_path / "ft").exists()  # no dataset built, no workdir claimed
 
 
-@pytest.mark.parametrize(
-    "field,value,message",
-    [("task", "diagnostic", "config.task"), ("mode", "probe", "config.mode"), ("label_fraction", 0.0, "config.label_fraction")],
-)
+@pytest.mark.parametrize("field,value,message", [("mode", "probe", "mode"), ("label_fraction", 0.0, "label_fraction")])
 def test_config_validation_names_the_field(field, value, message):
     config = finetune_config.get_config()
     setattr(config, field, value)
     with pytest.raises(ValueError, match=message):
-        finetune.validate_config(config)
+        config_validation.validate(config)
+
+
+def test_a_task_the_dataset_does_not_declare_names_the_field():
+    builder = types.SimpleNamespace(name="ptbxl", info=types.SimpleNamespace(metadata={"classes": {"rhythm": ["SR"]}}))
+    assert finetune.task_classes(builder, "rhythm") == ["SR"]
+    with pytest.raises(ValueError, match=r"^config.task='diagnostic' is not a task of ptbxl; its tasks are \['rhythm'\]"):
+        finetune.task_classes(builder, "diagnostic")
 
 
 def test_label_fraction_subsets_are_seeded_plain_random_choices(sources):
@@ -206,6 +214,6 @@ def test_label_fraction_subsets_are_seeded_plain_random_choices(sources):
     expected = indices[np.sort(chosen)]
     np.testing.assert_array_equal(first, expected)
     # The training batches of one epoch cover exactly that subset.
-    data = input_pipeline.train_dataset(sources["train"], batch_size=1, seed=1, task="rhythm", label_fraction=0.25)
+    data = input_pipeline.train_dataset(sources["train"], global_batch=1, seed=1, task="rhythm", label_fraction=0.25)
     seen = sorted(int(data[i]["index"][0]) for i in range(len(first)))
     np.testing.assert_array_equal(seen, first)

@@ -41,15 +41,15 @@ def test_task_filter_keeps_exactly_the_labelled_records(bundled_sources):
 
 
 def _first_batches(dataset, n):
-    it = input_pipeline.train_iterator(dataset)
+    it = iter(dataset.to_iter_dataset())
     return [next(it) for _ in range(n)]
 
 
 def test_same_seed_same_batches_and_other_seed_differs(bundled_sources):
     src = bundled_sources["train"]
-    a = _first_batches(input_pipeline.train_dataset(src, batch_size=8, seed=3), 3)
-    b = _first_batches(input_pipeline.train_dataset(src, batch_size=8, seed=3), 3)
-    c = _first_batches(input_pipeline.train_dataset(src, batch_size=8, seed=4), 3)
+    a = _first_batches(input_pipeline.train_dataset(src, global_batch=8, seed=3), 3)
+    b = _first_batches(input_pipeline.train_dataset(src, global_batch=8, seed=3), 3)
+    c = _first_batches(input_pipeline.train_dataset(src, global_batch=8, seed=4), 3)
     for x, y in zip(a, b):
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
@@ -57,21 +57,21 @@ def test_same_seed_same_batches_and_other_seed_differs(bundled_sources):
 
 
 def test_iterator_state_resumes_the_same_batches(bundled_sources):
-    dataset = input_pipeline.train_dataset(bundled_sources["train"], batch_size=16, seed=0)
-    it = input_pipeline.train_iterator(dataset)
+    dataset = input_pipeline.train_dataset(bundled_sources["train"], global_batch=16, seed=0)
+    it = iter(dataset.to_iter_dataset())
     for _ in range(30):  # past the first epoch (353 // 16 = 22 batches)
         next(it)
     state = it.get_state()
     expected = [next(it)["index"] for _ in range(3)]
-    resumed = input_pipeline.train_iterator(dataset)
+    resumed = iter(dataset.to_iter_dataset())
     resumed.set_state(state)
     for want in expected:
         np.testing.assert_array_equal(next(resumed)["index"], want)
 
 
 def test_epochs_are_reshuffled_and_cover_every_example(bundled_sources):
-    dataset = input_pipeline.train_dataset(bundled_sources["train"], batch_size=1, seed=0)
-    it = input_pipeline.train_iterator(dataset)
+    dataset = input_pipeline.train_dataset(bundled_sources["train"], global_batch=1, seed=0)
+    it = iter(dataset.to_iter_dataset())
     first = [int(next(it)["index"][0]) for _ in range(353)]
     second = [int(next(it)["index"][0]) for _ in range(353)]
     assert sorted(first) == sorted(second) == list(range(353))
@@ -90,19 +90,21 @@ def test_label_fractions_are_seeded_subsets():
 
 
 def test_hosts_get_disjoint_shards(bundled_sources):
+    """Two hosts each read their half of every global batch of 4: one epoch (88 batches) covers
+    352 of the 353 records, each read by exactly one host."""
     src = bundled_sources["train"]
     seen = []
     for host in range(2):
-        ds = input_pipeline.train_dataset(src, batch_size=4, seed=0, process_index=host, process_count=2)
-        it = input_pipeline.train_iterator(ds)
-        seen.append({int(i) for _ in range(176 // 4) for i in next(it)["index"]})
+        ds = input_pipeline.train_dataset(src, global_batch=4, seed=0, rows=slice(2 * host, 2 * host + 2))
+        it = iter(ds.to_iter_dataset())
+        seen.append({int(i) for _ in range(352 // 4) for i in next(it)["index"]})
     assert not seen[0] & seen[1]
     assert len(seen[0] | seen[1]) == 352
 
 
 def test_eval_batches_cover_each_labelled_example_once(bundled_sources):
     src = bundled_sources["validation"]
-    batches = list(input_pipeline.eval_batches(src, batch_size=16, task="superdiagnostic"))
+    batches = list(input_pipeline.eval_batches(src, global_batch=16, task="superdiagnostic"))
     assert {b["words"].shape for b in batches} == {(16, 256, 96)}
     real = np.concatenate([b["index"][b["mask"]] for b in batches])
     np.testing.assert_array_equal(np.sort(real), input_pipeline.labelled_indices(src, "superdiagnostic"))

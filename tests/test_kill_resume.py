@@ -56,7 +56,7 @@ def launch(tmp_path_factory, tiny_vqhbr_workdir, bundled_tfds_dir):
             f"--config.num_train_steps={NUM_STEPS}",
             "--config.checkpoint_every_steps=2",
             "--config.log_every_steps=2",
-            "--config.per_device_batch_size=8",
+            "--config.batch_size=8",
             f"--config.vqhbr_workdir={tiny_vqhbr_workdir}",
             f"--config.data.tfds_dir={bundled_tfds_dir}",
             *overrides,
@@ -171,7 +171,7 @@ def test_finetuning_preempted_then_rerun_ends_like_an_uninterrupted_run(tmp_path
     sources = {split: synthetic.sentences(24, seed) for seed, split in enumerate(("train", "validation", "test"))}
     config = finetune_config.get_config("tiny")
     config.encoder.update(num_layers=2, hidden_dim=16, mlp_dim=32, num_heads=2, head_dim=8)
-    config.update(mode="linear", per_device_batch_size=4, num_train_steps=6, eval_every_steps=2, dtype="float32")
+    config.update(mode="linear", batch_size=4, num_train_steps=6, eval_every_steps=2, dtype="float32")
     names = [f"c{i}" for i in range(synthetic.TASK_DIMS[config.task])]
 
     def trained_params(workdir):
@@ -181,7 +181,7 @@ def test_finetuning_preempted_then_rerun_ends_like_an_uninterrupted_run(tmp_path
         store.close()
         return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
-    expected = finetune.finetune(config, tmp_path / "uninterrupted", sources, names)
+    expected = finetune.finetune(config, tmp_path / "uninterrupted", sources, names, synthetic.DATASET)
 
     def preempting_dataset(*args, **kwargs):
         def signal_at_third_batch(index, batch):
@@ -194,12 +194,13 @@ def test_finetuning_preempted_then_rerun_ends_like_an_uninterrupted_run(tmp_path
     train_dataset = input_pipeline.train_dataset
     monkeypatch.setattr(input_pipeline, "train_dataset", preempting_dataset)
     with pytest.raises(train_loop.Preempted) as info:
-        finetune.finetune(config, tmp_path / "run", sources, names)
+        finetune.finetune(config, tmp_path / "run", sources, names, synthetic.DATASET)
     monkeypatch.undo()
     assert 0 < info.value.step < config.num_train_steps
     store = checkpointing.RunCheckpoints(tmp_path / "run", read_only=True)
-    assert store.steps() == [info.value.step]
+    # The preemption step is the newest; the best evaluation so far is kept beside it (best-N).
+    assert store.steps()[-1] == info.value.step
     store.close()
 
-    assert finetune.finetune(config, tmp_path / "run", sources, names) == expected
+    assert finetune.finetune(config, tmp_path / "run", sources, names, synthetic.DATASET) == expected
     _assert_params_close(trained_params(tmp_path / "run"), trained_params(tmp_path / "uninterrupted"))

@@ -30,7 +30,7 @@ def compile_counter():
 
 def _batches(n: int, mesh):
     source = synthetic.sentences(8 * n, seed=4)
-    return [parallel.shard_batch(b, mesh) for b in input_pipeline.eval_batches(source, batch_size=8)]
+    return [parallel.shard_batch(b, mesh) for b in input_pipeline.eval_batches(source, global_batch=8)]
 
 
 def _optimizer(model, config, mesh):

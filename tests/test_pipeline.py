@@ -20,7 +20,7 @@ def tiny_pipeline_config(tfds_dir):
     config.sweep.seeds = (0,)
     config.sweep.finetune.num_train_steps = 3
     for stage in (config.vqhbr, config.pretrain, config.sweep.finetune):
-        stage.per_device_batch_size = 16
+        stage.batch_size = 16
     for encoder in (config.vqhbr.model.encoder, config.vqhbr.model.decoder, config.pretrain.model.encoder):
         encoder.update(num_layers=1, hidden_dim=32, mlp_dim=32, num_heads=2, head_dim=16)
     return config

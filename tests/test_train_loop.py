@@ -42,7 +42,7 @@ def _run(workdir, steps: int, prepare_batch=None, total_steps: int = 6):
         model=model,
         optimizer=optimizer,
         train_step=vqhbr.train_step,
-        train_data=input_pipeline.train_dataset(SOURCE, batch_size=8, seed=0),
+        train_data=input_pipeline.train_dataset(SOURCE, global_batch=8, seed=0),
         mesh=parallel.make_mesh(),
         schedule=train_loop.Schedule.from_config(config, len(SOURCE), 8),
         prepare_batch=prepare_batch,
@@ -144,7 +144,7 @@ def test_train_step_compiles_once(caplog):
     mesh = parallel.make_mesh()
     parallel.replicate_module(model, mesh)
     parallel.replicate_module(optimizer, mesh)
-    it = input_pipeline.train_iterator(input_pipeline.train_dataset(SOURCE, batch_size=8, seed=0))
+    it = iter(input_pipeline.train_dataset(SOURCE, global_batch=8, seed=0).to_iter_dataset())
     with jax.log_compiles(), caplog.at_level("WARNING"):
         for step in range(5):
             vqhbr.train_step(model, optimizer, parallel.shard_batch(next(it), mesh), jax.random.key(step))

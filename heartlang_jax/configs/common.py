@@ -59,8 +59,8 @@ def loop_config(config: ml_collections.ConfigDict, *, epochs: int, warmup_epochs
     """Fields of every training stage, set in place."""
     # Random seed of initialization, shuffling and masking.
     config.seed = 0
-    # Examples per device per step (global batch = this x device count).
-    config.per_device_batch_size = batch
+    # Global batch: examples per step over all devices and hosts (must divide by the device count).
+    config.batch_size = batch
     # Training length in epochs of the training split (the paper's unit).
     config.num_epochs = epochs
     # Linear warm-up length in epochs.

@@ -58,7 +58,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         # The bundled sample has ~350 training records: few steps per epoch, so a higher lr.
         optimizer.linear.learning_rate = 1e-2
         optimizer.full.learning_rate = 1e-3
-        config.per_device_batch_size = 32
+        config.batch_size = 32
         config.num_epochs = 20
         config.warmup_epochs = 1
         config.log_every_steps = 20

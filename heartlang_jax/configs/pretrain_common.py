@@ -10,6 +10,9 @@ def get_pretrain_config(size: str, variant: str = "") -> ml_collections.ConfigDi
     # Which stage main.py runs.
     config.stage = "pretrain"
     config.data = common.data_config()
+    # Splits the model trains on. ("train",) keeps validation and test unseen (no leakage into
+    # the downstream scores); the paper pre-trained on all of PTB-XL: ("train", "validation", "test").
+    config.train_splits = ("train",)
     # Workdir of the finished VQ-HBR run whose codebook indices are the targets (required).
     config.vqhbr_workdir = ""
 
@@ -26,15 +29,14 @@ def get_pretrain_config(size: str, variant: str = "") -> ml_collections.ConfigDi
     config.optimizer = common.optimizer_config(
         learning_rate=5e-4, end_learning_rate=1e-5, b1=0.9, b2=0.98, weight_decay=0.05, clip=3.0
     )
-    # Paper: 100 epochs, 20 warm-up, batch 256 (per device on one accelerator; divide by the
-    # device count to keep the global batch at 256).
+    # Paper: 100 epochs, 20 warm-up, global batch 256 (the same schedule on any device count).
     common.loop_config(config, epochs=100, warmup_epochs=20, batch=256)
 
     if variant == "tiny":
         model.encoder.update(common.PAPER_SIZES["tiny"])
         model.encoder.dropout_rate = 0.0
         config.optimizer.learning_rate = 1e-3
-        config.per_device_batch_size = 32
+        config.batch_size = 32
         config.num_epochs = 20
         config.warmup_epochs = 2
         config.log_every_steps = 20

@@ -14,6 +14,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.stage = "vqhbr"
     config.data = common.data_config()
 
+    # Splits the model trains on. ("train",) keeps validation and test unseen (no leakage into
+    # the downstream scores); the paper pre-trained on all of PTB-XL: ("train", "validation", "test").
+    config.train_splits = ("train",)
     model = ml_collections.ConfigDict()
     # Encoder ECGFormer (released: 4 layers, 2 heads of 384, D=768, MLP 2048).
     model.encoder = common.encoder_config("small")
@@ -50,7 +53,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         model.dead_code_patience = 10
         config.optimizer.learning_rate = 2e-3
         config.optimizer.end_learning_rate = 1e-4
-        config.per_device_batch_size = 32
+        config.batch_size = 32
         # 30 epochs reach 0.350 of the predict-zeros MSE on the bundled sample; 40 leave margin.
         config.num_epochs = 40
         config.warmup_epochs = 2

@@ -1,17 +1,30 @@
-"""What every stage needs: its dataset, its compute dtype, its model config as a dataclass."""
+"""The stage skeleton every training stage runs through, right on one host or many.
+
+A stage keeps only what is its own (its model, its loss and step, its evaluation); the rest is
+here, once: claim the workdir, open the dataset, build the mesh and check the global batch
+(`prepare`), then the schedule, the optimizer and the shared loop (`train`), and the run
+folder's `model.json` that makes it usable on its own (`write_run_info`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-import pathlib
+from collections.abc import Callable, Sequence
 
+import grain
 import jax
 import ml_collections
+from etils import epath
 from flax import nnx
 
+from heartlang_jax import checkpointing
 from heartlang_jax import input_pipeline
+from heartlang_jax import optim
+from heartlang_jax import parallel
+from heartlang_jax import run_info
+from heartlang_jax import train_loop
 from heartlang_jax.models import ECGFormerConfig
 
 
@@ -23,17 +36,12 @@ def compute_dtype(config: ml_collections.ConfigDict) -> str:
 
 
 def ecgformer_config(encoder: ml_collections.ConfigDict, dtype: str, **overrides) -> ECGFormerConfig:
-    """The model dataclass from a config block; unknown fields fail with their name."""
-    fields = {f.name for f in dataclasses.fields(ECGFormerConfig)}
-    values = {**encoder.to_dict(), **overrides, "dtype": dtype}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ValueError(f"unknown ECGFormer config field(s) {unknown}; known: {sorted(fields)}")
-    return ECGFormerConfig(**values)
+    """The model dataclass from a config block (its fields were checked by config validation)."""
+    return ECGFormerConfig(**{**encoder.to_dict(), **overrides, "dtype": dtype})
 
 
-def tfds_dir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> pathlib.Path:
-    return pathlib.Path(config.data.tfds_dir or pathlib.Path(workdir) / "tfds")
+def tfds_dir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epath.Path:
+    return epath.Path(config.data.tfds_dir) if config.data.tfds_dir else epath.Path(workdir) / "tfds"
 
 
 def open_dataset(config: ml_collections.ConfigDict, workdir: str | os.PathLike):
@@ -54,5 +62,112 @@ def parameter_count(model: nnx.Module) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def log_parameter_count(name: str, model: nnx.Module) -> None:
-    logging.info("[%s] %s parameters", name, f"{parameter_count(model):,}")
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a model trained on a dataset must carry to read raw ECGs as that dataset did."""
+
+    name: str
+    sentence: dict
+    amplitude: dict
+
+    @classmethod
+    def of(cls, builder) -> DatasetInfo:
+        return cls(
+            name=f"{builder.name}/{builder.builder_config.name}",
+            sentence=input_pipeline.sentence_spec(builder),
+            amplitude=dict(builder.info.metadata["amplitude"]),
+        )
+
+
+@dataclasses.dataclass
+class StageContext:
+    """What `prepare` sets up for a stage: its workdir, data, mesh and batch sizes."""
+
+    name: str
+    config: ml_collections.ConfigDict
+    workdir: epath.Path
+    dataset: DatasetInfo
+    sources: dict
+    mesh: jax.sharding.Mesh
+    global_batch: int
+
+
+def prepare(
+    name: str,
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    identity_fields: Sequence[str],
+    *,
+    global_batch: int | None = None,
+    data: tuple[DatasetInfo, dict] | None = None,
+) -> StageContext:
+    """Claims the workdir, opens the data (unless `data` = (DatasetInfo, sources) is given),
+    builds the mesh and checks the global batch."""
+    global_batch = config.batch_size if global_batch is None else global_batch
+    parallel.check_global_batch(global_batch)
+    workdir = checkpointing.absolute(workdir)
+    checkpointing.claim_workdir(workdir, config, identity_fields)
+    if data is None:
+        builder, sources = open_dataset(config, workdir)
+        data = (DatasetInfo.of(builder), sources)
+    return StageContext(name, config, workdir, data[0], data[1], parallel.make_mesh(), global_batch)
+
+
+def train(
+    ctx: StageContext,
+    *,
+    model: nnx.Module,
+    optimizer_config: ml_collections.ConfigDict,
+    train_step: Callable,
+    train_data: grain.MapDataset,
+    num_train_examples: int,
+    wrt=nnx.Param,
+    lr_scales=None,
+    **loop_kwargs,
+) -> train_loop.LoopResult:
+    """The schedule (from the global batch), AdamW, and the shared loop."""
+    schedule = train_loop.Schedule.from_config(ctx.config, num_train_examples, ctx.global_batch)
+    logging.info("[%s] %s parameters", ctx.name, f"{parameter_count(model):,}")
+    tx = optim.make_optimizer(
+        optimizer_config,
+        num_train_steps=schedule.num_train_steps,
+        warmup_steps=schedule.warmup_steps,
+        lr_scales=lr_scales,
+    )
+    optimizer = nnx.Optimizer(model, tx, wrt=wrt)
+    result = train_loop.run(
+        stage=ctx.name,
+        config=ctx.config,
+        workdir=os.fspath(ctx.workdir),
+        model=model,
+        optimizer=optimizer,
+        train_step=train_step,
+        train_data=train_data,
+        mesh=ctx.mesh,
+        schedule=schedule,
+        **loop_kwargs,
+    )
+    logging.info("[%s] done at step %d: %s", ctx.name, result.step, result.last_eval)
+    return result
+
+
+def write_run_info(ctx: StageContext, kind: str, model: dict, **extra) -> None:
+    """The run folder's `model.json`: all that loading the model for inference needs."""
+    run_info.write(
+        ctx.workdir,
+        run_info.RunInfo(
+            kind=kind,
+            model=model,
+            sentence=ctx.dataset.sentence,
+            amplitude=ctx.dataset.amplitude,
+            dataset=ctx.dataset.name,
+            **extra,
+        ),
+    )
+
+
+def encoder_fields(config: ECGFormerConfig) -> dict:
+    """An ECGFormerConfig as model.json stores it (the compute dtype is the loader's choice)."""
+    fields = dataclasses.asdict(config)
+    fields.pop("dtype", None)
+    return fields

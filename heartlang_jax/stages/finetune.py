@@ -1,11 +1,11 @@
 """Downstream fine-tuning (paper §3): one PTB-XL task, linear probing or full fine-tuning.
 
-The encoder comes from a pre-training workdir (`config.init_workdir`: its architecture from that
-run's own config, its dropout from this one) or is randomly initialized. One logit per class,
-sigmoid + BCE. Validation and test macro AUC are computed every epoch; the epoch with the best
-validation AUC is kept in the loop's `meta` (so a resumed run remembers it) and its test AUC is
-the reported result, in `<workdir>/result.json`. Scoring the test split at every evaluation gives
-the same number as keeping the best epoch's weights and scoring them afterwards.
+The encoder comes from a pre-training run folder (`config.init_workdir`: its architecture from
+that folder's `model.json`, its dropout from this config) or is randomly initialized. One logit
+per class, sigmoid + BCE. Validation macro AUC is computed every epoch and each evaluation is
+checkpointed with it; Orbax keeps the best one (best-N preservation) beside the newest. At the
+end the best weights are restored and the test macro AUC is measured on them, into
+`<workdir>/result.json`. Any task the dataset declares (its `metadata["classes"]`) can be used.
 
 Linear probing freezes the encoder and runs it in eval mode, so its features are a fixed function
 of each record: they are computed once per split and the head trains on them. This is exactly
@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -29,12 +28,12 @@ import optax
 from flax import nnx
 
 from heartlang_jax import checkpointing
+from heartlang_jax import errors
 from heartlang_jax import input_pipeline
 from heartlang_jax import metrics as metrics_lib
 from heartlang_jax import optim
 from heartlang_jax import parallel
-from heartlang_jax import ptbxl
-from heartlang_jax import train_loop
+from heartlang_jax import run_info
 from heartlang_jax.models import EcgClassifier, MaskedEcgModel, classifier_bce_loss
 from heartlang_jax.stages import common
 from heartlang_jax.stages import pretrain
@@ -52,49 +51,12 @@ HEAD = nnx.All(nnx.Param, nnx.PathContains("head"))
 REGULARIZATION_FIELDS = ("dropout_rate", "attention_dropout_rate")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Fails on a bad task, mode or label fraction before any data is read."""
-    if config.task not in ptbxl.TASKS:
-        raise ValueError(f"config.task must be one of {ptbxl.TASKS}, got {config.task!r}")
-    if config.mode not in MODES:
-        raise ValueError(f"config.mode must be one of {MODES}, got {config.mode!r}")
-    if not 0.0 < config.label_fraction <= 1.0:
-        raise ValueError(f"config.label_fraction must be in (0, 1], got {config.label_fraction!r}")
-
-
-def check_init_workdir(init_workdir: str) -> None:
-    """The pre-training run named by config.init_workdir exists and has saved a step (cheap checks)."""
-    try:
-        stage = checkpointing.load_run_config(init_workdir).get("stage")
-    except checkpointing.CheckpointError as e:
-        raise checkpointing.CheckpointError(f"config.init_workdir: {e}") from e
-    if stage != pretrain.STAGE:
-        raise checkpointing.CheckpointError(
-            f"config.init_workdir: {init_workdir} holds a {stage!r} run, not a {pretrain.STAGE!r} run"
-        )
-    directory = pathlib.Path(init_workdir) / checkpointing.CHECKPOINT_DIR
-    if not (directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())):
-        raise checkpointing.CheckpointError(f"config.init_workdir: {directory} holds no saved step of the pre-training run")
-
-
-def _vocab_size(run_config: ml_collections.ConfigDict, init_workdir: str) -> int:
-    """The LM head's size, needed to rebuild the pre-training model before restoring it."""
-    try:
-        return int(checkpointing.load_run_config(run_config.vqhbr_workdir).model.num_codes)
-    except checkpointing.CheckpointError as e:
-        raise checkpointing.CheckpointError(
-            f"the pre-training run in {init_workdir} names vqhbr_workdir={run_config.vqhbr_workdir!r}, "
-            f"whose config gives the vocabulary size; it cannot be read from here ({e})"
-        ) from e
-
-
 def load_pretrained(init_workdir: str, dtype: str) -> MaskedEcgModel:
-    """The pre-trained model of a workdir, rebuilt from that run's own config and restored."""
-    check_init_workdir(init_workdir)
-    run_config = checkpointing.load_run_config(init_workdir)
-    run_config.dtype = dtype  # parameters are float32 either way; compute in this run's dtype
-    model = pretrain.build_model(run_config, _vocab_size(run_config, init_workdir))
-    step = checkpointing.load_model_from_run(init_workdir, model, what="pre-training checkpoint")
+    """The pre-trained model of a run folder, rebuilt from its own model.json and restored."""
+    try:
+        _, model, step = run_info.load_model(init_workdir, dtype=dtype, expect_kind=pretrain.STAGE)
+    except errors.CheckpointError as e:
+        raise errors.CheckpointError(f"config.init_workdir: {e}") from e
     logging.info("[%s] encoder initialized from %s (step %d)", STAGE, init_workdir, step)
     return model
 
@@ -123,7 +85,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> EcgClass
     if not config.init_workdir:
         encoder = common.ecgformer_config(config.encoder, dtype)
         return EcgClassifier(encoder, num_classes, rngs=nnx.Rngs(config.seed))
-    pretrained = load_pretrained(os.path.abspath(config.init_workdir), dtype)
+    pretrained = load_pretrained(os.fspath(checkpointing.absolute(config.init_workdir)), dtype)
     encoder = dataclasses.replace(
         pretrained.encoder.config, **{name: config.encoder[name] for name in REGULARIZATION_FIELDS}
     )
@@ -132,7 +94,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> EcgClass
     return model
 
 
-@nnx.jit
+@nnx.jit(donate_argnums=(0, 1))
 def linear_train_step(model: EcgClassifier, optimizer: nnx.Optimizer, batch, rng):
     """Linear probing: the head on precomputed frozen-encoder features; only the head has grads."""
     del rng  # no randomness: the encoder is frozen in eval mode, the head has no dropout
@@ -145,7 +107,7 @@ def linear_train_step(model: EcgClassifier, optimizer: nnx.Optimizer, batch, rng
     return {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
 
-@nnx.jit
+@nnx.jit(donate_argnums=(0, 1))
 def full_train_step(model: EcgClassifier, optimizer: nnx.Optimizer, batch, rng):
     """Full fine-tuning: every parameter, dropout from the model's own Rngs."""
     del rng
@@ -173,15 +135,18 @@ def _head_logits(model: EcgClassifier, features):
     return model.head(features)  # [N, C]
 
 
-def predict(model: EcgClassifier, fn, source, task: str, batch_size: int, mesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(source indices [N], labels [N, C], fn outputs [N, ...]) over a split's labelled records, eval mode."""
+def predict(model: EcgClassifier, fn, source, task: str, global_batch: int, mesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(source indices [N], labels [N, C], fn outputs [N, ...]) over a split's labelled records, eval mode.
+
+    Each host runs its rows; outputs and rows are gathered from all hosts, in the split's order.
+    """
     model.eval()
     indices, labels, outputs = [], [], []
-    for batch in input_pipeline.eval_batches(source, batch_size=batch_size, task=task):
-        out = np.asarray(jax.device_get(fn(model, parallel.shard_batch(batch, mesh))))
-        rows = batch["mask"]
-        indices.append(batch["index"][rows])
-        labels.append(batch["labels"][rows])
+    for batch in input_pipeline.eval_batches(source, global_batch=global_batch, task=task):
+        out = parallel.to_host(fn(model, parallel.shard_batch(batch, mesh)))
+        index, label, rows = parallel.gather_host_rows((batch["index"], batch["labels"], batch["mask"]))
+        indices.append(index[rows])
+        labels.append(label[rows])
         outputs.append(out[rows])
     model.train()
     return np.concatenate(indices), np.concatenate(labels), np.concatenate(outputs)
@@ -195,151 +160,139 @@ def split_metrics(prefix: str, labels: np.ndarray, logits: np.ndarray, class_nam
 
 
 def _record_best(steps_per_epoch: int):
-    """on_eval: keeps the best validation AUC so far and the test AUC of that evaluation in `meta`."""
+    """on_eval: keeps the best validation AUC so far and its step in `meta` (saved with checkpoints)."""
 
     def on_eval(step: int, scores: dict, meta: dict) -> None:
         val = scores["eval_auc"]
         if math.isfinite(val) and val > meta.get("best_val_auc", -math.inf):
-            meta.update(
-                best_val_auc=val,
-                best_test_auc=scores["eval_test_auc"],
-                best_step=step,
-                best_epoch=math.ceil(step / steps_per_epoch),
-            )
+            meta.update(best_val_auc=val, best_step=step, best_epoch=math.ceil(step / steps_per_epoch))
             logging.info("[%s] new best validation macro AUC %.4f at step %d", STAGE, val, step)
 
     return on_eval
 
 
-def _write_json(path: pathlib.Path, payload: dict) -> None:
-    if jax.process_index() != 0:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+def _global_batch(config: ml_collections.ConfigDict, num_examples: int) -> int:
+    """The global batch, lowered (to a multiple of the device count) when a small label fraction
+    has fewer records than one batch."""
+    devices = jax.device_count()
+    batch = min(config.batch_size, num_examples // devices * devices)
+    if batch < 1:
+        raise errors.ConfigError(
+            f"config.label_fraction={config.label_fraction} leaves {num_examples} training records of task "
+            f"{config.task}, fewer than the {devices} devices"
+        )
+    if batch < config.batch_size:
+        logging.warning("[%s] only %d training records: global batch lowered from %d to %d", STAGE, num_examples, config.batch_size, batch)
+    return batch
 
 
-def _batch_size(config: ml_collections.ConfigDict, num_examples: int) -> int:
-    """Per-device batch, lowered when a small label fraction has fewer records than one batch."""
-    per_device = min(config.per_device_batch_size, num_examples // jax.device_count())
-    if per_device < 1:
-        raise ValueError(
-            f"task {config.task} at label_fraction={config.label_fraction} leaves {num_examples} training "
-            f"records, fewer than the {jax.device_count()} devices"
-        )
-    if per_device < config.per_device_batch_size:
-        logging.warning(
-            "[%s] only %d training records: per-device batch lowered from %d to %d",
-            STAGE, num_examples, config.per_device_batch_size, per_device,
-        )
-    return per_device
+def task_classes(builder, task: str) -> list[str]:
+    """The class names of a task the dataset declares; a one-line error naming the field otherwise."""
+    classes = builder.info.metadata["classes"]
+    if task not in classes:
+        raise errors.ConfigError(f"config.task={task!r} is not a task of {builder.name}; its tasks are {sorted(classes)}")
+    return list(classes[task])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-    validate_config(config)
-    if config.init_workdir:
-        check_init_workdir(os.path.abspath(config.init_workdir))
+    """Trains and evaluates one cell on the config's dataset; writes and returns its result."""
+    if config.init_workdir:  # a missing run fails before any data is read
+        try:
+            run_info.read(checkpointing.absolute(config.init_workdir))
+        except errors.CheckpointError as e:
+            raise errors.CheckpointError(f"config.init_workdir: {e}") from e
     builder, sources = common.open_dataset(config, workdir)
-    return finetune(config, workdir, sources, builder.info.metadata["classes"][config.task])
+    return finetune(config, workdir, sources, task_classes(builder, config.task), common.DatasetInfo.of(builder))
 
 
-def finetune(config: ml_collections.ConfigDict, workdir: str | os.PathLike, sources, class_names) -> dict:
+def finetune(config, workdir, sources: dict, class_names, dataset: common.DatasetInfo) -> dict:
     """Trains and evaluates on `sources` ({split: indexable examples}); writes and returns the result."""
-    validate_config(config)
-    workdir = os.fspath(workdir)
-    checkpointing.claim_workdir(workdir, config, IDENTITY_FIELDS)
     task, seed = config.task, config.seed
-    mesh = parallel.make_mesh()
     num_train = len(
-        input_pipeline.label_fraction_subset(
-            input_pipeline.labelled_indices(sources["train"], task), config.label_fraction, seed
-        )
+        input_pipeline.label_fraction_subset(input_pipeline.labelled_indices(sources["train"], task), config.label_fraction, seed)
     )
-    per_device = _batch_size(config, num_train)
-    batch_size = per_device * jax.local_device_count()
+    ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS, global_batch=_global_batch(config, num_train), data=(dataset, sources))
     train_data = input_pipeline.train_dataset(
-        sources["train"], batch_size=batch_size, seed=seed, task=task, label_fraction=config.label_fraction
+        sources["train"], global_batch=ctx.global_batch, seed=seed, task=task, label_fraction=config.label_fraction
     )
-    schedule = train_loop.Schedule.from_config(config, num_train, per_device * jax.device_count())
-    logging.info(
-        "[%s] %s, %s, label fraction %g: %d training records, %d steps",
-        STAGE, task, config.mode, config.label_fraction, num_train, schedule.num_train_steps,
-    )
+    logging.info("[%s] %s, %s, label fraction %g: %d training records", STAGE, task, config.mode, config.label_fraction, num_train)
 
     model = build_model(config, len(class_names))
-    parallel.replicate_module(model, mesh)
+    common.write_run_info(
+        ctx, STAGE, {"encoder": common.encoder_fields(model.encoder.config), "num_classes": len(class_names)},
+        task=task, class_names=tuple(class_names),
+    )
+    parallel.replicate_module(model, ctx.mesh)
     opt_cfg = config.optimizer[config.mode]
+    global_batch, mesh = ctx.global_batch, ctx.mesh
     if config.mode == "linear":
-        frozen = {split: predict(model, _features, sources[split], task, batch_size, mesh) for split in SPLITS}
+        frozen = {split: predict(model, _features, sources[split], task, global_batch, mesh) for split in SPLITS}
         train_index, _, train_features = frozen["train"]
         features_by_index = np.zeros((len(sources["train"]), train_features.shape[-1]), np.float32)
         features_by_index[train_index] = train_features
-        tx = optim.make_optimizer(opt_cfg, num_train_steps=schedule.num_train_steps, warmup_steps=schedule.warmup_steps)
-        optimizer = nnx.Optimizer(model, tx, wrt=HEAD)
-        train_step = linear_train_step
+        train_kwargs = dict(wrt=HEAD, train_step=linear_train_step)
 
         def prepare(batch):
             return {"features": features_by_index[batch["index"]], "labels": batch["labels"]}
 
         def logits_of(split):
             _, labels, features = frozen[split]
-            return labels, np.asarray(jax.device_get(_head_logits(model, features)))
+            return labels, parallel.to_host(_head_logits(model, parallel.replicate(features, mesh)))
 
     else:
         scales = optim.layer_decay_scales(model, opt_cfg.layer_decay) if opt_cfg.layer_decay < 1.0 else None
-        tx = optim.make_optimizer(
-            opt_cfg, num_train_steps=schedule.num_train_steps, warmup_steps=schedule.warmup_steps, lr_scales=scales
-        )
-        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-        train_step, prepare = full_train_step, None
+        train_kwargs = dict(lr_scales=scales, train_step=full_train_step)
+        prepare = None
 
         def logits_of(split):
-            _, labels, logits = predict(model, _logits, sources[split], task, batch_size, mesh)
+            _, labels, logits = predict(model, _logits, sources[split], task, global_batch, mesh)
             return labels, logits
 
-    def evaluate(step: int) -> dict[str, float]:
-        del step
-        return {
+    result = common.train(
+        ctx,
+        model=model,
+        optimizer_config=opt_cfg,
+        train_data=train_data,
+        num_train_examples=num_train,
+        # The test AUC of every evaluation is logged for the learning curve; the reported one is
+        # measured again on the restored best weights below (and equals the logged one).
+        evaluate=lambda step: {
             **split_metrics("eval_", *logits_of("validation"), class_names),
             **split_metrics("eval_test_", *logits_of("test"), class_names),
-        }
-
-    result = train_loop.run(
-        stage=STAGE,
-        config=config,
-        workdir=workdir,
-        model=model,
-        optimizer=optimizer,
-        train_step=train_step,
-        train_data=train_data,
-        mesh=mesh,
-        schedule=schedule,
-        evaluate=evaluate,
+        },
         prepare_batch=prepare,
-        on_eval=_record_best(schedule.steps_per_epoch),
+        on_eval=_record_best(max(num_train // global_batch, 1)),
         max_to_keep=1,
+        best_metric="eval_auc",
+        **train_kwargs,
     )
     meta = result.meta
+    best_step = meta.get("best_step")
+    if best_step is None:
+        logging.warning("[%s] no evaluation gave a finite validation macro AUC; scoring the last weights", STAGE)
+    else:
+        checkpoints = checkpointing.RunCheckpoints(ctx.workdir, read_only=True)
+        checkpoints.restore(best_step, model, None)
+        checkpoints.close()
+    test = split_metrics("test_", *logits_of("test"), class_names)
     summary = {
+        "dataset": ctx.dataset.name,
         "task": task,
         "mode": config.mode,
         "label_fraction": config.label_fraction,
         "seed": seed,
-        "init": os.path.abspath(config.init_workdir) if config.init_workdir else "random",
+        "init": os.fspath(checkpointing.absolute(config.init_workdir)) if config.init_workdir else "random",
         "num_train_records": num_train,
-        "num_train_steps": schedule.num_train_steps,
+        "num_train_steps": result.step,
         "best_epoch": meta.get("best_epoch"),
-        "best_step": meta.get("best_step"),
+        "best_step": best_step,
         "val_auc": meta.get("best_val_auc"),
-        "test_auc": meta.get("best_test_auc"),
+        "test_auc": test["test_auc"],
         "final_val_auc": result.last_eval.get("eval_auc"),
-        "final_test_auc": result.last_eval.get("eval_test_auc"),
     }
-    if summary["val_auc"] is None:
-        logging.warning("[%s] no evaluation gave a finite validation macro AUC; no best epoch", STAGE)
-    _write_json(pathlib.Path(workdir) / RESULT_FILE, summary)
+    checkpointing.atomic_write_text(ctx.workdir / RESULT_FILE, json.dumps(summary, indent=2, sort_keys=True))
     logging.info(
-        "[%s] best validation macro AUC %s at epoch %s; its test macro AUC %s",
+        "[%s] best validation macro AUC %s at epoch %s; test macro AUC of those weights %s",
         STAGE, summary["val_auc"], summary["best_epoch"], summary["test_auc"],
     )
     return summary

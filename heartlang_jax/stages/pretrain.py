@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-import pathlib
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -20,18 +20,22 @@ import numpy as np
 import optax
 from flax import nnx
 
+from etils import epath
+
 from heartlang_jax import checkpointing
+from heartlang_jax import errors
 from heartlang_jax import input_pipeline
-from heartlang_jax import optim
 from heartlang_jax import parallel
-from heartlang_jax import train_loop
-from heartlang_jax.models import MaskedEcgModel, masked_lm_loss
+from heartlang_jax import run_info
+from heartlang_jax.models import VQHBR, MaskedEcgModel, masked_lm_loss
 from heartlang_jax.stages import common
 from heartlang_jax.stages import vqhbr
 
 STAGE = "pretrain"
-IDENTITY_FIELDS = ("stage", "model", "data.builder_config", "vqhbr_workdir")
+IDENTITY_FIELDS = ("stage", "model", "data.builder_config", "vqhbr_workdir", "train_splits")
 TARGETS_DIR = "targets"
+# The evaluation masks' own stream: never a key that initialization or training draws.
+EVAL_MASK_STREAM = zlib.crc32(b"heartlang_jax.pretrain.eval_mask")
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> MaskedEcgModel:
@@ -39,55 +43,52 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> MaskedEcg
     return MaskedEcgModel(encoder, vocab_size, rngs=nnx.Rngs(config.seed))
 
 
-def load_vocabulary(config: ml_collections.ConfigDict):
-    """The frozen VQ-HBR model named by the config, checked before any compute."""
-    if not config.vqhbr_workdir:
-        raise checkpointing.CheckpointError(
-            "config.vqhbr_workdir is empty: set it to the workdir of a finished vqhbr run"
+def load_vocabulary(config: ml_collections.ConfigDict, token_len: int) -> VQHBR:
+    """The frozen VQ-HBR model named by the config, checked against the data before any compute."""
+    vocabulary = vqhbr.load_vocabulary(os.fspath(checkpointing.absolute(config.vqhbr_workdir)))
+    if vocabulary.config.encoder.token_len != token_len:
+        raise errors.CheckpointError(
+            f"config.vqhbr_workdir: the vocabulary in {config.vqhbr_workdir} reads words of "
+            f"{vocabulary.config.encoder.token_len} samples, the data's words have {token_len}"
         )
-    tokenizer = vqhbr.load_vocabulary(os.path.abspath(config.vqhbr_workdir))
-    token_len = tokenizer.config.encoder.token_len
-    if token_len != 96:
-        raise checkpointing.CheckpointError(
-            f"tokenizer in {config.vqhbr_workdir} reads words of {token_len} samples, the data has 96"
-        )
-    return tokenizer
+    return vocabulary
 
 
-def cached_targets(tokenizer, source, split: str, tokenizer_dir: str, workdir: str, batch_size: int, mesh) -> np.ndarray:
+def cached_targets(vocabulary, source, split: str, vocabulary_dir: str, workdir, global_batch: int, mesh) -> np.ndarray:
     """Word ids [num_examples, L] of a split, computed once and stored under the workdir.
 
-    The file name carries a hash of the tokenizer checkpoint and the split, so a new tokenizer
-    never reads stale targets. Written to a temporary name and renamed: never half-written.
+    Every host computes the ids of its own rows; the rows are gathered, so every host holds the
+    whole array, and process 0 writes it once (temporary name, then rename). The file name
+    carries a hash of the vocabulary checkpoint and the split, so a new vocabulary never reads
+    stale targets.
     """
-    steps = checkpointing.RunCheckpoints(tokenizer_dir, read_only=True)
-    key = json.dumps({"tokenizer": tokenizer_dir, "step": steps.steps()[-1], "split": split, "n": len(source)})
+    steps = checkpointing.RunCheckpoints(vocabulary_dir, read_only=True)
+    key = json.dumps({"tokenizer": vocabulary_dir, "step": steps.steps()[-1], "split": split, "n": len(source)})
     steps.close()
-    path = pathlib.Path(workdir) / TARGETS_DIR / f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npy"
-    if path.is_file():
-        return np.load(path)
+    path = epath.Path(workdir) / TARGETS_DIR / f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npy"
+    if path.exists():
+        with path.open("rb") as f:
+            return np.load(f)
     targets = None
-    for batch in input_pipeline.eval_batches(source, batch_size=batch_size):
-        ids = np.asarray(
-            jax.device_get(
-                vqhbr.word_ids(tokenizer, *(parallel.shard_batch(batch, mesh)[k] for k in input_pipeline.SENTENCE_FIELDS))
-            )
-        )
+    for batch in input_pipeline.eval_batches(source, global_batch=global_batch):
+        sharded = parallel.shard_batch(batch, mesh)
+        ids = parallel.to_host(vqhbr.word_ids(vocabulary, *(sharded[k] for k in input_pipeline.SENTENCE_FIELDS)))
+        index, rows = parallel.gather_host_rows((batch["index"], batch["mask"]))
         if targets is None:
             targets = np.zeros((len(source), ids.shape[1]), np.int32)
-        rows = batch["mask"]
-        targets[batch["index"][rows]] = ids[rows]
+        targets[index[rows]] = ids[rows]
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npy")
-        np.save(tmp, targets)
-        os.replace(tmp, path)
+        tmp = path.parent / (path.name + ".tmp")
+        with tmp.open("wb") as f:
+            np.save(f, targets)
+        tmp.replace(path)
     logging.info("[%s] cached %s targets %s at %s", STAGE, split, targets.shape, path)
     return targets
 
 
 def make_train_step(mask_ratio: float):
-    @nnx.jit
+    @nnx.jit(donate_argnums=(0, 1))
     def train_step(model: MaskedEcgModel, optimizer: nnx.Optimizer, batch, rng):
         def loss_fn(model):
             return masked_lm_loss(model, batch, rng, mask_ratio)
@@ -109,14 +110,17 @@ def _eval_step(model, batch, rng, mask_ratio):
     return stats
 
 
-def evaluate(model, source, targets, batch_size, mesh, seed: int, mask_ratio: float) -> dict[str, float]:
-    """Masked-word loss and accuracy on a split, with a fixed mask per batch for comparability."""
+def evaluate(model, source, targets, global_batch, mesh, seed: int, mask_ratio: float) -> dict[str, float]:
+    """Masked-word loss and accuracy on a split, with a fixed mask per batch for comparability.
+
+    Sums are reduced inside jit over the global batch, so every host gets the global totals.
+    """
     model.eval()
     totals = None
-    for i, batch in enumerate(input_pipeline.eval_batches(source, batch_size=batch_size)):
+    eval_key = jax.random.fold_in(jax.random.key(seed), EVAL_MASK_STREAM)
+    for i, batch in enumerate(input_pipeline.eval_batches(source, global_batch=global_batch)):
         batch["targets"] = targets[batch["index"]]
-        rng = jax.random.fold_in(jax.random.key(seed + 1), i)
-        out = jax.device_get(_eval_step(model, parallel.shard_batch(batch, mesh), rng, mask_ratio))
+        out = parallel.to_host(_eval_step(model, parallel.shard_batch(batch, mesh), jax.random.fold_in(eval_key, i), mask_ratio))
         totals = out if totals is None else jax.tree.map(np.add, totals, out)
     model.train()
     count = max(float(totals["count"]), 1.0)
@@ -128,52 +132,41 @@ def evaluate(model, source, targets, batch_size, mesh, seed: int, mask_ratio: fl
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
-    workdir = os.fspath(workdir)
-    tokenizer = load_vocabulary(config)  # fails before any compute if missing or incompatible
-    tokenizer_dir = os.path.abspath(config.vqhbr_workdir)
-    # Recorded absolute, so fine-tuning started from another directory finds the vocabulary.
+    # Recorded absolute, so the run's config.json names the vocabulary wherever it is resumed from.
     config = ml_collections.ConfigDict(config.to_dict())
-    config.vqhbr_workdir = tokenizer_dir
-    checkpointing.claim_workdir(workdir, config, IDENTITY_FIELDS)
-    _, sources = common.open_dataset(config, workdir)
-    mesh = parallel.make_mesh()
-    parallel.replicate_module(tokenizer, mesh)
-    batch_size = parallel.host_batch_size(config.per_device_batch_size)
+    config.vqhbr_workdir = os.fspath(checkpointing.absolute(config.vqhbr_workdir)) if config.vqhbr_workdir else ""
+    if not config.vqhbr_workdir:
+        raise errors.CheckpointError("config.vqhbr_workdir is empty: set it to the workdir of a finished vqhbr run")
+    run_info.read(config.vqhbr_workdir)  # a missing vocabulary fails before the workdir is claimed
+    ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS)
+    vocabulary = load_vocabulary(config, ctx.dataset.sentence["token_len"])
+    parallel.replicate_module(vocabulary, ctx.mesh)
+    train_source = input_pipeline.concat_sources([ctx.sources[split] for split in config.train_splits])
+    splits = {"+".join(config.train_splits): train_source, "validation": ctx.sources["validation"]}
     targets = {
-        split: cached_targets(tokenizer, sources[split], split, tokenizer_dir, workdir, batch_size, mesh)
-        for split in ("train", "validation")
+        split: cached_targets(vocabulary, source, split, config.vqhbr_workdir, ctx.workdir, ctx.global_batch, ctx.mesh)
+        for split, source in splits.items()
     }
-    vocab_size = tokenizer.config.num_codes
-    train_data = input_pipeline.train_dataset(sources["train"], batch_size=batch_size, seed=config.seed)
-    schedule = train_loop.Schedule.from_config(
-        config, len(sources["train"]), parallel.global_batch_size(config.per_device_batch_size)
-    )
+    train_targets, validation_targets = targets.values()
+    vocab_size = vocabulary.config.num_codes
     model = build_model(config, vocab_size)
-    common.log_parameter_count(STAGE, model)
-    tx = optim.make_optimizer(
-        config.optimizer, num_train_steps=schedule.num_train_steps, warmup_steps=schedule.warmup_steps
-    )
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    common.write_run_info(ctx, STAGE, {"encoder": common.encoder_fields(model.encoder.config), "vocab_size": vocab_size})
     ratio = config.model.mask_ratio
 
     def prepare(batch):
-        batch["targets"] = targets["train"][batch["index"]]
+        batch["targets"] = train_targets[batch["index"]]
         return batch
 
-    result = train_loop.run(
-        stage=STAGE,
-        config=config,
-        workdir=workdir,
+    result = common.train(
+        ctx,
         model=model,
-        optimizer=optimizer,
+        optimizer_config=config.optimizer,
         train_step=make_train_step(ratio),
-        train_data=train_data,
-        mesh=mesh,
-        schedule=schedule,
+        train_data=input_pipeline.train_dataset(train_source, global_batch=ctx.global_batch, seed=config.seed),
+        num_train_examples=len(train_source),
         prepare_batch=prepare,
         evaluate=lambda step: evaluate(
-            model, sources["validation"], targets["validation"], batch_size, mesh, config.seed, ratio
+            model, ctx.sources["validation"], validation_targets, ctx.global_batch, ctx.mesh, config.seed, ratio
         ),
     )
-    logging.info("[%s] done at step %d: %s", STAGE, result.step, result.last_eval)
     return result.last_eval

@@ -1,14 +1,14 @@
 """VQ-HBR: learn the ECG vocabulary by reconstructing heartbeats through an EMA codebook.
 
-Its checkpoint is the "tokenizer" that masked pre-training reads its targets from:
-`load_vocabulary(workdir)` rebuilds the model from the run's own config and restores it, and
-`word_ids` maps sentences to vocabulary indices.
+Its run folder is the vocabulary that masked pre-training reads its targets from:
+`load_vocabulary(workdir)` rebuilds the model from the folder's `model.json` and restores it,
+and `word_ids` maps sentences to vocabulary indices.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import logging
 import os
 
 import jax
@@ -18,17 +18,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from heartlang_jax import checkpointing
 from heartlang_jax import input_pipeline
-from heartlang_jax import optim
 from heartlang_jax import parallel
+from heartlang_jax import run_info
 from heartlang_jax import train_loop
 from heartlang_jax.models import VQHBR, VQHBRConfig, vqhbr_loss
 from heartlang_jax.stages import common
 
 STAGE = "vqhbr"
 # Fields that must match for a workdir's checkpoints to be resumed by this config.
-IDENTITY_FIELDS = ("stage", "model", "data.builder_config")
+IDENTITY_FIELDS = ("stage", "model", "data.builder_config", "train_splits")
 
 
 def model_config(config: ml_collections.ConfigDict) -> VQHBRConfig:
@@ -62,7 +61,7 @@ def reconstruction_sse(reconstruction: jax.Array, batch) -> tuple[jax.Array, jax
     return sse, zero_sse, jnp.sum(real) * words.shape[-1]
 
 
-@nnx.jit
+@nnx.jit(donate_argnums=(0, 1))
 def train_step(model: VQHBR, optimizer: nnx.Optimizer, batch, rng):
     """MSE over real words + codebook + commitment terms (SPEC §4); EMA-updates the codebook."""
     del rng  # dropout draws from the model's own Rngs
@@ -108,12 +107,15 @@ def eval_step(model: VQHBR, batch):
     return {"sse": sse, "zero_sse": zero_sse, "count": count, "code_counts": counts}
 
 
-def evaluate(model: VQHBR, source, batch_size: int, mesh) -> dict[str, float]:
-    """Reconstruction MSE on a split, its ratio to predicting zeros, and codebook usage."""
+def evaluate(model: VQHBR, source, global_batch: int, mesh) -> dict[str, float]:
+    """Reconstruction MSE on a split, its ratio to predicting zeros, and codebook usage.
+
+    The sums are reduced inside jit over the global batch, so every host gets the global totals.
+    """
     model.eval()
     totals = None
-    for batch in input_pipeline.eval_batches(source, batch_size=batch_size):
-        out = jax.device_get(eval_step(model, parallel.shard_batch(batch, mesh)))
+    for batch in input_pipeline.eval_batches(source, global_batch=global_batch):
+        out = parallel.to_host(eval_step(model, parallel.shard_batch(batch, mesh)))
         totals = out if totals is None else jax.tree.map(np.add, totals, out)
     model.train()
     mse = float(totals["sse"] / max(totals["count"], 1))
@@ -128,48 +130,35 @@ def evaluate(model: VQHBR, source, batch_size: int, mesh) -> dict[str, float]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
-    workdir = os.fspath(workdir)
-    checkpointing.claim_workdir(workdir, config, IDENTITY_FIELDS)
-    _, sources = common.open_dataset(config, workdir)
-    mesh = parallel.make_mesh()
-    batch = parallel.host_batch_size(config.per_device_batch_size)
-    train_data = input_pipeline.train_dataset(sources["train"], batch_size=batch, seed=config.seed)
-    schedule = train_loop.Schedule.from_config(
-        config, len(sources["train"]), parallel.global_batch_size(config.per_device_batch_size)
-    )
+    ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS)
     model = build_model(config)
-    common.log_parameter_count(STAGE, model)
-    tx = optim.make_optimizer(
-        config.optimizer, num_train_steps=schedule.num_train_steps, warmup_steps=schedule.warmup_steps
-    )
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    result = train_loop.run(
-        stage=STAGE,
-        config=config,
-        workdir=workdir,
+    common.write_run_info(ctx, STAGE, run_info_model(model.config))
+    source = input_pipeline.concat_sources([ctx.sources[split] for split in config.train_splits])
+    result = common.train(
+        ctx,
         model=model,
-        optimizer=optimizer,
+        optimizer_config=config.optimizer,
         train_step=train_step,
-        train_data=train_data,
-        mesh=mesh,
-        schedule=schedule,
-        evaluate=lambda step: evaluate(model, sources["validation"], batch, mesh),
+        train_data=input_pipeline.train_dataset(source, global_batch=ctx.global_batch, seed=config.seed),
+        num_train_examples=len(source),
+        evaluate=lambda step: evaluate(model, ctx.sources["validation"], ctx.global_batch, ctx.mesh),
         reduce_metrics=reduce_train_metrics,
     )
-    logging.info("[%s] done at step %d: %s", STAGE, result.step, result.last_eval)
     return result.last_eval
+
+
+def run_info_model(config: VQHBRConfig) -> dict:
+    """VQHBRConfig as model.json stores it."""
+    fields = dataclasses.asdict(config)
+    for part in ("encoder", "decoder"):
+        fields[part].pop("dtype", None)
+    return fields
 
 
 @functools.lru_cache(maxsize=4)
 def load_vocabulary(workdir: str) -> VQHBR:
-    """The trained VQ-HBR model of a workdir, rebuilt from that run's own config."""
-    config = checkpointing.load_run_config(workdir)
-    if config.get("stage") != STAGE:
-        raise checkpointing.CheckpointError(
-            f"tokenizer checkpoint expected in {workdir}, but it holds a {config.get('stage')!r} run"
-        )
-    model = build_model(config)
-    checkpointing.load_model_from_run(workdir, model, what="tokenizer (VQ-HBR) checkpoint")
+    """The trained VQ-HBR model of a run folder, rebuilt from its own model.json."""
+    _, model, _ = run_info.load_model(workdir, expect_kind=STAGE, dtype="float32")
     model.eval()
     return model
 

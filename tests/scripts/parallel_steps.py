@@ -29,7 +29,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
 def main(out_path: str) -> None:
     mesh = parallel.make_mesh()
     source = synthetic.sentences(32, seed=1)
-    batches = list(input_pipeline.eval_batches(source, batch_size=16))  # fixed order, 16 rows each
+    batches = list(input_pipeline.eval_batches(source, global_batch=16))  # fixed order, 16 rows each
     results = {}
 
     config = vqhbr_config.get_config("tiny")

@@ -1,0 +1,121 @@
+"""What a run folder says about its model, so that the folder alone is enough to use it.
+
+Every VQ-HBR, pre-training and fine-tuning run writes `<workdir>/model.json` beside its
+`checkpoints/`: the model's architecture, how raw ECGs become its input (the sentence spec and
+the amplitude standardization of its training data) and, for a classifier, its task and class
+names. Nothing in it points at another folder, so a run folder copied to another machine or to
+`gs://` loads on its own, and the next stage reads only the previous stage's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from etils import epath
+from flax import nnx
+
+from heartlang_jax import checkpointing
+from heartlang_jax.models import VQHBR, ECGFormerConfig, EcgClassifier, MaskedEcgModel, VQHBRConfig
+
+RUN_INFO_FILE = "model.json"
+KINDS = ("vqhbr", "pretrain", "finetune")
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """The self-contained description of a run's model.
+
+    `model` holds, per kind:
+      vqhbr:    the VQHBRConfig fields, with `encoder` and `decoder` as ECGFormerConfig fields;
+      pretrain: {"encoder": ECGFormerConfig fields, "vocab_size": K};
+      finetune: {"encoder": ECGFormerConfig fields, "num_classes": C}.
+    `sentence` is the dataset's sentence spec (leads, max_len, token_len, fs, detector) and
+    `amplitude` its standardization {"mean", "std"} in mV, applied before tokenizing.
+    """
+
+    kind: str
+    model: Mapping[str, Any]
+    sentence: Mapping[str, Any]
+    amplitude: Mapping[str, float]
+    dataset: str
+    task: str | None = None
+    class_names: tuple[str, ...] | None = None
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise checkpointing.CheckpointError(f"{RUN_INFO_FILE}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "finetune" and not self.class_names:
+            raise checkpointing.CheckpointError(f"{RUN_INFO_FILE}: a finetune run needs class_names")
+
+
+def _json_ready(value):
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def write(workdir: str | os.PathLike, info: RunInfo) -> None:
+    """Writes `model.json` atomically (process 0 only)."""
+    checkpointing.atomic_write_text(epath.Path(workdir) / RUN_INFO_FILE, json.dumps(_json_ready(info), indent=2, sort_keys=True))
+
+
+def read(workdir: str | os.PathLike) -> RunInfo:
+    path = epath.Path(workdir) / RUN_INFO_FILE
+    if not path.exists():
+        raise checkpointing.CheckpointError(
+            f"{path} not found: {workdir} is not a finished heartlang_jax vqhbr, pretrain or finetune run folder"
+        )
+    try:
+        payload = json.loads(path.read_text())
+    except ValueError as e:
+        raise checkpointing.CheckpointError(f"{path} is not valid JSON ({e})") from e
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise checkpointing.CheckpointError(f"{path} has format_version {payload['format_version']}; this heartlang_jax reads <= {FORMAT_VERSION}")
+    if payload.get("class_names") is not None:
+        payload["class_names"] = tuple(payload["class_names"])
+    return RunInfo(**payload)
+
+
+def encoder_config(fields: Mapping[str, Any], dtype: str | None = None) -> ECGFormerConfig:
+    values = dict(fields)
+    if dtype is not None:
+        values["dtype"] = dtype
+    return ECGFormerConfig(**values)
+
+
+def vqhbr_config(fields: Mapping[str, Any], dtype: str | None = None) -> VQHBRConfig:
+    values = dict(fields)
+    values["encoder"] = encoder_config(values["encoder"], dtype)
+    values["decoder"] = encoder_config(values["decoder"], dtype)
+    return VQHBRConfig(**values)
+
+
+def build_model(info: RunInfo, *, dtype: str | None = None, seed: int = 0, **encoder_overrides) -> nnx.Module:
+    """The (randomly initialized) model a run folder describes; restore its weights after."""
+    rngs = nnx.Rngs(seed)
+    if info.kind == "vqhbr":
+        return VQHBR(vqhbr_config(info.model, dtype), rngs=rngs)
+    encoder = dataclasses.replace(encoder_config(info.model["encoder"], dtype), **encoder_overrides)
+    if info.kind == "pretrain":
+        return MaskedEcgModel(encoder, int(info.model["vocab_size"]), rngs=rngs)
+    return EcgClassifier(encoder, int(info.model["num_classes"]), rngs=rngs)
+
+
+def load_model(workdir: str | os.PathLike, *, dtype: str | None = None, expect_kind: str | None = None, **encoder_overrides):
+    """(RunInfo, model restored from the newest checkpoint, its step) of a run folder."""
+    info = read(workdir)
+    if expect_kind is not None and info.kind != expect_kind:
+        raise checkpointing.CheckpointError(f"{workdir} holds a {info.kind!r} run, expected a {expect_kind!r} run")
+    model = build_model(info, dtype=dtype, **encoder_overrides)
+    step = checkpointing.load_model_from_run(workdir, model, what=f"{info.kind} checkpoint")
+    return info, model, step
