@@ -354,6 +354,9 @@ def write_run(out_dir: str | os.PathLike, kind: str, model, *, amplitude: Mappin
     """One run folder: model.json (RunInfo) and checkpoints/0 with the converted weights."""
     from heartlang_jax import checkpointing, run_info
 
+    encoder = model.config.encoder if kind == "vqhbr" else model.encoder.config
+    # The released sentence facts, with the model's own sentence length (256 when released).
+    sentence = {**RELEASED_SENTENCE, "max_len": encoder.max_len, "token_len": encoder.token_len}
     if kind == "vqhbr":
         fields = dataclasses.asdict(model.config)
         for part in ("encoder", "decoder"):
@@ -367,7 +370,7 @@ def write_run(out_dir: str | os.PathLike, kind: str, model, *, amplitude: Mappin
     info = run_info.RunInfo(
         kind=kind,
         model=fields,
-        sentence=dict(RELEASED_SENTENCE),
+        sentence=sentence,
         amplitude=dict(amplitude or {"mean": 0.0, "std": 1.0}),
         dataset=RELEASED_DATASET[kind],
         task=task,
