@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
@@ -114,10 +115,15 @@ def gather_host_rows(tree):
     return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True)), tree)
 
 
-def barrier(name: str) -> None:
-    """All hosts wait here (a no-op with one process)."""
+def barrier(name: str, timeout_s: int = 24 * 3600) -> None:
+    """All hosts wait here (a no-op with one process).
+
+    A coordination-service barrier, not a device collective: a collective's transport gives up
+    after seconds, while process 0 may spend hours building a dataset before it arrives.
+    `name` must be unique per call.
+    """
     if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
+        ocp.multihost.sync_global_processes(name, timeout=timeout_s)
 
 
 def distributed_settings(
