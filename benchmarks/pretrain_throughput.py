@@ -4,7 +4,7 @@ Times the real jitted pre-training step of `heartlang_jax.stages.pretrain` (same
 optimizer and masking) after compilation, on whatever backend JAX finds, with synthetic batches
 shaped like PTB-XL sentences (about 12 leads x 12 beats real words, the rest padding).
 
-    python benchmarks/pretrain_throughput.py --config=configs/pretrain_base.py --batch=256 --steps=20 \
+    python benchmarks/pretrain_throughput.py --config=heartlang_jax/configs/pretrain_base.py --batch=256 --steps=20 \
         --peak_tflops=790
     python benchmarks/pretrain_throughput.py --shape=released_base --batch=16 --steps=5   # CPU target
 
@@ -73,7 +73,7 @@ def synthetic_batch(batch: int, max_len: int, vocab: int, seed: int = 0) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/pretrain_base.py", help="pre-training config file[:variant]")
+    parser.add_argument("--config", default="heartlang_jax/configs/pretrain_base.py", help="pre-training config file[:variant]")
     parser.add_argument("--batch", type=int, default=256, help="global batch size")
     parser.add_argument("--steps", type=int, default=10, help="timed steps after compilation")
     parser.add_argument("--shape", choices=("config", "released_base"), default="config")
