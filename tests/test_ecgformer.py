@@ -314,3 +314,38 @@ def test_config_validation_names_field(field, value):
 def test_odd_head_dim_allowed_without_rope():
     config = dataclasses.replace(TINY, position="learned", head_dim=5)
     assert config.head_dim == 5
+
+
+def test_cudnn_path_bias_equals_mask(monkeypatch):
+    """The cuDNN branch's additive padding bias (compute dtype, [B, 1, L, L]) gives the mask's
+    result; run here through XLA, since cuDNN needs a GPU (see the accelerator test below)."""
+    calls = []
+    real_attention = jax.nn.dot_product_attention
+
+    def fake(q, k, v, bias=None, mask=None, implementation=None):
+        calls.append((implementation, None if bias is None else (bias.dtype, bias.shape)))
+        return real_attention(q, k, v, bias=bias, mask=mask, implementation="xla")
+
+    words, lead_ids, time_ids = _batch()
+    xla = ECGFormer(dataclasses.replace(TINY, attention_implementation="xla"), rngs=nnx.Rngs(0))
+    want = np.asarray(xla(words, lead_ids, time_ids))
+    cudnn = ECGFormer(dataclasses.replace(TINY, attention_implementation="cudnn"), rngs=nnx.Rngs(0))
+    monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
+    got = np.asarray(cudnn(words, lead_ids, time_ids))
+    assert calls and all(c == ("cudnn", (jnp.float32, (2, 1, 8, 8))) for c in calls)
+    real = lead_ids != 0
+    np.testing.assert_allclose(got[real], want[real], atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN flash attention needs a GPU")
+def test_cudnn_attention_matches_xla_on_gpu():
+    config = ECGFormerConfig(num_layers=2, hidden_dim=64, mlp_dim=128, num_heads=2, head_dim=64,
+                             max_len=64, token_len=96, dtype="bfloat16")
+    rng = np.random.default_rng(0)
+    words = rng.normal(size=(2, 64, 96)).astype(np.float32)
+    lead_ids = np.where(np.arange(64) < np.array([[40], [64]]), 1, 0).astype(np.int32)
+    outs = [np.asarray(ECGFormer(dataclasses.replace(config, attention_implementation=impl),
+                                 rngs=nnx.Rngs(0))(words, lead_ids, lead_ids))
+            for impl in ("xla", "cudnn")]
+    real = lead_ids != 0
+    np.testing.assert_allclose(outs[1][real], outs[0][real], atol=0.1)
