@@ -81,6 +81,9 @@ class VQHBR(nnx.Module):
     Padding words (lead id 0) have their encoder output set to 0 before
     quantization, so all code similarities tie and their index is 0: padding
     positions of `indices` / `word_ids` are always 0 and must be ignored.
+    (The released code zeroes the backbone features of all-zero words before
+    the task head instead, so its padding ids are those of the head's bias;
+    real words get the same ids either way.)
     """
 
     def __init__(self, config: VQHBRConfig, *, rngs: nnx.Rngs):
