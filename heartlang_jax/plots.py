@@ -347,7 +347,7 @@ def results_figure(results, *, title: str | None = None):
     by_key = {(r["mode"], r["task"], float(r["label_fraction"]), r["init"]): r for r in rows}
     figure = _figure(max(5.0, 1.1 * len(groups) * max(len(inits), 1) * 0.6 + 2), 4.2)
     ax = figure.add_subplot()
-    width = 0.8 / max(len(inits), 1)
+    width = min(0.8 / max(len(inits), 1), 0.3)
     fallback = iter(["#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"] * 4)
     for j, init in enumerate(inits):
         x, heights, errors = [], [], [[], []]
