@@ -43,6 +43,9 @@ from heartlang_jax.models import VQHBR, EcgClassifier
 VOCABULARY_DIR = "vocabulary"
 # Extensions that name a record's files; the record itself is the path without them.
 RECORD_EXTENSIONS = (".hea", ".dat", ".mat")
+# The training datasets store words as float16 (tfds_ptbxl/sentences.py, "the loader casts"), so
+# every model was trained on float16-rounded words: inference rounds them the same way.
+WORDS_STORAGE_DTYPE = np.float16
 # Errors that mean "this record cannot be used", each naming the record.
 RECORD_ERRORS = (records.RecordError, tokenizer_lib.TokenizerError)
 
@@ -59,7 +62,8 @@ class Sentence:
 
     Attributes:
       name: the record's name (from its header, or "<array>").
-      words: [max_len, token_len] float32, standardized amplitudes; rows past num_words are 0.
+      words: [max_len, token_len] float32, standardized amplitudes rounded to float16 as the
+        dataset stores them; rows past num_words are 0.
       lead_ids: [max_len] int32, STANDARD_LEADS index + 1; 0 marks padding.
       time_ids: [max_len] int32, the second of the word's QRS + 1; 0 marks padding.
       num_words: real words before the padding.
@@ -195,9 +199,13 @@ class HeartLangModel:
 
     @property
     def num_codes(self) -> int | None:
-        """Vocabulary size, if this run has (or carries) a vocabulary."""
+        """Vocabulary size: of this VQ-HBR run, of the vocabulary it carries, or the one it was
+        pre-trained on; None for a fine-tuned run without a vocabulary."""
         vocabulary = self._vocabulary_model(required=False)
-        return None if vocabulary is None else int(vocabulary.model.quantizer.num_codes)
+        if vocabulary is not None:
+            return int(vocabulary.model.quantizer.num_codes)
+        size = self.info.model.get("vocab_size")
+        return None if size is None else int(size)
 
     def __repr__(self) -> str:
         extra = f", task={self.info.task!r}, classes={len(self.class_names)}" if self.class_names else ""
@@ -226,15 +234,20 @@ class HeartLangModel:
         return ((signal - self.amplitude_mean) / self.amplitude_std).astype(np.float32)
 
     def tokenize(self, ecg: EcgInput, fs: float | None = None, lead_names: Sequence[str] | None = None, *, name: str | None = None) -> tokenizer_lib.EcgSentence:
-        """The record's `tokenizer.EcgSentence`, standardized and cut as in the dataset."""
+        """The record's `tokenizer.EcgSentence`, standardized, cut and stored as in the dataset."""
         signal, fs, lead_names, name = self._signal(ecg, fs, lead_names, name)
-        return self.tokenizer.tokenize(self._standardized(signal), fs, lead_names=lead_names, record_name=name)
+        return self._tokenize_standardized(self._standardized(signal), fs, lead_names, name)
+
+    def _tokenize_standardized(self, standardized: np.ndarray, fs: float, lead_names, name: str) -> tokenizer_lib.EcgSentence:
+        sentence = self.tokenizer.tokenize(standardized, fs, lead_names=lead_names, record_name=name)
+        words = sentence.words.astype(WORDS_STORAGE_DTYPE).astype(np.float32)
+        return dataclasses.replace(sentence, words=words)
 
     def sentence(self, ecg: EcgInput, fs: float | None = None, lead_names: Sequence[str] | None = None, *, name: str | None = None) -> Sentence:
         """The record's sentence with its beat positions and the signal they index (see `Sentence`)."""
         signal, fs, lead_names, name = self._signal(ecg, fs, lead_names, name)
         standardized = self._standardized(signal)
-        sentence = self.tokenizer.tokenize(standardized, fs, lead_names=lead_names, record_name=name)
+        sentence = self._tokenize_standardized(standardized, fs, lead_names, name)
         x, leads, beats = _beats_as_tokenized(self.tokenizer, standardized, fs, lead_names, name)
         spans = _beat_spans(beats, x.shape[1], self.tokenizer.token_len)
         return Sentence(
@@ -439,21 +452,19 @@ def _progress(total: int | None, enabled: bool, desc: str):
 def load(
     path: str | os.PathLike,
     *,
-    dtype: str | None = None,
+    dtype: str = "float32",
     vocabulary: str | os.PathLike | None = None,
 ) -> HeartLangModel:
     """Loads a finished VQ-HBR, pre-training or fine-tuning run folder (local or gs://).
 
     Args:
       path: the run folder (its `model.json` and `checkpoints/`).
-      dtype: compute dtype ("float32", "bfloat16"); default: float32 on CPU, the run's own dtype
-        on GPU/TPU. Parameters are float32 either way.
+      dtype: compute dtype: "float32" (default), or "bfloat16" for speed on a GPU/TPU (on CPU
+        bfloat16 matmuls are emulated, so slower). Parameters are float32 either way.
       vocabulary: a VQ-HBR run folder whose vocabulary `word_ids` reports, for a pre-training or
         fine-tuning run; default: `<path>/vocabulary/` if the folder carries one.
     """
     address = os.fspath(path)
-    if dtype is None and jax.default_backend() == "cpu":
-        dtype = "float32"  # bfloat16 matmuls are emulated on CPU
     info, model, step = run_info.load_model(address, dtype=dtype)
     vocabulary_model = None
     if info.kind != "vqhbr":

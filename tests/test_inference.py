@@ -48,7 +48,7 @@ def _fields(config) -> dict:
     return fields
 
 
-def write_run(workdir: pathlib.Path, kind: str, *, num_codes: int = 16, seed: int = 0) -> pathlib.Path:
+def write_run(workdir: pathlib.Path, kind: str, *, num_codes: int = 16, seed: int = 0, amplitude=AMPLITUDE, sentence=None) -> pathlib.Path:
     """A complete `kind` run folder holding a freshly initialized tiny model."""
     rngs = nnx.Rngs(seed)
     if kind == "vqhbr":
@@ -65,8 +65,8 @@ def write_run(workdir: pathlib.Path, kind: str, *, num_codes: int = 16, seed: in
     checkpoints = checkpointing.RunCheckpoints(workdir)
     checkpoints.save(7, model, None, {}, {})
     checkpoints.close()
-    spec = sentence_corpus.SentenceSpec().metadata()
-    run_info.write(workdir, run_info.RunInfo(kind=kind, model=fields, sentence=spec, amplitude=AMPLITUDE, dataset="ptbxl/leads12", **extra))
+    spec = dict(sentence or sentence_corpus.SentenceSpec().metadata())
+    run_info.write(workdir, run_info.RunInfo(kind=kind, model=fields, sentence=spec, amplitude=dict(amplitude), dataset="ptbxl/leads12", **extra))
     return workdir
 
 
@@ -105,9 +105,45 @@ def test_sentences_are_standardized_and_cut_as_the_dataset_builder_does(models):
     for (_, expected, skip), path in zip(built, RECORDS):
         assert skip is None
         got = models["pretrain"].tokenize(path)
-        for field in ("words", "lead_ids", "time_ids"):
+        np.testing.assert_array_equal(got.words, expected.words.astype(np.float16).astype(np.float32))
+        for field in ("lead_ids", "time_ids", "num_words"):
             np.testing.assert_array_equal(getattr(got, field), getattr(expected, field))
-        assert got.num_words == expected.num_words
+
+
+def _dataset_examples(sources, ecg_ids) -> dict:
+    found = {}
+    for source in sources.values():
+        for i in range(len(source)):
+            example = source[i]
+            if int(example["ecg_id"]) in ecg_ids:
+                found[int(example["ecg_id"])] = example
+    return found
+
+
+def test_sentences_equal_the_training_datasets_examples(bundled_builder, bundled_sources, tmp_path):
+    """A raw record through a run folder's model.json gives its example in the dataset, bit for bit."""
+    metadata = bundled_builder.info.metadata
+    model = heartlang_jax.load(write_run(tmp_path / "run", "pretrain", amplitude=metadata["amplitude"], sentence=metadata["sentence"]))
+    examples = _dataset_examples(bundled_sources, {1, 2, 3, 4, 5})
+    assert len(examples) == 5
+    for ecg_id, example in examples.items():
+        got = model.tokenize(SAMPLE / f"{ecg_id:05d}_lr")
+        np.testing.assert_array_equal(got.words, np.asarray(example["words"], np.float32))
+        np.testing.assert_array_equal(got.lead_ids, example["lead_ids"])
+        np.testing.assert_array_equal(got.time_ids, example["time_ids"])
+
+
+def test_word_ids_are_the_pretraining_targets(tiny_vqhbr_workdir, bundled_sources):
+    """A stage-written VQ-HBR folder: word ids of a raw record are the ids pre-training learns."""
+    from heartlang_jax.stages import vqhbr
+
+    model = heartlang_jax.load(tiny_vqhbr_workdir)
+    vocabulary = vqhbr.load_vocabulary(str(tiny_vqhbr_workdir))
+    for ecg_id, example in _dataset_examples(bundled_sources, {1, 2}).items():
+        fields = [np.asarray(example[k])[None] for k in ("words", "lead_ids", "time_ids")]
+        targets = np.asarray(vqhbr.word_ids(vocabulary, fields[0].astype(np.float32), *fields[1:]))[0]
+        ids = model.word_ids(SAMPLE / f"{ecg_id:05d}_lr")
+        np.testing.assert_array_equal(ids, targets[: len(ids)])
 
 
 def test_embedding_is_what_the_linear_probe_sees(models):
@@ -215,7 +251,8 @@ def test_sentence_gives_words_ids_and_beat_positions(models):
     np.testing.assert_array_equal(s.lead_ids[:n], s.word_lead + 1)
     for k in (0, n // 2, n - 1):
         (start, end), q = s.beat_spans[s.word_beat[k]], s.beats[s.word_beat[k]]
-        np.testing.assert_array_equal(s.words[k, 48 + start - q : 48 + end - q], s.signal[s.word_lead[k], start:end])
+        stored = s.signal[s.word_lead[k], start:end].astype(np.float16).astype(np.float32)  # as the dataset stores words
+        np.testing.assert_array_equal(s.words[k, 48 + start - q : 48 + end - q], stored)
 
 
 def test_word_ids_from_a_vocabulary(models, runs, tmp_path):
