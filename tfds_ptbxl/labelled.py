@@ -7,7 +7,6 @@ files sit (`_record_path`), what the folder must hold (`_check_layout`), and its
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import pathlib
@@ -17,31 +16,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from heartlang_jax import sentence_corpus
-from heartlang_jax.records import STANDARD_LEADS
+from heartlang_jax.ptbxl import DatasetLayoutError  # the one main.py prints as one line
 from tfds_ptbxl import sentences
+from tfds_ptbxl.sentences import BuilderConfig
 from tfds_ptbxl import split_files
 
-_MAX_LEN = 256
-_TOKEN_LEN = 96
 _LISTED_MISSING = 3
 
 
-class DatasetLayoutError(FileNotFoundError):
-    """A dataset folder is missing or incomplete; the message says what to put where."""
-
-
-@dataclasses.dataclass
-class BuilderConfig(tfds.core.BuilderConfig):
-    """Which leads form the sentence and which QRS detector cuts the beats."""
-
-    leads: tuple[str, ...] = STANDARD_LEADS
-    detector: str = "multilead"
-
-    @property
-    def spec(self) -> sentence_corpus.SentenceSpec:
-        return sentence_corpus.SentenceSpec(
-            leads=self.leads, max_len=_MAX_LEN, token_len=_TOKEN_LEN, detector=self.detector
-        )
 
 
 def builder_configs() -> list[BuilderConfig]:

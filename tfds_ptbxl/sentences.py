@@ -18,6 +18,7 @@ Data flows one way: records -> tokenizer -> sentence_corpus -> these builders ->
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import pathlib
@@ -28,10 +29,27 @@ import tensorflow_datasets as tfds
 
 from heartlang_jax import sentence_corpus
 from heartlang_jax import tokenizer as tokenizer_lib
+from heartlang_jax.records import STANDARD_LEADS
 
 # Examples kept in `metadata["flat_leads"]["records"]`; the counts cover every record.
 MAX_LISTED_FLAT_RECORDS = 1000
 DEFAULT_FILE_FORMAT = "array_record"
+
+
+MAX_LEN = 256
+TOKEN_LEN = 96
+
+
+@dataclasses.dataclass
+class BuilderConfig(tfds.core.BuilderConfig):
+    """Which leads form the sentence and which QRS detector cuts the beats (non-PTB-XL builders)."""
+
+    leads: tuple[str, ...] = STANDARD_LEADS
+    detector: str = "multilead"
+
+    @property
+    def spec(self) -> sentence_corpus.SentenceSpec:
+        return sentence_corpus.SentenceSpec(leads=self.leads, max_len=MAX_LEN, token_len=TOKEN_LEN, detector=self.detector)
 
 
 def with_default_file_format(kwargs: dict) -> dict:

@@ -45,19 +45,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from heartlang_jax import sentence_corpus
-from heartlang_jax.records import STANDARD_LEADS
+from heartlang_jax.ptbxl import DatasetLayoutError  # the one main.py prints as one line
 from tfds_ptbxl import sentences
+from tfds_ptbxl.sentences import BuilderConfig
 
-_MAX_LEN = 256
-_TOKEN_LEN = 96
 RELEASED_BATCH = 100_100  # records per batch of the released preprocessing
 RELEASED_SEED = 0
 VALIDATION_FRACTION = 0.1
 SPLITS = ("train", "validation")
-
-
-class DatasetLayoutError(FileNotFoundError):
-    """The MIMIC-IV-ECG folder is missing or incomplete; the message says what to put where."""
 
 
 def released_split(num_records: int, batch: int = RELEASED_BATCH, seed: int = RELEASED_SEED) -> np.ndarray:
@@ -105,16 +100,6 @@ def read_record_list(root: pathlib.Path) -> RecordList:
     return RecordList(np.asarray(subjects, np.int64), np.asarray(studies, np.int64), paths)
 
 
-@dataclasses.dataclass
-class BuilderConfig(tfds.core.BuilderConfig):
-    leads: tuple[str, ...] = STANDARD_LEADS
-    detector: str = "multilead"
-
-    @property
-    def spec(self) -> sentence_corpus.SentenceSpec:
-        return sentence_corpus.SentenceSpec(
-            leads=self.leads, max_len=_MAX_LEN, token_len=_TOKEN_LEN, detector=self.detector
-        )
 
 
 def _tokenize(items, spec, mean, std, num_workers) -> Iterator:
