@@ -150,8 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 def run_info_model(config: VQHBRConfig) -> dict:
     """VQHBRConfig as model.json stores it."""
     fields = dataclasses.asdict(config)
-    for part in ("encoder", "decoder"):
-        fields[part].pop("dtype", None)
+    fields.update(encoder=common.encoder_fields(config.encoder), decoder=common.encoder_fields(config.decoder))
     return fields
 
 
