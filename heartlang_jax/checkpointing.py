@@ -27,6 +27,7 @@ from heartlang_jax.errors import CheckpointError
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 _ITEMS = ("model", "optimizer", "data", "meta")
+_STEP_METRIC = "step"  # saved beside a step's metrics, to break ties between equal best values
 
 
 def _saveable(state: nnx.State) -> dict:
@@ -125,7 +126,8 @@ class RunCheckpoints:
     """The checkpoints of one stage in one workdir.
 
     `best_metric` keeps, besides the newest `max_to_keep` steps (for resuming), the step whose
-    saved metrics have the highest value of that name (Orbax's best-N preservation).
+    saved metrics have the highest value of that name (Orbax's best-N preservation); of equal
+    values the earliest step wins, as a "new best only if strictly better" rule records it.
     """
 
     def __init__(
@@ -145,7 +147,12 @@ class RunCheckpoints:
             policy = policies.AnyPreservationPolicy(
                 [
                     policies.LatestN(n=max_to_keep),
-                    policies.BestN(get_metric_fn=lambda m: m[best_metric], n=1, keep_checkpoints_without_metrics=False),
+                    # BestN keeps the last of equal keys; -step makes that the earliest step.
+                    policies.BestN(
+                        get_metric_fn=lambda m: (m[best_metric], -m[_STEP_METRIC]),
+                        n=1,
+                        keep_checkpoints_without_metrics=False,
+                    ),
                 ]
             )
         options = ocp.CheckpointManagerOptions(
@@ -170,6 +177,7 @@ class RunCheckpoints:
             args["optimizer"] = ocp.args.StandardSave(_saveable(nnx.state(optimizer)))
         if metrics is not None:  # a NaN score (e.g. AUC without positives) ranks last
             metrics = {k: float(v) if math.isfinite(float(v)) else -math.inf for k, v in metrics.items()}
+            metrics[_STEP_METRIC] = int(step)
         self._manager.save(step, args=ocp.args.Composite(**args), force=True, metrics=metrics)
 
     def restore(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None) -> tuple[dict, dict]:

@@ -21,6 +21,7 @@ import ml_collections
 from absl import app, flags
 
 from heartlang_jax.errors import ConfigError
+from tfds_ptbxl import catalog
 
 # stage -> module of its reference config (`get_config()` with no variant).
 REFERENCE_CONFIGS = {
@@ -48,12 +49,6 @@ def _sweep_inits() -> tuple[str, ...]:
     from heartlang_jax import sweep
 
     return sweep.INITS
-
-
-def _builder_configs() -> tuple[str, ...]:
-    from tfds_ptbxl.ptbxl import ptbxl_dataset_builder
-
-    return tuple(c.name for c in ptbxl_dataset_builder.Builder.BUILDER_CONFIGS)
 
 
 def _one_of(choices: Callable[[], Sequence[str]]) -> Callable[[Any], str | None]:
@@ -109,7 +104,7 @@ _VALUE_RULES: dict[str, Callable[[Any], str | None]] = {
     "mode": _one_of(_finetune_modes),
     "modes": _one_of(_finetune_modes),
     "inits": _one_of(_sweep_inits),
-    "builder_config": _one_of(_builder_configs),
+    "dataset": _one_of(lambda: catalog.DATASETS),
     "train_splits": _one_of(lambda: ("train", "validation", "test")),
 }
 
@@ -132,6 +127,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         logging.warning("config not validated: the reference configs cannot be imported (%s)", e)
         return
     problems = list(_problems(config, reference, "", _dotted_paths(reference)))
+    if not problems:  # the dataset's own choices, once the fields themselves are right
+        problems = list(_dataset_problems(config, "", None))
     if problems:
         source = REFERENCE_CONFIGS[config.stage].replace(".", "/") + ".py"
         raise ConfigError(
@@ -184,6 +181,27 @@ def _field_problems(key: str, path: str, value: Any, expected: Any, known: list[
             yield f"{item_path}: {wrong}"
         elif key in _VALUE_RULES and (bad := _VALUE_RULES[key](item)):
             yield f"{item_path}: {bad}, got {item!r}"
+
+
+def _dataset_problems(config: ml_collections.ConfigDict, prefix: str, dataset: str | None) -> Iterator[str]:
+    """`data.builder_config`, `task` and `tasks` checked against the dataset in scope: a group's
+    own `data.dataset`, else the nearest enclosing one (the pipeline's `data` serves its stages)."""
+    if "data" in config:
+        dataset = config.data.dataset
+        configs = catalog.builder_configs(dataset)
+        if config.data.builder_config not in configs:
+            yield f"{prefix}data.builder_config: must be one of {configs} for {dataset}, got {config.data.builder_config!r}"
+    for key in ("task", "tasks"):
+        if key in config and dataset is not None:
+            tasks = catalog.tasks(dataset)
+            values = config[key] if key == "tasks" else (config[key],)
+            for i, task in enumerate(values):
+                if task not in tasks:
+                    where = f"{prefix}{key}[{i}]" if key == "tasks" else prefix + key
+                    yield f"{where}: must be one of the tasks of {dataset} {tasks}, got {task!r}"
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict) and key != "data":
+            yield from _dataset_problems(value, f"{prefix}{key}.", dataset)
 
 
 def _type_problem(value: Any, expected: Any) -> str | None:

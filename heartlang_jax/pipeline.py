@@ -18,6 +18,7 @@ import os
 import ml_collections
 
 from heartlang_jax import checkpointing
+from heartlang_jax import config_validation
 from heartlang_jax import input_pipeline
 from heartlang_jax import sweep
 from heartlang_jax.stages import common
@@ -36,12 +37,13 @@ def stage_config(sub: ml_collections.ConfigDict, data: ml_collections.ConfigDict
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
     """Runs every stage in order; returns the sweep's Markdown table."""
+    config_validation.validate(config)  # a bad grid fails now, not after pre-training
     workdir = checkpointing.absolute(workdir)
     dirs = {name: workdir / name for name in ("vqhbr", "pretrain", "sweep")}
     data = ml_collections.ConfigDict(config.data.to_dict())
     data.tfds_dir = os.fspath(common.tfds_dir(config, workdir).absolute())
     sweep_config = stage_config(config.sweep, data, init_workdir=os.fspath(dirs["pretrain"]))
-    sweep.cells(sweep_config)  # a bad grid fails now, not after pre-training
+    sweep.cells(sweep_config)
     builder, _ = common.open_dataset(ml_collections.ConfigDict({"data": data}), workdir)
     print(input_pipeline.summarize(builder), flush=True)
 

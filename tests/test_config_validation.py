@@ -99,10 +99,23 @@ def test_wrong_type_is_named(name, path, value, expected):
         ("vqhbr", "model.encoder.num_heads", 0, "model.encoder: ECGFormerConfig.num_heads must be a positive int"),
         ("finetune", "data.builder_config", "leads13", "data.builder_config: must be one of ('leads12'"),
         ("pipeline", "vqhbr.stage", "pretrain", "vqhbr.stage: must be 'vqhbr' here, got 'pretrain'"),
+        ("finetune", "data.dataset", "ptb-xl", "data.dataset: must be one of ('ptbxl', 'cpsc2018', 'csn', 'mimic_iv_ecg')"),
+        ("finetune", "task", "diagnosis", "task: must be one of the tasks of ptbxl ('superdiagnostic', "),
+        ("pipeline", "sweep.tasks", ("rhythm", "diag"), "sweep.tasks[1]: must be one of the tasks of ptbxl"),
     ],
 )
 def test_bad_value_is_named(name, path, value, expected):
     assert expected in _problems(_edited(name, "demo" if name == "pipeline" else "tiny", {path: value}))
+
+
+def test_tasks_and_builder_config_are_those_of_the_chosen_dataset():
+    config_validation.validate(_edited("finetune", "tiny", {"data.dataset": "csn", "task": "diagnosis"}))
+    problems = _problems(_edited("finetune", "tiny", {"data.dataset": "cpsc2018", "task": "diagnosis"}))
+    assert problems.endswith("\n  task: must be one of the tasks of cpsc2018 ('rhythm',), got 'diagnosis'")
+    problems = _problems(_edited("vqhbr", "tiny", {"data.dataset": "mimic_iv_ecg", "data.builder_config": "leads1"}))
+    assert problems.endswith(
+        "\n  data.builder_config: must be one of ('leads12', 'leads12_xqrs') for mimic_iv_ecg, got 'leads1'"
+    )
 
 
 def test_missing_field_and_every_problem_are_reported():

@@ -46,6 +46,10 @@ class SplitFileBuilder:
     """Mixin for `tfds.core.GeneratorBasedBuilder`: see the module docstring."""
 
     TASK: str  # the name of the dataset's one multi-hot task
+
+    @classmethod
+    def tasks(cls) -> tuple[str, ...]:
+        return (cls.TASK,)
     SPLIT_FILE: pathlib.Path  # shipped beside the builder
     HOMEPAGE: str
     FITTED_ON = "train split of the released split file"

@@ -15,11 +15,14 @@ PAPER_SIZES = {
 
 def data_config() -> ml_collections.ConfigDict:
     data = ml_collections.ConfigDict()
+    # Which TFDS builder of tfds_ptbxl: ptbxl, cpsc2018, csn, mimic_iv_ecg (tfds_ptbxl/catalog.py).
+    data.dataset = "ptbxl"
     # Local PTB-XL folder; "bundled" = the 500-record sample in the package; "" = download PhysioNet.
     data.ptbxl_dir = "bundled"
     # Where the built TFDS dataset lives; "" = <workdir>/tfds.
     data.tfds_dir = ""
-    # TFDS builder config: leads12 (default), leads1, leads3, leads6, leads12_500hz.
+    # TFDS builder config of that dataset; ptbxl: leads12 (default), leads12_xqrs, leads1, leads3,
+    # leads6, leads12_500hz.
     data.builder_config = "leads12"
     # Processes used to tokenize records while building (0 = all cores).
     data.num_workers = 0

@@ -119,6 +119,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         ),
     ]
     DEFAULT_CONFIG_NAME = "leads12"
+
+    @classmethod
+    def tasks(cls) -> tuple[str, ...]:
+        return ()  # unlabelled: for VQ-HBR and pre-training only
+
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Put the extracted PhysioNet MIMIC-IV-ECG 1.0 folder (https://physionet.org/content/mimic-iv-ecg/1.0/,
     credentialed access) in `manual_dir`, so that it holds record_list.csv and

@@ -48,6 +48,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "ECG sentences from the QRSTokenizer, standardized amplitudes, 4 label tasks."}
+
+    @classmethod
+    def tasks(cls) -> tuple[str, ...]:
+        return ptbxl.TASKS
     BUILDER_CONFIGS = [
         BuilderConfig(name="leads12", description="All 12 standard leads, from the 100 Hz files."),
         BuilderConfig(name="leads1", leads=("I",), description="Lead I only (released code's 1-lead subset)."),
