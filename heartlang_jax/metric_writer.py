@@ -22,7 +22,8 @@ def _scalar(value) -> float:
 
 
 class MetricWriter:
-    """Writes `{name: scalar}` per step to `<workdir>/tensorboard/` and `<workdir>/metrics.jsonl`."""
+    """Writes `{name: scalar}` per step to `<workdir>/tensorboard/` and `<workdir>/metrics.jsonl`,
+    and images (TensorBoard only)."""
 
     def __init__(self, workdir: str | os.PathLike):
         self._enabled = jax.process_index() == 0
@@ -52,6 +53,14 @@ class MetricWriter:
             self._tb.add_scalar(name, value, step)
         self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
         self._jsonl.flush()
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """RGB uint8 images [H, W, 3] (e.g. `plots.figure_to_image`) to TensorBoard's Images tab."""
+        if not self._enabled or not images:
+            return
+        for name, image in images.items():
+            self._tb.add_image(name, np.asarray(image), step, dataformats="HWC")
+        self._tb.flush()
 
     def close(self) -> None:
         if self._enabled:

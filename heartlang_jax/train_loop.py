@@ -143,6 +143,7 @@ def run(
     evaluate: Callable[[int], dict[str, float]] | None = None,
     prepare_batch: Callable[[dict], dict] | None = None,
     on_eval: Callable[[int, dict, dict], None] | None = None,
+    eval_images: Callable[[int], Mapping[str, np.ndarray]] | None = None,
     reduce_metrics: Callable[[list[dict]], dict[str, float]] | None = None,
     max_to_keep: int = 2,
     best_metric: str | None = None,
@@ -155,6 +156,8 @@ def run(
     (e.g. per-code counts) reduces them over the interval. With `best_metric` (a key of the
     evaluation's scores), every evaluation is also checkpointed with its scores, and the best
     step is kept beside the newest ones; `meta["best_step"]` is left to `on_eval`.
+    `eval_images(step)`, called on every process after each evaluation, returns RGB images
+    [H, W, 3] ({name: image}) that process 0 writes to TensorBoard.
     """
     parallel.replicate_module(model, mesh)
     parallel.replicate_module(optimizer, mesh)
@@ -214,6 +217,8 @@ def run(
                     last_eval = evaluate(step)
                     evaluated = True
                     writer.write_scalars(step, last_eval)
+                    if eval_images is not None:
+                        writer.write_images(step, eval_images(step))
                     logging.info("[%s] eval at step %d: %s", stage, step, _fmt(last_eval))
                     if on_eval is not None:
                         on_eval(step, last_eval, meta)

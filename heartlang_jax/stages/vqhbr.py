@@ -2,13 +2,15 @@
 
 Its run folder is the vocabulary that masked pre-training reads its targets from:
 `load_vocabulary(workdir)` rebuilds the model from the folder's `model.json` and restores it,
-and `word_ids` maps sentences to vocabulary indices.
+and `word_ids` maps sentences to vocabulary indices. Each evaluation also draws one validation
+sentence's reconstructions into TensorBoard (Images tab, `eval/reconstruction`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 
 import jax
@@ -41,6 +43,7 @@ def model_config(config: ml_collections.ConfigDict) -> VQHBRConfig:
         decay=model.decay,
         kmeans_iters=model.kmeans_iters,
         dead_code_patience=model.dead_code_patience,
+        commitment_weighting=model.commitment_weighting,
     )
 
 
@@ -100,22 +103,33 @@ def codebook_usage(counts: np.ndarray) -> dict[str, float]:
 
 @nnx.jit
 def eval_step(model: VQHBR, batch):
+    """Sums over the batch, and the first sentence's words and reconstruction (for a figure)."""
     out = model(batch["words"], batch["lead_ids"], batch["time_ids"], update_codebook=False)
     sse, zero_sse, count = reconstruction_sse(out.reconstruction, batch)
     real = _real(batch) & batch["mask"][:, None]
     counts = jnp.zeros(model.quantizer.num_codes, jnp.int32).at[out.indices].add(real.astype(jnp.int32))
-    return {"sse": sse, "zero_sse": zero_sse, "count": count, "code_counts": counts}
+    first = {
+        "words": batch["words"][0],  # [L, T]
+        "reconstruction": out.reconstruction[0].astype(jnp.float32),  # [L, T]
+        "lead_ids": batch["lead_ids"][0],  # [L]
+        "word_ids": out.indices[0],  # [L]
+    }
+    return {"sse": sse, "zero_sse": zero_sse, "count": count, "code_counts": counts}, first
 
 
-def evaluate(model: VQHBR, source, global_batch: int, mesh) -> dict[str, float]:
+def evaluate(model: VQHBR, source, global_batch: int, mesh, example: dict | None = None) -> dict[str, float]:
     """Reconstruction MSE on a split, its ratio to predicting zeros, and codebook usage.
 
     The sums are reduced inside jit over the global batch, so every host gets the global totals.
+    `example`, if given, receives the split's first sentence: its words, reconstruction, lead ids
+    and word ids.
     """
     model.eval()
     totals = None
-    for batch in input_pipeline.eval_batches(source, global_batch=global_batch):
-        out = parallel.to_host(eval_step(model, parallel.shard_batch(batch, mesh)))
+    for i, batch in enumerate(input_pipeline.eval_batches(source, global_batch=global_batch)):
+        out, first = parallel.to_host(eval_step(model, parallel.shard_batch(batch, mesh)))
+        if i == 0 and example is not None:
+            example.update(first)
         totals = out if totals is None else jax.tree.map(np.add, totals, out)
     model.train()
     mse = float(totals["sse"] / max(totals["count"], 1))
@@ -134,6 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     model = build_model(config)
     common.write_run_info(ctx, STAGE, run_info_model(model.config))
     source = input_pipeline.concat_sources([ctx.sources[split] for split in config.train_splits])
+    example: dict = {}
     result = common.train(
         ctx,
         model=model,
@@ -141,10 +156,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         train_step=train_step,
         train_data=input_pipeline.train_dataset(source, global_batch=ctx.global_batch, seed=config.seed),
         num_train_examples=len(source),
-        evaluate=lambda step: evaluate(model, ctx.sources["validation"], ctx.global_batch, ctx.mesh),
+        evaluate=lambda step: evaluate(model, ctx.sources["validation"], ctx.global_batch, ctx.mesh, example),
+        eval_images=lambda step: reconstruction_images(example),
         reduce_metrics=reduce_train_metrics,
     )
     return result.last_eval
+
+
+def reconstruction_images(example: dict) -> dict[str, np.ndarray]:
+    """{"eval/reconstruction": RGB image} of one validation sentence's words under their
+    reconstructions (12 words, 80 dpi: a fraction of a second per evaluation). Only process 0
+    draws, as only it writes; without matplotlib (the `[viz]` extra) nothing is drawn."""
+    if not example or jax.process_index() != 0:
+        return {}
+    try:
+        from heartlang_jax import plots
+
+        image = plots.reconstruction_figure_image(
+            example["words"], example["reconstruction"], lead_ids=example["lead_ids"], word_ids=example["word_ids"]
+        )
+    except ImportError as e:
+        _warn_once(f"[{STAGE}] no reconstruction figures in TensorBoard: {e} (pip install 'heartlang-jax[viz]')")
+        return {}
+    return {"eval/reconstruction": image}
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logging.warning("%s", message)
 
 
 def run_info_model(config: VQHBRConfig) -> dict:
