@@ -51,6 +51,12 @@ def _sweep_inits() -> tuple[str, ...]:
     return sweep.INITS
 
 
+def _loss_weightings() -> tuple[str, ...]:
+    from heartlang_jax.models import quantizer
+
+    return quantizer.LOSS_WEIGHTINGS
+
+
 def _one_of(choices: Callable[[], Sequence[str]]) -> Callable[[Any], str | None]:
     def check(value):
         allowed = tuple(choices())
@@ -90,6 +96,7 @@ _VALUE_RULES: dict[str, Callable[[Any], str | None]] = {
     "code_dim": _POSITIVE,
     "kmeans_iters": _NON_NEGATIVE,
     "decay": _BETA,
+    "commitment_weighting": _one_of(_loss_weightings),
     "mask_ratio": _FRACTION,
     "learning_rate": _POSITIVE,
     "end_learning_rate": _NON_NEGATIVE,

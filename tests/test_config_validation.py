@@ -16,13 +16,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # Every config file and its variants (`--config=configs/<name>.py:<variant>`).
 SHIPPED = {
     "dataset": (None,),
-    "vqhbr": ("", "tiny"),
+    "vqhbr": ("", "tiny", "released"),
     "pretrain_small": ("", "tiny"),
-    "pretrain_base": ("", "tiny"),
+    "pretrain_base": ("", "tiny", "released"),
     "pretrain_large": ("", "tiny"),
-    "finetune": ("", "tiny"),
-    "sweep": ("", "tiny"),
-    "pipeline": ("", "demo"),
+    "finetune": ("", "tiny", "released"),
+    "sweep": ("", "tiny", "released"),
+    "pipeline": ("", "demo", "released"),
 }
 
 
@@ -95,6 +95,7 @@ def test_wrong_type_is_named(name, path, value, expected):
     "name, path, value, expected",
     [
         ("vqhbr", "optimizer.b2", 1.0, "optimizer.b2: must be in [0, 1), got 1.0"),
+        ("vqhbr", "model.commitment_weighting", "max", "model.commitment_weighting: must be one of ('mean', 'sum')"),
         ("vqhbr", "dtype", "fp16", "dtype: must be one of ('auto', 'float32', 'bfloat16')"),
         ("vqhbr", "model.encoder.num_heads", 0, "model.encoder: ECGFormerConfig.num_heads must be a positive int"),
         ("finetune", "data.builder_config", "leads13", "data.builder_config: must be one of ('leads12'"),

@@ -12,6 +12,25 @@ PAPER_SIZES = {
     "tiny": dict(num_layers=2, hidden_dim=64, mlp_dim=128, num_heads=2, head_dim=32),
 }
 
+# The `:released` variants: the authors' PyTorch code (shared/reference/heartlang-released). Every
+# released backbone keeps the default dim_head=64 (backbone_vqhbr.VqhbrBackbone,
+# modeling_pretrain.ST_ECGFormer).
+RELEASED = "released"
+RELEASED_SIZES = {
+    # modeling_vqhbr.vqhbr: get_model_default_params() (embed_dim 768, mlp_dim 2048), encoder
+    # depth 4 / heads 2, decoder depth 2 / heads 2.
+    "vqhbr_encoder": dict(num_layers=4, hidden_dim=768, mlp_dim=2048, num_heads=2, head_dim=64),
+    "vqhbr_decoder": dict(num_layers=2, hidden_dim=768, mlp_dim=2048, num_heads=2, head_dim=64),
+    # modeling_pretrain.HeartLang and modeling_finetune.HeartLang_finetune_base: depth 12,
+    # heads 8, mlp_dim 1024 (inner width 512 < hidden 768).
+    "base": dict(num_layers=12, hidden_dim=768, mlp_dim=1024, num_heads=8, head_dim=64),
+}
+# Dropout of the released models (get_model_default_params): VQ-HBR 0.0; the pre-training and
+# fine-tuning models 0.1, used alike on embeddings, attention weights and block outputs.
+RELEASED_DROPOUT = {"vqhbr": 0.0, "base": 0.1}
+# The released tokenization (QRSTokenizer.py): XQRS on lead I of the 12 leads at 100 Hz.
+RELEASED_BUILDER_CONFIG = "leads12_xqrs"
+
 
 def data_config() -> ml_collections.ConfigDict:
     data = ml_collections.ConfigDict()
@@ -39,6 +58,19 @@ def encoder_config(size: str) -> ml_collections.ConfigDict:
     encoder.dropout_rate = 0.0
     # Dropout on attention weights.
     encoder.attention_dropout_rate = 0.0
+    return encoder
+
+
+def released_encoder(size: str, dropout_rate: float) -> ml_collections.ConfigDict:
+    """An encoder block with the released code's architecture: learned absolute positions and a
+    CLS token (which also resolve to its block details: no Q/K/V bias, LayerNorm eps 1e-5,
+    PyTorch init), padding words attended, and its dropout on attention weights too."""
+    encoder = encoder_config("small")
+    encoder.update(RELEASED_SIZES[size])
+    encoder.position = "learned"
+    encoder.mask_padding = False
+    encoder.dropout_rate = dropout_rate
+    encoder.attention_dropout_rate = dropout_rate
     return encoder
 
 

@@ -6,6 +6,9 @@
 
 `:tiny` is the CPU-sized variant for tests and the demo. Both modes' optimizers live in the
 config (`optimizer.linear`, `optimizer.full`), so `--config.mode` alone switches between them.
+`:released` is the linear probing of the released scripts (scripts/finetune/PTBXL/12Leads/*/
+base_*_linear_prob.sh) on a released-architecture Base: lr 5e-3, weight decay 0.05, batch 256,
+100 epochs, 10 warm-up.
 """
 
 import ml_collections
@@ -63,6 +66,24 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.warmup_epochs = 1
         config.log_every_steps = 20
         config.checkpoint_every_steps = 100
+    elif variant == common.RELEASED:
+        # scripts/finetune/PTBXL/12Leads/{super,sub,form,rhythm}/base_*_linear_prob.sh (the same
+        # flags for CPSC2018 and CSN) and run_class_finetuning.py's defaults.
+        config.data.builder_config = common.RELEASED_BUILDER_CONFIG
+        # --model HeartLang_finetune_base: the released Base, dropout 0.1 (a pre-trained run's own
+        # architecture wins, see `encoder` above).
+        config.encoder = common.released_encoder("base", common.RELEASED_DROPOUT["base"])
+        config.mode = "linear"  # --trainable linear
+        # --lr 5e-3 --weight_decay 0.05; --min_lr 1e-5 by default; no --opt_betas (timm AdamW's
+        # 0.9, 0.999) and no --clip_grad. --layer_decay 0.9 scales the head by 0.9^0 = 1, as here.
+        optimizer.linear = common.optimizer_config(
+            learning_rate=5e-3, end_learning_rate=1e-5, b1=0.9, b2=0.999, weight_decay=0.05, clip=0.0
+        )
+        # The released scripts run no full fine-tuning: optimizer.full stays this project's.
+        # --epochs 100 --warmup_epochs 10 --batch_size 256 (one process; lowered to the training
+        # records when fewer, see stages/finetune.py).
+        common.loop_config(config, epochs=100, warmup_epochs=10, batch=256)
+        config.checkpoint_every_steps = 1000
     elif variant:
-        raise ValueError(f"unknown variant {variant!r} of configs/finetune.py; known: 'tiny'")
+        raise ValueError(f"unknown variant {variant!r} of configs/finetune.py; known: 'tiny', 'released'")
     return config

@@ -7,6 +7,9 @@
 Default: the paper's sizes (released VQ-HBR, HeartLang-Base, the full grid of Tables 1-2).
 `:demo`: tiny models on the bundled 500-record sample, linear probing of two tasks, pre-trained vs
 random init, three seeds; about ten minutes on 2 CPU cores. Set `data` here: every stage reads the same dataset.
+`:released`: the released code's recipe end to end (README, "Paper, released code and this
+project"): XQRS on lead I, `configs/vqhbr.py:released`, `configs/pretrain_base.py:released`, and
+the linear probing of its scripts (`configs/sweep.py:released`).
 """
 
 import ml_collections
@@ -18,15 +21,20 @@ from heartlang_jax.configs import vqhbr
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-    if variant not in ("", "demo"):
-        raise ValueError(f"unknown variant {variant!r} of configs/pipeline.py; known: 'demo'")
+    # The stage configs' variant for each variant of this file.
+    stage_variants = {"": "", "demo": "tiny", common.RELEASED: common.RELEASED}
+    if variant not in stage_variants:
+        raise ValueError(f"unknown variant {variant!r} of configs/pipeline.py; known: 'demo', 'released'")
     demo = variant == "demo"
-    size = "tiny" if demo else ""
+    size = stage_variants[variant]
     config = ml_collections.ConfigDict()
     # Which stage main.py runs.
     config.stage = "pipeline"
     # The dataset of every stage, built once into <workdir>/tfds (unless data.tfds_dir is set).
     config.data = common.data_config()
+    if variant == common.RELEASED:
+        # The released tokenization: XQRS on lead I (QRSTokenizer.py).
+        config.data.builder_config = common.RELEASED_BUILDER_CONFIG
     # Stage configs; their `data`, `vqhbr_workdir` and `init_workdir` are set by the pipeline.
     config.vqhbr = vqhbr.get_config(size)
     config.pretrain = pretrain_common.get_pretrain_config("base", size)

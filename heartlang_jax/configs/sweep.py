@@ -40,6 +40,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.keep_cell_checkpoints = False
     # The fine-tuning config of every cell (minus the per-cell fields).
     config.finetune = finetune.get_config(variant)
+    if variant == common.RELEASED:
+        # What the released scripts run (scripts/finetune/PTBXL/12Leads/*/base_*_linear_prob.sh):
+        # split_ratios (0.01 0.1 1), --trainable linear, --seed 0, the pre-trained Base only
+        # (add "random" to inits for the baseline; random init here is PyTorch's default init,
+        # not the released randomly_initialize_weights' U(-0.1, 0.1)).
+        config.data.builder_config = common.RELEASED_BUILDER_CONFIG
+        config.label_fractions = (0.01, 0.1, 1.0)
+        config.modes = ("linear",)
+        config.seeds = (0,)
+        config.inits = ("pretrained",)
     for name in PER_CELL_FIELDS:
         del config.finetune[name]
     return config

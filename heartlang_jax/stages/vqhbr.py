@@ -43,6 +43,7 @@ def model_config(config: ml_collections.ConfigDict) -> VQHBRConfig:
         decay=model.decay,
         kmeans_iters=model.kmeans_iters,
         dead_code_patience=model.dead_code_patience,
+        commitment_weighting=model.commitment_weighting,
     )
 
 
