@@ -39,8 +39,9 @@ from heartlang_jax import tokenizer as tokenizer_lib
 from heartlang_jax.models import VQHBR, EcgClassifier
 
 # A pre-training (or fine-tuning) run folder "carries its vocabulary" when this subfolder is a
-# complete VQ-HBR run folder (model.json + checkpoints/): then `word_ids` works on it.
-VOCABULARY_DIR = "vocabulary"
+# complete VQ-HBR run folder (model.json + checkpoints/): then `word_ids` works on it. Pre-training
+# writes it (stages/pretrain.py, `carry_vocabulary`).
+VOCABULARY_DIR = run_info.VOCABULARY_DIR
 # Extensions that name a record's files; the record itself is the path without them.
 RECORD_EXTENSIONS = (".hea", ".dat", ".mat")
 # The training datasets store words as float16 (tfds_ptbxl/sentences.py, "the loader casts"), so

@@ -22,6 +22,9 @@ from heartlang_jax import checkpointing
 from heartlang_jax.models import VQHBR, ECGFormerConfig, EcgClassifier, MaskedEcgModel, VQHBRConfig
 
 RUN_INFO_FILE = "model.json"
+# A pre-training run carries the vocabulary it learned to predict in this subfolder, itself a
+# complete VQ-HBR run folder (model.json + a model-only checkpoint), so `word_ids` works on a copy.
+VOCABULARY_DIR = "vocabulary"
 KINDS = ("vqhbr", "pretrain", "finetune")
 FORMAT_VERSION = 1
 

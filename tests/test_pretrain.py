@@ -101,3 +101,30 @@ def test_tiny_pretraining_learns(tmp_path, bundled_tfds_dir, tiny_vqhbr_workdir)
     assert last["eval_loss"] < first["eval_loss"] - 0.2
     assert last["eval_masked_accuracy"] > first["eval_masked_accuracy"]
     assert last["eval_masked_accuracy"] > 1.5 * last["eval_majority_rate"]
+
+
+def test_pretraining_run_folder_carries_its_vocabulary(tmp_path, bundled_tfds_dir, tiny_vqhbr_workdir):
+    import shutil
+
+    import heartlang_jax
+    from heartlang_jax import ptbxl, run_info
+
+    record = ptbxl.bundled_sample_dir() / "records100" / "00000" / "00001_lr"
+    shutil.copytree(tiny_vqhbr_workdir, tmp_path / "vqhbr")  # the session's fixture must survive
+    config = pretrain_base.get_config("tiny")
+    config.data.tfds_dir = str(bundled_tfds_dir)
+    config.vqhbr_workdir = str(tmp_path / "vqhbr")
+    config.num_train_steps = 2
+    config.eval_every_steps = 2
+    config.dtype = "float32"
+    pretrain.train_and_evaluate(config, tmp_path / "made" / "pretrain")
+    assert (tmp_path / "made" / "pretrain" / run_info.VOCABULARY_DIR / run_info.RUN_INFO_FILE).is_file()
+    expected = heartlang_jax.load(tmp_path / "vqhbr").word_ids(record)
+    np.testing.assert_array_equal(heartlang_jax.load(tmp_path / "made" / "pretrain").word_ids(record), expected)
+
+    shutil.copytree(tmp_path / "made" / "pretrain", tmp_path / "elsewhere")
+    shutil.rmtree(tmp_path / "made")
+    shutil.rmtree(tmp_path / "vqhbr")
+    moved = heartlang_jax.load(tmp_path / "elsewhere")
+    assert moved.kind == "pretrain" and moved.num_codes == moved.info.model["vocab_size"]
+    np.testing.assert_array_equal(moved.word_ids(record), expected)

@@ -54,6 +54,25 @@ def load_vocabulary(config: ml_collections.ConfigDict, token_len: int) -> VQHBR:
     return vocabulary
 
 
+def carry_vocabulary(vocabulary: VQHBR, vqhbr_workdir: str, workdir) -> None:
+    """Copies the vocabulary into `<workdir>/vocabulary/` (its model.json and a model-only
+    checkpoint of the step in use), so the run folder alone gives word ids after the VQ-HBR
+    workdir is gone. model.json is written last: its presence marks a complete copy. Every host
+    calls this (the Orbax save is collective)."""
+    target = epath.Path(workdir) / run_info.VOCABULARY_DIR
+    if (target / run_info.RUN_INFO_FILE).exists():
+        return
+    source = checkpointing.RunCheckpoints(vqhbr_workdir, read_only=True)
+    step = source.steps()[-1]
+    source.close()
+    copy = checkpointing.RunCheckpoints(target, max_to_keep=1)
+    if step not in copy.steps():  # a copy killed before its model.json may have saved already
+        copy.save(step, vocabulary, None, {}, {"copied_from": vqhbr_workdir})
+    copy.close()
+    run_info.write(target, run_info.read(vqhbr_workdir))
+    logging.info("[%s] vocabulary (step %d of %s) copied into %s", STAGE, step, vqhbr_workdir, target)
+
+
 def cached_targets(vocabulary, source, split: str, vocabulary_dir: str, workdir, global_batch: int, mesh) -> np.ndarray:
     """Word ids [num_examples, L] of a split, computed once and stored under the workdir.
 
@@ -141,6 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS)
     vocabulary = load_vocabulary(config, ctx.dataset.sentence["token_len"])
     parallel.replicate_module(vocabulary, ctx.mesh)
+    carry_vocabulary(vocabulary, config.vqhbr_workdir, ctx.workdir)
     train_source = input_pipeline.concat_sources([ctx.sources[split] for split in config.train_splits])
     splits = {"+".join(config.train_splits): train_source, "validation": ctx.sources["validation"]}
     targets = {
