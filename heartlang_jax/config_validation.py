@@ -175,7 +175,7 @@ def _field_problems(key: str, path: str, value: Any, expected: Any, known: list[
         if not isinstance(value, (tuple, list)):
             yield f"{path}: expected a tuple, got {type(value).__name__} {value!r}"
             return
-        if not value:
+        if not value and expected:  # a field whose default is () may be empty
             yield f"{path}: must not be empty"
         items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
         element = expected[0] if expected else None
@@ -198,6 +198,7 @@ def _dataset_problems(config: ml_collections.ConfigDict, prefix: str, dataset: s
         configs = catalog.builder_configs(dataset)
         if config.data.builder_config not in configs:
             yield f"{prefix}data.builder_config: must be one of {configs} for {dataset}, got {config.data.builder_config!r}"
+        yield from _data_sources_problems(config.data, f"{prefix}data.", config.get("stage"))
     for key in ("task", "tasks"):
         if key in config and dataset is not None:
             tasks = catalog.tasks(dataset)
@@ -209,6 +210,34 @@ def _dataset_problems(config: ml_collections.ConfigDict, prefix: str, dataset: s
     for key, value in config.items():
         if isinstance(value, ml_collections.ConfigDict) and key != "data":
             yield from _dataset_problems(value, f"{prefix}{key}.", dataset)
+
+
+def _data_sources_problems(data: ml_collections.ConfigDict, prefix: str, stage: str | None) -> Iterator[str]:
+    """`manual_dirs` ("bundled" is PTB-XL's sample) and `mixture` ("dataset:weight" entries of
+    known datasets that have the builder config; read by VQ-HBR and pre-training only)."""
+    from heartlang_jax import input_pipeline
+
+    for name, folder in data.manual_dirs.items():
+        if folder == input_pipeline.BUNDLED and name != "ptbxl":
+            yield f"{prefix}manual_dirs.{name}: 'bundled' names the PTB-XL sample; give {name}'s own folder"
+    if not data.mixture:
+        return
+    if stage in ("finetune", "sweep"):
+        yield f"{prefix}mixture: must be () here; fine-tuning reads data.dataset (a mixture is for vqhbr and pretrain)"
+        return
+    try:
+        entries = input_pipeline.parse_mixture(data.mixture)
+    except ValueError as e:
+        yield f"{prefix}mixture: {e}"
+        return
+    for i, (name, _) in enumerate(entries):
+        if name not in catalog.DATASETS:
+            yield f"{prefix}mixture[{i}]: {name!r} must be one of {catalog.DATASETS}"
+        elif data.builder_config not in catalog.builder_configs(name):
+            yield (
+                f"{prefix}mixture[{i}]: {name} has no builder config {data.builder_config!r} "
+                f"(data.builder_config); its configs are {catalog.builder_configs(name)}"
+            )
 
 
 def _type_problem(value: Any, expected: Any) -> str | None:

@@ -1,11 +1,12 @@
-"""Building the `ptbxl` TFDS dataset and serving it as grain batches.
+"""Building the TFDS datasets of `tfds_ptbxl` and serving them as grain batches.
 
 Batch sizes here are global. Training iterators are infinite, shuffled anew each epoch from a
 seed that every host shares, and checkpointable (`get_state`/`set_state`), so a resumed run sees
 exactly the batches it would have seen. Each host reads only its own rows of every global batch
 (`parallel.host_slice`), evaluation included, so 1 and N hosts see the same global batches.
 Evaluation batches cover a split once, padded to a fixed shape with a `mask` so that the jitted
-eval step compiles once.
+eval step compiles once. A `MixtureSource` (several datasets' examples) is drawn from in
+proportion to its weights (`train_dataset`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import grain
 import jax
@@ -26,36 +27,44 @@ from heartlang_jax import parallel
 from heartlang_jax import ptbxl
 
 SENTENCE_FIELDS = ("words", "lead_ids", "time_ids")
+BUNDLED = "bundled"  # the manual_dir of ptbxl that names the 500-record sample in the package
 
 
 def prepare_dataset(
     data_dir: str | os.PathLike,
     *,
+    dataset: str = "ptbxl",
     builder_config: str = "leads12",
-    ptbxl_dir: str | os.PathLike | None = None,
-    download_url: str | None = None,
+    manual_dir: str | os.PathLike | None = None,
     num_workers: int | None = None,
+    builder_kwargs: Mapping | None = None,
 ) -> tfds.core.DatasetBuilder:
-    """Builds the dataset once (later calls reuse it) and returns its builder.
+    """Builds `dataset` (a name of `tfds_ptbxl.catalog`) once (later calls reuse it); returns its builder.
 
-    `ptbxl_dir` is a local PTB-XL folder; "bundled" means the 500-record sample shipped with the
-    package; None downloads PTB-XL from PhysioNet (or `download_url`).
+    `manual_dir` is the dataset's folder in its own published layout. For ptbxl, "bundled" means
+    the 500-record sample shipped with the package and None downloads PTB-XL from PhysioNet; for
+    the others None is TFDS's default, `<data_dir>/downloads/manual`. `builder_kwargs` go to the
+    builder's constructor (ptbxl: `download_url`; cpsc2018, csn: `split_file`; mimic_iv_ecg:
+    `chunk_size`, ...).
     """
-    from tfds_ptbxl.ptbxl import ptbxl_dataset_builder  # registers `ptbxl`; pulls in the tokenizer
+    from tfds_ptbxl import catalog  # importing a builder registers it; pulls in the tokenizer
 
-    if ptbxl_dir == "bundled":
-        ptbxl_dir = ptbxl.bundled_sample_dir()
+    if manual_dir == BUNDLED:
+        if dataset != "ptbxl":
+            raise ValueError(f"manual_dir='bundled' names the PTB-XL sample; {dataset} needs its own folder")
+        manual_dir = ptbxl.bundled_sample_dir()
+    builder_class = catalog.builder_class(dataset)
 
     def build() -> tfds.core.DatasetBuilder:
-        builder = ptbxl_dataset_builder.Builder(
+        builder = builder_class(
             config=builder_config,
             data_dir=os.fspath(data_dir),
             file_format="array_record",
-            download_url=download_url,
             num_workers=num_workers,
+            **dict(builder_kwargs or {}),
         )
         builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(ptbxl_dir) if ptbxl_dir else None)
+            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir else None)
         )
         return builder
 
@@ -63,40 +72,49 @@ def prepare_dataset(
     # their own copy when data_dir is a per-host local disk. No host writes another's files.
     if jax.process_index() == 0:
         builder = build()
-    parallel.barrier("heartlang_jax.prepare_dataset")
+    parallel.barrier(f"heartlang_jax.prepare_dataset.{dataset}")
     if jax.process_index() != 0:
         try:
-            builder = load_builder(data_dir, builder_config)
+            builder = load_builder(data_dir, builder_config, dataset)
         except FileNotFoundError:
             builder = build()
     return builder
 
 
-def load_builder(data_dir: str | os.PathLike, builder_config: str = "leads12") -> tfds.core.DatasetBuilder:
+def load_builder(
+    data_dir: str | os.PathLike, builder_config: str = "leads12", dataset: str = "ptbxl"
+) -> tfds.core.DatasetBuilder:
     """Opens an already built dataset without importing the builder code."""
-    path = epath.Path(data_dir) / "ptbxl" / builder_config
+    path = epath.Path(data_dir) / dataset / builder_config
     versions = sorted((p for p in path.glob("*.*.*") if (p / "dataset_info.json").exists()), key=lambda p: p.name)
     if not versions:
-        raise FileNotFoundError(f"no built ptbxl/{builder_config} dataset under {data_dir}; build it first")
+        raise FileNotFoundError(f"no built {dataset}/{builder_config} dataset under {data_dir}; build it first")
     return tfds.builder_from_directory(os.fspath(versions[-1]))
 
 
 def summarize(builder: tfds.core.DatasetBuilder) -> str:
-    """A few human-readable lines: split sizes, label dims, amplitude scale, skipped records."""
+    """A few human-readable lines: split sizes, tasks and their classes, amplitude scale, skipped
+    records, records kept without flat leads. Any dataset: its splits and tasks are its own."""
     info = builder.info
     meta = info.metadata
-    splits = ", ".join(f"{name}={info.splits[name].num_examples}" for name in ("train", "validation", "test"))
-    dims = ", ".join(f"{task}={len(meta['classes'][task])}" for task in ptbxl.TASKS)
+    splits = ", ".join(f"{name}={split.num_examples}" for name, split in info.splits.items())
+    classes = meta.get("classes") or {}
+    dims = ", ".join(f"{task}={len(names)}" for task, names in classes.items()) or "none (unlabelled)"
     amp = meta["amplitude"]
     skipped = meta["skipped"]
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(skipped["by_reason"].items())) or "none"
-    return (
-        f"ptbxl/{builder.builder_config.name} at {builder.data_dir}\n"
-        f"  splits: {splits}\n"
-        f"  label classes: {dims}\n"
-        f"  amplitude (train fit): mean={amp['mean']:.5f} mV, std={amp['std']:.5f} mV\n"
-        f"  skipped records: {skipped['total']} ({reasons})"
-    )
+    lines = [
+        f"{builder.name}/{builder.builder_config.name} at {builder.data_dir}",
+        f"  splits: {splits}",
+        f"  label classes: {dims}",
+        f"  amplitude (train fit): mean={amp['mean']:.5f} mV, std={amp['std']:.5f} mV",
+        f"  skipped records: {skipped['total']} ({reasons})",
+    ]
+    flat = meta.get("flat_leads")
+    if flat is not None:
+        leads = ", ".join(f"{k}={v}" for k, v in sorted(flat["by_lead"].items())) or "none"
+        lines.append(f"  records kept without flat leads: {flat['total']} ({leads})")
+    return "\n".join(lines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +139,7 @@ class _ToBatchFields:
 
 def labelled_indices(source: Sequence, task: str | None) -> np.ndarray:
     """Source indices of the examples that have at least one label of `task` (all when None)."""
-    if ptbxl.validate_task(task) is None:
+    if task is None:
         return np.arange(len(source))
     return np.asarray([i for i in range(len(source)) if np.any(source[i][task])], np.int64)
 
@@ -159,19 +177,34 @@ def train_dataset(
     rows: slice | None = None,
 ) -> grain.MapDataset:
     """Infinite, per-epoch reshuffled global batches, of which this host reads its own `rows`
-    (default: `parallel.host_slice`, the rows its devices hold)."""
-    indices = label_fraction_subset(labelled_indices(source, task), label_fraction, seed)
-    if len(indices) < global_batch:
-        raise ValueError(
-            f"{len(indices)} training examples (task={task}, label_fraction={label_fraction}) are fewer "
-            f"than one global batch of {global_batch}; lower the batch size"
-        )
-    return (
-        grain.MapDataset.source(indices)
-        .shuffle(seed=seed)
-        .repeat(None)
-        .batch(global_batch, drop_remainder=True)
-        .map(_HostRows(_ToBatchFields(source, task), rows or parallel.host_slice(global_batch)))
+    (default: `parallel.host_slice`, the rows its devices hold).
+
+    A `MixtureSource` is drawn from in proportion to its weights: each dataset is shuffled and
+    repeated on its own (seeded by `seed` and its position), and grain's `MapDataset.mix`
+    interleaves them deterministically, so every global batch holds each dataset's share up to
+    rounding and a resumed iterator continues the same sequence. `index` is the example's index
+    in the mixture (its datasets' examples in order), as the pre-training targets are stored.
+    """
+    if isinstance(source, MixtureSource):
+        offsets = np.cumsum([0, *(len(p) for p in source.parts[:-1])])
+        streams = []
+        for i, (name, part, offset) in enumerate(zip(source.names, source.parts, offsets)):
+            indices = label_fraction_subset(labelled_indices(part, task), label_fraction, seed)
+            if not len(indices):
+                raise ValueError(f"{name} has no training example (task={task}) to mix")
+            part_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+            streams.append(grain.MapDataset.source(indices + offset).shuffle(seed=part_seed).repeat(None))
+        examples = grain.MapDataset.mix(streams, weights=source.weights)
+    else:
+        indices = label_fraction_subset(labelled_indices(source, task), label_fraction, seed)
+        if len(indices) < global_batch:
+            raise ValueError(
+                f"{len(indices)} training examples (task={task}, label_fraction={label_fraction}) are fewer "
+                f"than one global batch of {global_batch}; lower the batch size"
+            )
+        examples = grain.MapDataset.source(indices).shuffle(seed=seed).repeat(None)
+    return examples.batch(global_batch, drop_remainder=True).map(
+        _HostRows(_ToBatchFields(source, task), rows or parallel.host_slice(global_batch))
     )
 
 
@@ -234,3 +267,33 @@ class _ConcatSource:
 def concat_sources(sources: Sequence) -> Sequence:
     """One source, or their concatenation."""
     return sources[0] if len(sources) == 1 else _ConcatSource(tuple(sources))
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureSource(_ConcatSource):
+    """Several datasets' training examples, read as one source (their examples in order) and
+    drawn from by `train_dataset` in proportion to `weights`. Each dataset's words were
+    standardized with its own amplitude fit when it was built, so mixing needs no rescaling."""
+
+    names: tuple[str, ...]
+    weights: tuple[float, ...]
+
+
+def parse_mixture(entries: Sequence[str]) -> list[tuple[str, float]]:
+    """`data.mixture` ("name:weight", ...) -> [(name, weight)]; ValueError saying what is wrong.
+
+    Names are checked against the catalog by config validation; here only the form."""
+    parsed = []
+    for entry in entries:
+        name, sep, weight = str(entry).partition(":")
+        try:
+            value = float(weight) if sep else None
+        except ValueError:
+            value = None
+        if value is None or not name or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{entry!r} is not 'dataset:weight' with a positive weight (e.g. 'ptbxl:0.25')")
+        parsed.append((name, value))
+    names = [name for name, _ in parsed]
+    if len(set(names)) < len(names):
+        raise ValueError(f"a dataset is named twice in {tuple(entries)}")
+    return parsed

@@ -9,12 +9,12 @@ import json
 import logging
 import math
 import os
-import pathlib
 import time
 from collections.abc import Mapping
 
 import jax
 import numpy as np
+from etils import epath
 
 
 def _scalar(value) -> float:
@@ -32,10 +32,12 @@ class MetricWriter:
         if self._enabled:
             from tensorboardX import SummaryWriter  # pure-Python event writer
 
-            workdir = pathlib.Path(workdir)
+            # epath, not pathlib: pathlib turns `gs://bucket/run` into the local `gs:/bucket/run`.
+            # tensorboardX writes `gs://` logdirs itself.
+            workdir = epath.Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
             self._tb = SummaryWriter(logdir=os.fspath(workdir / "tensorboard"))
-            self._jsonl = open(workdir / "metrics.jsonl", "a")
+            self._jsonl = (workdir / "metrics.jsonl").open("a")
 
     def write_hparams(self, hparams: Mapping[str, object]) -> None:
         if not self._enabled:

@@ -198,6 +198,7 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
     rows, the paper's rows for the same setting, so each of our numbers sits over the paper's."""
     columns = [(task, float(f)) for task in config.tasks for f in config.label_fractions]
     by_key = {(s["init"], s["mode"], s["task"], s["label_fraction"]): s for s in summary}
+    ptbxl = config.data.dataset == "ptbxl"  # the paper's numbers are PTB-XL's
     header = "| setting | " + " | ".join(f"{TASK_SHORT.get(t, t)} {f * 100:g}%" for t, f in columns) + " |"
     lines = [header, "|---" * (len(columns) + 1) + "|"]
     for mode, init in itertools.product(config.modes, config.inits):
@@ -207,16 +208,17 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
             values.append(_fmt(s["test_auc_mean"], s["test_auc_std"]) if s else "not run")
         label = f"**ours: {'pre-trained' if init == 'pretrained' else 'random init'}, {mode}**"
         lines.append(f"| {label} | " + " | ".join(values) + " |")
-        for paper_label, paper in PAPER_ROWS.get((init, mode), []):
+        for paper_label, paper in PAPER_ROWS.get((init, mode), []) if ptbxl else []:
             lines.append(f"| {paper_label} | " + " | ".join(f"{paper[c]:.2f}" if c in paper else "–" for c in columns) + " |")
     seeds = sorted({seed for s in summary for seed in s["seeds"]})
-    bundled = config.data.ptbxl_dir == "bundled"
-    data = "the bundled 500-record PTB-XL sample" if bundled else "PTB-XL"
+    bundled = ptbxl and config.data.manual_dirs.ptbxl == "bundled"
+    data = "the bundled 500-record PTB-XL sample" if bundled else config.data.dataset
     notes = [
         "Test macro AUC (%) at the epoch with the best validation macro AUC.",
         f"Ours: {data}, mean ± sample std over seeds {seeds} (a single seed shows no std).",
-        "Paper: HeartLang pre-trained on all of PTB-XL (SPEC §6); '–' = not reported.",
     ]
+    if ptbxl:
+        notes.append("Paper: HeartLang pre-trained on all of PTB-XL (SPEC §6); '–' = not reported.")
     if bundled:
         notes.append(
             "The sample's test split holds 66 records, some classes with one or two positives: a few points "

@@ -11,7 +11,7 @@ def bundled_tfds_dir(tmp_path_factory):
     from heartlang_jax import input_pipeline
 
     root = tmp_path_factory.mktemp("tfds")
-    input_pipeline.prepare_dataset(root, ptbxl_dir="bundled", num_workers=2)
+    input_pipeline.prepare_dataset(root, manual_dir="bundled", num_workers=2)
     return root
 
 
@@ -94,3 +94,26 @@ def make_pretrain_run(tmp_path):
         return workdir, model
 
     return make
+
+
+@pytest.fixture(scope="session")
+def csn_tfds_dir(tmp_path_factory):
+    """TFDS data_dir holding `csn/leads12` built from 24 records (12/6/6) that the test writes in
+    PhysioNet's ecg-arrhythmia layout (bundled PTB-XL signals at 500 Hz, the shipped split's
+    records and labels); about 5 s on 2 cores."""
+    from heartlang_jax import input_pipeline
+    from tfds_ptbxl import testing
+    from tfds_ptbxl.csn import csn_dataset_builder
+
+    tmp = tmp_path_factory.mktemp("csn")
+    split_file = tmp / "splits.csv.gz"
+    rows = testing.subset_split_file(
+        csn_dataset_builder.Builder.SPLIT_FILE, split_file, {"train": 12, "validation": 6, "test": 6}
+    )
+    for i, row in enumerate(rows):
+        testing.write_cinc(tmp / "ecg-arrhythmia" / row.record, testing.ptbxl_signal(i + 1), 500)
+    root = tmp / "tfds"
+    input_pipeline.prepare_dataset(
+        root, dataset="csn", manual_dir=tmp / "ecg-arrhythmia", num_workers=1, builder_kwargs={"split_file": split_file}
+    )
+    return root

@@ -34,14 +34,24 @@ RELEASED_BUILDER_CONFIG = "leads12_xqrs"
 
 def data_config() -> ml_collections.ConfigDict:
     data = ml_collections.ConfigDict()
-    # Which TFDS builder of tfds_ptbxl: ptbxl, cpsc2018, csn, mimic_iv_ecg (tfds_ptbxl/catalog.py).
+    # The dataset a stage reads, one TFDS builder of tfds_ptbxl (tfds_ptbxl/catalog.py): ptbxl,
+    # cpsc2018, csn, mimic_iv_ecg (unlabelled: VQ-HBR and pre-training only). Fine-tuning trains
+    # and tests on it; VQ-HBR and pre-training validate on it and record its amplitude scale.
     data.dataset = "ptbxl"
-    # Local PTB-XL folder; "bundled" = the 500-record sample in the package; "" = download PhysioNet.
-    data.ptbxl_dir = "bundled"
-    # Where the built TFDS dataset lives; "" = <workdir>/tfds.
+    # Each dataset's folder in its own published layout (the TFDS manual_dir; README "Data"),
+    # e.g. --config.data.manual_dirs.csn=/data/ecg-arrhythmia. ptbxl: "bundled" = the 500-record
+    # sample in the package, "" = download from PhysioNet. Others: "" = <tfds_dir>/downloads/manual.
+    data.manual_dirs = ml_collections.ConfigDict({"ptbxl": "bundled", "cpsc2018": "", "csn": "", "mimic_iv_ecg": ""})
+    # VQ-HBR and pre-training only: train on several datasets at once, drawn by weight, e.g.
+    # --config.data.mixture='("ptbxl:0.25","mimic_iv_ecg:0.75")' (each "dataset:weight"; weights
+    # are relative). Each dataset's train_splits are mixed, each standardized with its own
+    # amplitude fit; all must share data.builder_config's sentence spec. () = data.dataset alone.
+    data.mixture = ()
+    # Where the built TFDS datasets live; "" = <workdir>/tfds.
     data.tfds_dir = ""
-    # TFDS builder config of that dataset; ptbxl: leads12 (default), leads12_xqrs, leads1, leads3,
-    # leads6, leads12_500hz.
+    # TFDS builder config, the same for every dataset read. ptbxl: leads12 (default),
+    # leads12_xqrs, leads1, leads3, leads6, leads12_500hz; cpsc2018, csn: leads12, leads12_xqrs,
+    # leads1; mimic_iv_ecg: leads12, leads12_xqrs.
     data.builder_config = "leads12"
     # Processes used to tokenize records while building (0 = all cores).
     data.num_workers = 0

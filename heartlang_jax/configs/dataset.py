@@ -1,8 +1,10 @@
-"""Build the `ptbxl` TFDS dataset of ECG sentences and print its summary.
+"""Build a TFDS dataset of ECG sentences (`data.dataset`, and those of `data.mixture`) and print its summary.
 
     python -m heartlang_jax.main --config=configs/dataset.py --workdir=runs/data
     python -m heartlang_jax.main --config=configs/dataset.py --workdir=runs/data \
-        --config.data.ptbxl_dir=/path/to/ptb-xl-1.0.3
+        --config.data.manual_dirs.ptbxl=/path/to/ptb-xl-1.0.3
+    python -m heartlang_jax.main --config=configs/dataset.py --workdir=runs/data \
+        --config.data.dataset=csn --config.data.manual_dirs.csn=/path/to/ecg-arrhythmia
 """
 
 import ml_collections

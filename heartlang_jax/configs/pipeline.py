@@ -1,7 +1,7 @@
 """Everything in one command and one workdir: dataset, VQ-HBR, pre-training, downstream sweep.
 
     python -m heartlang_jax.main --config=configs/pipeline.py --workdir=runs/heartlang \
-        --config.data.ptbxl_dir=/path/to/ptb-xl-1.0.3
+        --config.data.manual_dirs.ptbxl=/path/to/ptb-xl-1.0.3
     python -m heartlang_jax.main --config=configs/pipeline.py:demo --workdir=runs/demo
 
 Default: the paper's sizes (released VQ-HBR, HeartLang-Base, the full grid of Tables 1-2).

@@ -20,6 +20,7 @@ from etils import epath
 from flax import nnx
 
 from heartlang_jax import checkpointing
+from heartlang_jax import errors
 from heartlang_jax import input_pipeline
 from heartlang_jax import optim
 from heartlang_jax import parallel
@@ -44,13 +45,16 @@ def tfds_dir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> e
     return epath.Path(config.data.tfds_dir) if config.data.tfds_dir else epath.Path(workdir) / "tfds"
 
 
-def open_dataset(config: ml_collections.ConfigDict, workdir: str | os.PathLike):
-    """Builds the dataset if needed; returns (builder, {split: data source})."""
+def open_dataset(config: ml_collections.ConfigDict, workdir: str | os.PathLike, dataset: str | None = None):
+    """Builds a dataset of the config if needed: `config.data.dataset`, or `dataset` (one of
+    `data.mixture`), from its folder `data.manual_dirs.<name>`; returns (builder, {split: source})."""
     data = config.data
+    name = dataset or data.dataset
     builder = input_pipeline.prepare_dataset(
         tfds_dir(config, workdir),
+        dataset=name,
         builder_config=data.builder_config,
-        ptbxl_dir=data.ptbxl_dir or None,
+        manual_dir=data.manual_dirs[name] or None,
         num_workers=data.num_workers or None,
     )
     logging.info("%s", input_pipeline.summarize(builder))
@@ -79,6 +83,15 @@ class DatasetInfo:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class MixtureMember:
+    """One dataset of `config.data.mixture`: its info, weight and {split: source}."""
+
+    dataset: DatasetInfo
+    weight: float
+    sources: dict
+
+
 @dataclasses.dataclass
 class StageContext:
     """What `prepare` sets up for a stage: its workdir, data, mesh and batch sizes."""
@@ -90,6 +103,48 @@ class StageContext:
     sources: dict
     mesh: jax.sharding.Mesh
     global_batch: int
+    mixture: tuple[MixtureMember, ...] = ()
+
+
+def open_mixture(config: ml_collections.ConfigDict, workdir, primary: tuple[DatasetInfo, dict]) -> tuple[MixtureMember, ...]:
+    """The datasets of `config.data.mixture`, each built if needed and checked to cut sentences
+    as `primary` (`config.data.dataset`, whose validation split and amplitude the run keeps) does."""
+    ref = primary[0]
+    members = []
+    for name, weight in input_pipeline.parse_mixture(config.data.mixture):
+        if name == config.data.dataset:
+            info, sources = primary
+        else:
+            builder, sources = open_dataset(config, workdir, name)
+            info = DatasetInfo.of(builder)
+        differ = sorted(k for k in info.sentence.keys() | ref.sentence.keys() if info.sentence.get(k) != ref.sentence.get(k))
+        if differ:
+            details = "; ".join(f"{k}: {info.sentence.get(k)!r} vs {ref.sentence.get(k)!r}" for k in differ)
+            raise errors.ConfigError(
+                f"config.data.mixture: {info.name} cuts its sentences unlike {ref.name} ({details}); "
+                "mix only datasets built with the same sentence spec"
+            )
+        members.append(MixtureMember(info, weight, sources))
+    return tuple(members)
+
+
+def train_source(ctx: StageContext, splits: Sequence[str]):
+    """What a VQ-HBR or pre-training run trains on: `splits` of `config.data.dataset`, or, with
+    a `config.data.mixture`, those splits of each of its datasets, drawn by weight."""
+    if not ctx.mixture:
+        return input_pipeline.concat_sources([ctx.sources[split] for split in splits])
+    parts = []
+    for member in ctx.mixture:
+        missing = [split for split in splits if split not in member.sources]
+        if missing:
+            raise errors.ConfigError(
+                f"config.train_splits: {member.dataset.name} has no {', '.join(missing)} split "
+                f"(its splits: {', '.join(member.sources)})"
+            )
+        parts.append(input_pipeline.concat_sources([member.sources[split] for split in splits]))
+    return input_pipeline.MixtureSource(
+        tuple(parts), names=tuple(m.dataset.name for m in ctx.mixture), weights=tuple(m.weight for m in ctx.mixture)
+    )
 
 
 def prepare(
@@ -101,16 +156,22 @@ def prepare(
     global_batch: int | None = None,
     data: tuple[DatasetInfo, dict] | None = None,
 ) -> StageContext:
-    """Claims the workdir, opens the data (unless `data` = (DatasetInfo, sources) is given),
-    builds the mesh and checks the global batch."""
+    """Claims the workdir, opens the data (unless `data` = (DatasetInfo, sources) is given) and
+    the datasets of `data.mixture`, builds the mesh and checks the global batch."""
     global_batch = config.batch_size if global_batch is None else global_batch
     parallel.check_global_batch(global_batch)
     workdir = checkpointing.absolute(workdir)
     checkpointing.claim_workdir(workdir, config, identity_fields)
+    mixture = ()
     if data is None:
         builder, sources = open_dataset(config, workdir)
         data = (DatasetInfo.of(builder), sources)
-    return StageContext(name, config, workdir, data[0], data[1], parallel.make_mesh(), global_batch)
+        if config.data.get("mixture"):
+            mixture = open_mixture(config, workdir, data)
+            members = ", ".join(f"{m.dataset.name} {m.weight:g}" for m in mixture)
+            logging.info("[%s] training on the mixture %s; validating on %s", name, members, data[0].name)
+            data = (dataclasses.replace(data[0], name=f"{data[0].name} (trained on the mixture {members})"), data[1])
+    return StageContext(name, config, workdir, data[0], data[1], parallel.make_mesh(), global_batch, mixture)
 
 
 def train(

@@ -1,4 +1,7 @@
-"""The `dataset` stage: build the TFDS dataset (tokenizing every record) and print its summary."""
+"""The `dataset` stage: build the TFDS dataset(s) (tokenizing every record) and print the summary.
+
+It builds `config.data.dataset` and every dataset of `config.data.mixture`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from heartlang_jax.stages import common
 
 
 def build_and_summarize(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
-    builder, _ = common.open_dataset(config, workdir)
-    summary = input_pipeline.summarize(builder)
+    names = [config.data.dataset]
+    names += [name for name, _ in input_pipeline.parse_mixture(config.data.mixture) if name not in names]
+    summary = "\n".join(input_pipeline.summarize(common.open_dataset(config, workdir, name)[0]) for name in names)
     print(summary, flush=True)
     return summary

@@ -41,7 +41,7 @@ from heartlang_jax.stages import pretrain
 STAGE = "finetune"
 MODES = ("linear", "full")
 IDENTITY_FIELDS = (
-    "stage", "task", "mode", "label_fraction", "seed", "init_workdir", "encoder", "data.builder_config"
+    "stage", "task", "mode", "label_fraction", "seed", "init_workdir", "encoder", "data.dataset", "data.builder_config"
 )
 RESULT_FILE = "result.json"
 SPLITS = ("train", "validation", "test")

@@ -32,7 +32,7 @@ from heartlang_jax.stages import common
 from heartlang_jax.stages import vqhbr
 
 STAGE = "pretrain"
-IDENTITY_FIELDS = ("stage", "model", "data.builder_config", "vqhbr_workdir", "train_splits")
+IDENTITY_FIELDS = ("stage", "model", "data.dataset", "data.builder_config", "data.mixture", "vqhbr_workdir", "train_splits")
 TARGETS_DIR = "targets"
 # The evaluation masks' own stream: never a key that initialization or training draws.
 EVAL_MASK_STREAM = zlib.crc32(b"heartlang_jax.pretrain.eval_mask")
@@ -161,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     vocabulary = load_vocabulary(config, ctx.dataset.sentence["token_len"])
     parallel.replicate_module(vocabulary, ctx.mesh)
     carry_vocabulary(vocabulary, config.vqhbr_workdir, ctx.workdir)
-    train_source = input_pipeline.concat_sources([ctx.sources[split] for split in config.train_splits])
+    train_source = common.train_source(ctx, config.train_splits)
     splits = {"+".join(config.train_splits): train_source, "validation": ctx.sources["validation"]}
     targets = {
         split: cached_targets(vocabulary, source, split, config.vqhbr_workdir, ctx.workdir, ctx.global_batch, ctx.mesh)

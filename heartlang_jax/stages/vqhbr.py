@@ -29,7 +29,7 @@ from heartlang_jax.stages import common
 
 STAGE = "vqhbr"
 # Fields that must match for a workdir's checkpoints to be resumed by this config.
-IDENTITY_FIELDS = ("stage", "model", "data.builder_config", "train_splits")
+IDENTITY_FIELDS = ("stage", "model", "data.dataset", "data.builder_config", "data.mixture", "train_splits")
 
 
 def model_config(config: ml_collections.ConfigDict) -> VQHBRConfig:
@@ -147,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS)
     model = build_model(config)
     common.write_run_info(ctx, STAGE, run_info_model(model.config))
-    source = input_pipeline.concat_sources([ctx.sources[split] for split in config.train_splits])
+    source = common.train_source(ctx, config.train_splits)
     example: dict = {}
     result = common.train(
         ctx,
