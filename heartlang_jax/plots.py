@@ -336,8 +336,8 @@ def results_figure(results, *, title: str | None = None):
     Args:
       results: the sweep's summary rows (dicts with init, mode, task, label_fraction,
         test_auc_mean, test_auc_std and possibly ci_low / ci_high), the whole `results.json`
-        dict, or its path. Error bars are the confidence interval when given, else the std over
-        seeds; a row without either has none.
+        dict, or its path. Error bars are the bootstrap interval over the test records when given
+        (the sweep's ci_low / ci_high), else the std over seeds; a row without either has none.
     """
     rows = [r for r in _summary_rows(results) if r.get("test_auc_mean") is not None]
     modes = sorted({r["mode"] for r in rows})
@@ -373,11 +373,13 @@ def results_figure(results, *, title: str | None = None):
         fontsize=8,
     )
     if rows:
-        low = min(float(r["test_auc_mean"]) - float(r.get("test_auc_std") or 0) for r in rows)
+        low = min(
+            min(float(r["test_auc_mean"]) - float(r.get("test_auc_std") or 0), float(r.get("ci_low") or 1.0)) for r in rows
+        )
         ax.set_ylim(max(0.0, min(0.5, low - 0.05)), 1.0)
     ax.axhline(0.5, color="#bbbbbb", lw=0.8, ls=":")
     ax.set_ylabel("test macro AUC")
     ax.legend(fontsize=8, loc="lower right")
-    bars_are = "confidence interval" if any(r.get("ci_low") is not None for r in rows) else "std over seeds"
+    bars_are = "bootstrap 95% interval over test records" if any(r.get("ci_low") is not None for r in rows) else "std over seeds"
     ax.set_title(title or f"Downstream test macro AUC ({', '.join(modes)}; error bars: {bars_are})", fontsize=10)
     return figure

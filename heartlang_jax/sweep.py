@@ -5,6 +5,11 @@ Each cell (task, label fraction, mode, seed, init) is one fine-tuning run in its
 interrupted sweep is resumed by rerunning the same command (an unfinished cell resumes from its
 own checkpoint). `results.json` and `results.md` are rewritten after every cell. The grid and
 the pre-training run are checked before the first cell trains.
+
+Each setting's mean test macro AUC comes with two error bars: the sample std over seeds, and a
+bootstrap 95% interval over the test records (`test_interval`), from the per-record scores each
+cell saves (`test_scores.npz`). On a small test split (the bundled sample has 66 records, some
+classes with one or two positives) the second is the wider and the honest one.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from heartlang_jax import checkpointing
 from heartlang_jax import errors
+from heartlang_jax import metrics as metrics_lib
 from heartlang_jax import parallel
 from heartlang_jax import run_info
 from heartlang_jax.stages import common
@@ -31,6 +38,10 @@ CELLS_DIR = "cells"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 INITS = ("pretrained", "random")
+# The bootstrap interval over the test records: its level, resamples and fixed RNG seed.
+CI_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
 TASK_SHORT = {"superdiagnostic": "super", "subdiagnostic": "sub", "form": "form", "rhythm": "rhythm"}
 
 
@@ -145,6 +156,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
     encoder = _random_init_encoder(config)
     configs = {cell: cell_config(config, cell, tfds_dir, encoder if cell.init == "random" else None) for cell in grid}
     results, table = [], ""
+    intervals: dict = {}  # bootstrap intervals by their cells' score files: each computed once per sweep
     for i, cell in enumerate(grid):
         cell_dir = workdir / CELLS_DIR / cell.name
         result_path = cell_dir / finetune.RESULT_FILE
@@ -157,14 +169,54 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
                 parallel.barrier(f"heartlang_jax.sweep.{cell.name}")
                 if jax.process_index() == 0:
                     (cell_dir / checkpointing.CHECKPOINT_DIR).rmtree(missing_ok=True)
-        results.append({"cell": cell.name, "init_kind": cell.init, **json.loads(result_path.read_text())})
-        table = write_results(config, workdir, results)  # after every cell: partial results survive
+        result = {"cell": cell.name, "init_kind": cell.init, **json.loads(result_path.read_text())}
+        if (cell_dir / finetune.TEST_SCORES_FILE).exists():  # cells finished before it was saved have none
+            result["test_scores"] = os.fspath(cell_dir / finetune.TEST_SCORES_FILE)
+        results.append(result)
+        table = write_results(config, workdir, results, intervals)  # after every cell: partial results survive
     print(table, flush=True)
     return results
 
 
-def summarize(results: Sequence[dict]) -> list[dict]:
-    """Mean and sample std of the test macro AUC over seeds, per (init, mode, task, fraction)."""
+def test_interval(rows: Sequence[dict], cache: dict | None = None) -> dict | None:
+    """Bootstrap 95% interval over the test records of a setting's mean test macro AUC over seeds:
+    {"ci_low", "ci_high", "num_test_records"}, or None when a seed has no saved scores.
+
+    Each of `BOOTSTRAP_RESAMPLES` resamples (fixed seed) draws the test records with replacement;
+    every seed's macro AUC is computed on that same resample and the seeds' AUCs are averaged
+    (`metrics.bootstrap_macro_auc`); the interval holds the middle 95% of those averages. The
+    seeds are bootstrapped and averaged rather than pooled into one ensemble prediction per
+    record, because the ensemble's AUC is a different (usually higher) number than the mean of
+    the seeds' AUCs that the table reports: this way the interval is about the number it sits
+    beside. Scores are the logits of the reported (best validation) weights, so on the full
+    sample of records each seed's macro AUC is its `test_auc`.
+    """
+    paths = [r.get("test_scores") for r in rows if r["test_auc"] is not None]
+    if not paths or None in paths:
+        return None
+    key = tuple(sorted(paths))
+    if cache is not None and key in cache:
+        return cache[key]
+    loaded = []
+    for path in key:
+        with epath.Path(path).open("rb") as f:
+            loaded.append({k: v for k, v in np.load(f).items()})
+    first = loaded[0]
+    if any(not np.array_equal(d["index"], first["index"]) or not np.array_equal(d["labels"], first["labels"]) for d in loaded):
+        logging.warning("[sweep] the seeds of %s were tested on different records; no bootstrap interval", key)
+        return None
+    low, high = metrics_lib.bootstrap_interval(
+        first["labels"], np.stack([d["logits"] for d in loaded]), level=CI_LEVEL, num_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED
+    )
+    interval = None if np.isnan(low) else {"ci_low": low, "ci_high": high, "num_test_records": int(len(first["index"]))}
+    if cache is not None:
+        cache[key] = interval
+    return interval
+
+
+def summarize(results: Sequence[dict], intervals: dict | None = None) -> list[dict]:
+    """Mean and sample std of the test macro AUC over seeds, per (init, mode, task, fraction), and
+    the bootstrap interval over the test records (`test_interval`; `intervals` caches them)."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["init_kind"], r["mode"], r["task"], r["label_fraction"]), []).append(r)
@@ -182,15 +234,20 @@ def summarize(results: Sequence[dict]) -> list[dict]:
                 "n": len(aucs),
                 "test_auc_mean": float(aucs.mean()) if len(aucs) else None,
                 "test_auc_std": float(aucs.std(ddof=1)) if len(aucs) > 1 else None,
+                "ci_low": None,
+                "ci_high": None,
+                "num_test_records": None,
+                **(test_interval(rows, intervals) or {}),
             }
         )
     return summary
 
 
-def _fmt(mean: float | None, std: float | None) -> str:
+def _fmt(mean: float | None, std: float | None, low: float | None = None, high: float | None = None) -> str:
     if mean is None:
         return "n/a"
-    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    text = f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return text if low is None else f"{text} [{100 * low:.2f}, {100 * high:.2f}]"
 
 
 def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict]) -> str:
@@ -205,7 +262,7 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
         values = []
         for task, f in columns:
             s = by_key.get((init, mode, task, f))
-            values.append(_fmt(s["test_auc_mean"], s["test_auc_std"]) if s else "not run")
+            values.append(_fmt(s["test_auc_mean"], s["test_auc_std"], s.get("ci_low"), s.get("ci_high")) if s else "not run")
         label = f"**ours: {'pre-trained' if init == 'pretrained' else 'random init'}, {mode}**"
         lines.append(f"| {label} | " + " | ".join(values) + " |")
         for paper_label, paper in PAPER_ROWS.get((init, mode), []) if ptbxl else []:
@@ -224,6 +281,14 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
             "The sample's test split holds 66 records, some classes with one or two positives: a few points "
             "of macro AUC are within the noise of which records were drawn, which the seed-to-seed std does not show."
         )
+    records = sorted({s["num_test_records"] for s in summary if s.get("ci_low") is not None})
+    if records:
+        notes.append(
+            f"[low, high]: bootstrap {100 * CI_LEVEL:g}% interval over the {'/'.join(map(str, records))} test records "
+            f"({BOOTSTRAP_RESAMPLES} resamples with replacement, RNG seed {BOOTSTRAP_SEED}; on each, every seed's macro "
+            "AUC, classes without a positive or a negative left out, averaged over the seeds): how much the score "
+            "depends on which records are in the test split."
+        )
     datasets = sorted({s["dataset"] for s in summary if s.get("dataset")})
     if datasets:
         notes.append(f"Dataset: {', '.join(datasets)}; tasks: {', '.join(config.tasks)}.")
@@ -236,9 +301,9 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-def write_results(config: ml_collections.ConfigDict, workdir, results: Sequence[dict]) -> str:
+def write_results(config: ml_collections.ConfigDict, workdir, results: Sequence[dict], intervals: dict | None = None) -> str:
     """Writes results.json (every cell + the summary) and results.md; returns the Markdown."""
-    summary = summarize(results)
+    summary = summarize(results, intervals)
     table = results_markdown(config, summary)
     checkpointing.atomic_write_text(workdir / RESULTS_JSON, json.dumps({"cells": list(results), "summary": summary}, indent=2))
     checkpointing.atomic_write_text(workdir / RESULTS_MD, table)

@@ -96,6 +96,22 @@ def test_linear_probing_trains_only_the_head(sources, tmp_path, make_pretrain_ru
     assert result["best_step"] in (2, 4)
 
 
+def check_test_scores(workdir, result, sources, task="superdiagnostic"):
+    """test_scores.npz holds, per test record, the labels and scores whose macro AUC is the result's."""
+    from heartlang_jax import metrics
+
+    assert not list(workdir.glob("*.tmp"))
+    with np.load(workdir / finetune.TEST_SCORES_FILE) as saved:
+        saved = dict(saved)
+    labelled = [i for i, e in enumerate(sources["test"]) if e[task].any()]
+    np.testing.assert_array_equal(saved["index"], labelled)
+    np.testing.assert_array_equal(saved["labels"], np.stack([sources["test"][i][task] for i in labelled]))
+    assert saved["logits"].shape == (len(labelled), NUM_CLASSES[task])
+    assert metrics.macro_auc(saved["labels"], saved["logits"]) == result["test_auc"]
+    np.testing.assert_allclose(saved["probabilities"], 1 / (1 + np.exp(-saved["logits"].astype(np.float64))), rtol=1e-6)
+    assert list(saved["class_names"]) == class_names(task)
+
+
 def test_reported_auc_is_the_test_auc_of_the_best_validation_epoch(sources, tmp_path):
     """Every evaluation is in metrics.jsonl: the result must pick the max-validation one's test AUC."""
     config = tiny_config("linear", steps=6)
@@ -107,6 +123,7 @@ def test_reported_auc_is_the_test_auc_of_the_best_validation_epoch(sources, tmp_
     assert (result["val_auc"], result["test_auc"], result["best_step"]) == (
         best["eval_auc"], best["eval_test_auc"], best["step"],
     )
+    check_test_scores(tmp_path, result, sources)
 
 
 def test_best_epoch_survives_resume(sources, tmp_path):
@@ -128,6 +145,7 @@ def test_full_finetuning_trains_the_encoder(sources, tmp_path):
     assert not np.array_equal(before["blocks"]["attn"]["query"]["kernel"][0], after["blocks"]["attn"]["query"]["kernel"][0])
     assert not np.array_equal(before["token_embed"]["kernel"], after["token_embed"]["kernel"])
     assert 0.0 <= result["test_auc"] <= 1.0
+    check_test_scores(tmp_path, result, sources)
 
 
 @pytest.mark.parametrize("position", ["rope", "learned"])

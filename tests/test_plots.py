@@ -76,7 +76,22 @@ def test_results_bar_chart(tmp_path):
     rows.append({**rows[1], "mode": "full", "test_auc_std": None})
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"cells": [], "summary": rows}))
-    _renders(plots.results_figure(path))
+    figure = plots.results_figure(path)
+    _renders(figure)
+    # The bar with an interval gets it as its error bar (0.81 - 0.76 below, 0.85 - 0.81 above).
+    ax = figure.axes[0]
+    bars = sorted(
+        (round(float(bar.get_center()[0]), 6), round(float(bar.get_height()), 6), tuple(np.round(np.sort(segment[:, 1]), 6)))
+        for container in ax.containers if hasattr(container, "errorbar")
+        for bar, segment in zip(container.patches, container.errorbar.lines[2][0].get_segments())
+    )
+    # Groups in order full/rhythm, linear/rhythm, linear/superdiagnostic; pre-trained left of random.
+    assert [(height, ends) for _, height, ends in bars] == [
+        (0.81, (0.81, 0.81)),  # no std (one seed), no interval: no bar
+        (0.81, (0.79, 0.83)), (0.78, (0.76, 0.8)),  # std over seeds
+        (0.81, (0.76, 0.85)), (0.78, (0.76, 0.8)),  # the pre-trained one has an interval
+    ]
+    assert "interval" in ax.get_title()
 
 
 # ------------------------------------------------------------------ figures in TensorBoard

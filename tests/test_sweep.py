@@ -105,3 +105,39 @@ def test_missing_settings_say_not_run(config):
     table = sweep.results_markdown(config, summary)
     ours = next(line for line in table.splitlines() if line.startswith("| **ours: pre-trained, linear"))
     assert ours == "| **ours: pre-trained, linear** | not run | not run | not run | 80.00 |"
+
+
+def test_results_carry_a_bootstrap_interval_over_the_test_records(config, tmp_path):
+    from heartlang_jax import metrics
+
+    config.tasks = ("superdiagnostic",)
+    config.label_fractions = (1.0,)
+    config.seeds = (0, 1, 2)
+    workdir = tmp_path / "sweep"
+    rng = np.random.default_rng(0)
+    labels = (rng.random((66, 5)) < 0.3).astype(np.uint8)
+    labels[0], labels[1] = 1, 0
+    index = np.arange(66)
+    logits = {}
+    for cell in sweep.cells(config):
+        if cell.init == "random" and cell.seed == 2:  # finished before cells saved their scores
+            _finish(workdir, cell, 0.7)
+            continue
+        logits[cell] = (rng.normal(size=(66, 5)) + labels * (1.0 if cell.init == "pretrained" else 0.3)).astype(np.float32)
+        _finish(workdir, cell, metrics.macro_auc(labels, logits[cell]))
+        finetune.write_test_scores(workdir / sweep.CELLS_DIR / cell.name / finetune.TEST_SCORES_FILE,
+                                   index, labels, logits[cell], [f"c{i}" for i in range(5)])
+    sweep.run(config, workdir)
+    summary = {s["init"]: s for s in json.loads((workdir / "results.json").read_text())["summary"]}
+    pretrained, random_init = summary["pretrained"], summary["random"]
+    seeds = np.stack([logits[c] for c in sweep.cells(config) if c.init == "pretrained"])
+    assert (pretrained["ci_low"], pretrained["ci_high"]) == pytest.approx(metrics.bootstrap_interval(labels, seeds), abs=1e-12)
+    assert pretrained["num_test_records"] == 66
+    assert pretrained["ci_low"] < pretrained["test_auc_mean"] < pretrained["ci_high"]
+    # A setting with a seed whose scores were never saved has the std over seeds only.
+    assert random_init["ci_low"] is None and random_init["ci_high"] is None and random_init["test_auc_std"] > 0
+    table = (workdir / "results.md").read_text()
+    ours = next(line for line in table.splitlines() if line.startswith("| **ours: pre-trained, linear"))
+    mean, std, low, high = (100 * pretrained[k] for k in ("test_auc_mean", "test_auc_std", "ci_low", "ci_high"))
+    assert ours.endswith(f"| {mean:.2f} ± {std:.2f} [{low:.2f}, {high:.2f}] |")
+    assert "bootstrap 95% interval over the 66 test records (1000 resamples" in table

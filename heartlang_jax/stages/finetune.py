@@ -5,7 +5,9 @@ that folder's `model.json`, its dropout from this config) or is randomly initial
 per class, sigmoid + BCE. Validation macro AUC is computed every epoch and each evaluation is
 checkpointed with it; Orbax keeps the best one (best-N preservation) beside the newest. At the
 end the best weights are restored and the test macro AUC is measured on them, into
-`<workdir>/result.json`. Any task the dataset declares (its `metadata["classes"]`) can be used.
+`<workdir>/result.json`; the per-record test labels and scores go to `<workdir>/test_scores.npz`,
+from which the sweep bootstraps an interval over the test records. Any task the dataset declares
+(its `metadata["classes"]`) can be used.
 
 Linear probing freezes the encoder and runs it in eval mode, so its features are a fixed function
 of each record: they are computed once per split and the head trains on them. This is exactly
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 
 from heartlang_jax import checkpointing
@@ -44,6 +47,7 @@ IDENTITY_FIELDS = (
     "stage", "task", "mode", "label_fraction", "seed", "init_workdir", "encoder", "data.dataset", "data.builder_config"
 )
 RESULT_FILE = "result.json"
+TEST_SCORES_FILE = "test_scores.npz"
 SPLITS = ("train", "validation", "test")
 # The parameters linear probing trains.
 HEAD = nnx.All(nnx.Param, nnx.PathContains("head"))
@@ -159,6 +163,31 @@ def split_metrics(prefix: str, labels: np.ndarray, logits: np.ndarray, class_nam
     return {f"{prefix}auc": metrics_lib.macro_auc(labels, logits, class_names), f"{prefix}loss": float(bce)}
 
 
+def write_test_scores(path, index: np.ndarray, labels: np.ndarray, logits: np.ndarray, class_names) -> None:
+    """The test split's per-record labels and scores of the reported weights, as `.npz`:
+    `index` [N] (position in the split), `labels` [N, C], `logits` [N, C], `probabilities` [N, C]
+    (sigmoid of the logits) and `class_names` [C]. Process 0 writes a temporary name, then renames.
+
+    The sweep bootstraps its interval from the logits: AUCs are unchanged by the sigmoid, but
+    float32 probabilities round large logits to 1.0 and would add ties the reported AUC lacks.
+    """
+    if jax.process_index() != 0:
+        return
+    logits = np.asarray(logits, np.float32)
+    path = epath.Path(path)
+    tmp = path.parent / (path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.savez(
+            f,
+            index=np.asarray(index, np.int64),
+            labels=np.asarray(labels, np.float32),
+            logits=logits,
+            probabilities=(0.5 + 0.5 * np.tanh(0.5 * logits.astype(np.float64))).astype(np.float32),  # sigmoid
+            class_names=np.asarray(list(class_names), dtype=str),
+        )
+    tmp.replace(path)
+
+
 def _record_best(steps_per_epoch: int):
     """on_eval: keeps the best validation AUC so far and its step in `meta` (saved with checkpoints)."""
 
@@ -236,8 +265,8 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
             return {"features": features_by_index[batch["index"]], "labels": batch["labels"]}
 
         def logits_of(split):
-            _, labels, features = frozen[split]
-            return labels, parallel.to_host(_head_logits(model, parallel.replicate(features, mesh)))
+            index, labels, features = frozen[split]
+            return index, labels, parallel.to_host(_head_logits(model, parallel.replicate(features, mesh)))
 
     else:
         scales = optim.layer_decay_scales(model, opt_cfg.layer_decay) if opt_cfg.layer_decay < 1.0 else None
@@ -245,8 +274,7 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
         prepare = None
 
         def logits_of(split):
-            _, labels, logits = predict(model, _logits, sources[split], task, global_batch, mesh)
-            return labels, logits
+            return predict(model, _logits, sources[split], task, global_batch, mesh)
 
     result = common.train(
         ctx,
@@ -257,8 +285,8 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
         # The test AUC of every evaluation is logged for the learning curve; the reported one is
         # measured again on the restored best weights below (and equals the logged one).
         evaluate=lambda step: {
-            **split_metrics("eval_", *logits_of("validation"), class_names),
-            **split_metrics("eval_test_", *logits_of("test"), class_names),
+            **split_metrics("eval_", *logits_of("validation")[1:], class_names),
+            **split_metrics("eval_test_", *logits_of("test")[1:], class_names),
         },
         prepare_batch=prepare,
         on_eval=_record_best(max(num_train // global_batch, 1)),
@@ -274,7 +302,9 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
         checkpoints = checkpointing.RunCheckpoints(ctx.workdir, read_only=True)
         checkpoints.restore(best_step, model, None)
         checkpoints.close()
-    test = split_metrics("test_", *logits_of("test"), class_names)
+    test_index, test_labels, test_logits = logits_of("test")
+    test = split_metrics("test_", test_labels, test_logits, class_names)
+    write_test_scores(ctx.workdir / TEST_SCORES_FILE, test_index, test_labels, test_logits, class_names)
     summary = {
         "dataset": ctx.dataset.name,
         "task": task,
