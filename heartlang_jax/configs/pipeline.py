@@ -30,7 +30,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # Which stage main.py runs.
     config.stage = "pipeline"
-    # The dataset of every stage, built once into <workdir>/tfds (unless data.tfds_dir is set).
+    # The dataset of every stage, built once into <workdir>/tfds (unless data.tfds_dir is set);
+    # with data.mixture, VQ-HBR and pre-training train on the mixture and the sweep on data.dataset.
     config.data = common.data_config()
     if variant == common.RELEASED:
         # The released tokenization: XQRS on lead I (QRSTokenizer.py).
