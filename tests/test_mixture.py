@@ -144,38 +144,86 @@ def test_a_split_a_dataset_lacks_is_named():
         common.train_source(ctx, ("train", "test"))
 
 
-def test_vqhbr_trains_on_a_mixture_of_two_built_datasets(bundled_tfds_dir, csn_tfds_dir, tmp_path, monkeypatch):
-    """PTB-XL's bundled sample (353 training records) and a 12-record CSN build, weighted 3:1:
-    the batches the VQ-HBR stage hands its training loop hold them 3:1, each dataset's examples
-    as it stored them. (The loop itself is stubbed: it iterates any grain dataset alike.)"""
+def _mixed_tfds_dir(tmp_path, bundled_tfds_dir, csn_tfds_dir):
+    """One TFDS data_dir holding the bundled PTB-XL build and the small CSN build (links)."""
     tfds_dir = tmp_path / "tfds"
     tfds_dir.mkdir()
     for name, built in (("ptbxl", bundled_tfds_dir), ("csn", csn_tfds_dir)):
         (tfds_dir / name).symlink_to(built / name)
-    config = vqhbr_config.get_config("tiny")
-    config.data.tfds_dir = str(tfds_dir)
-    config.data.mixture = ("ptbxl:0.75", "csn:0.25")
-    config.batch_size = 16
-    config_validation.validate(config)
+    return tfds_dir
+
+
+def _stub_loop(monkeypatch) -> dict:
+    """Replaces the training loop with one that records what the stage hands it."""
     fed = {}
 
     def recording_train(ctx, **kwargs):
-        fed.update(ctx=ctx, data=kwargs["train_data"], n=kwargs["num_train_examples"])
+        fed.update(ctx=ctx, **kwargs)
         return types.SimpleNamespace(step=0, last_eval={}, meta={})
 
     monkeypatch.setattr(common, "train", recording_train)
+    return fed
+
+
+def test_vqhbr_trains_on_a_mixture_of_two_built_datasets(bundled_tfds_dir, csn_tfds_dir, tmp_path, monkeypatch):
+    """PTB-XL's bundled sample (353 training records) and a 12-record CSN build, weighted 3:1:
+    the batches the VQ-HBR stage hands its training loop hold them 3:1, each dataset's examples
+    as it stored them. (The loop itself is stubbed: it iterates any grain dataset alike.)"""
     from heartlang_jax.stages import vqhbr
 
+    config = vqhbr_config.get_config("tiny")
+    config.data.tfds_dir = str(_mixed_tfds_dir(tmp_path, bundled_tfds_dir, csn_tfds_dir))
+    config.data.mixture = ("ptbxl:0.75", "csn:0.25")
+    config.batch_size = 16
+    config_validation.validate(config)
+    fed = _stub_loop(monkeypatch)
     vqhbr.train_and_evaluate(config, tmp_path / "vqhbr")
-    ctx = fed["ctx"]
-    ptbxl_train, csn_train = (m.sources["train"] for m in ctx.mixture)
-    assert (len(ptbxl_train), len(csn_train), fed["n"]) == (353, 12, 365)
-    batches = _batches(fed["data"], 50)
-    ptbxl, csn = _source_counts(batches, 353)
-    assert (ptbxl, csn) == (600, 200)
+    ptbxl_train, csn_train = (m.sources["train"] for m in fed["ctx"].mixture)
+    assert (len(ptbxl_train), len(csn_train), fed["num_train_examples"]) == (353, 12, 365)
+    batches = _batches(fed["train_data"], 50)
+    assert _source_counts(batches, 353) == (600, 200)
     batch = batches[0]
     for row, index in enumerate(batch["index"]):
         stored = ptbxl_train[int(index)] if index < 353 else csn_train[int(index) - 353]
         np.testing.assert_array_equal(batch["words"][row], stored["words"].astype(np.float32))
     info = json.loads((tmp_path / "vqhbr" / "model.json").read_text())
     assert info["dataset"] == "ptbxl/leads12 (trained on the mixture ptbxl/leads12 0.75, csn/leads12 0.25)"
+
+
+def test_pretraining_reads_a_mixture_with_each_examples_own_targets(bundled_tfds_dir, csn_tfds_dir, tmp_path, monkeypatch):
+    """Pre-training on PTB-XL + CSN (1:3): batches hold them 1:3 and every row's targets are
+    the vocabulary's word ids of that row (the targets are cached by index in the mixture)."""
+    import jax.numpy as jnp
+
+    from heartlang_jax import checkpointing, run_info
+    from heartlang_jax.configs import pretrain_base
+    from heartlang_jax.stages import pretrain, vqhbr
+
+    vq = vqhbr_config.get_config("tiny")
+    vq.dtype = "float32"
+    vocabulary = vqhbr.build_model(vq)  # untrained: its word ids are as good as any for the wiring
+    vocabulary.eval()
+    store = checkpointing.RunCheckpoints(tmp_path / "vqhbr")
+    store.save(1, vocabulary, None, {}, {})
+    store.close()
+    sentence = {"leads": ["I"], "max_len": 256, "token_len": 96, "fs": 100, "detector": "multilead"}
+    run_info.write(
+        tmp_path / "vqhbr",
+        run_info.RunInfo(kind="vqhbr", model=vqhbr.run_info_model(vocabulary.config), sentence=sentence,
+                         amplitude={"mean": 0.0, "std": 1.0}, dataset="ptbxl/leads12"),
+    )  # fmt: skip
+    config = pretrain_base.get_config("tiny")
+    config.data.tfds_dir = str(_mixed_tfds_dir(tmp_path, bundled_tfds_dir, csn_tfds_dir))
+    config.data.mixture = ("ptbxl:1", "csn:3")
+    config.vqhbr_workdir = str(tmp_path / "vqhbr")
+    config.batch_size = 16
+    config.dtype = "float32"
+    config_validation.validate(config)
+    fed = _stub_loop(monkeypatch)
+    pretrain.train_and_evaluate(config, tmp_path / "pretrain")
+    batches = [fed["prepare_batch"](b) for b in _batches(fed["train_data"], 10)]
+    assert _source_counts(batches, 353) == (40, 120)
+    for batch in batches[:2]:
+        ids = np.asarray(vocabulary.word_ids(*(jnp.asarray(batch[k]) for k in input_pipeline.SENTENCE_FIELDS)))
+        real = batch["lead_ids"] != 0
+        np.testing.assert_array_equal(batch["targets"][real], ids[real])
