@@ -14,6 +14,8 @@ def test_notebook_is_committed_without_outputs():
     notebook = json.loads(NOTEBOOK.read_text())
     code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
     assert code and all(not cell["outputs"] and cell["execution_count"] is None for cell in code)
+    # The install cell names no made-up repository: the user sets REPO_URL.
+    assert "OWNER" not in NOTEBOOK.read_text() and 'REPO_URL = ""' in "".join(code[0]["source"])
 
 
 def test_notebook_executes_end_to_end(tmp_path, monkeypatch):
@@ -31,3 +33,4 @@ def test_notebook_executes_end_to_end(tmp_path, monkeypatch):
     assert len(images) >= 5, f"expected a figure per plot function, got {len(images)}"
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "test AUC" in text and "same embedding from the array as from the file: True" in text
+    assert "the encoder's own copy of the vocabulary gives the same words: True" in text
