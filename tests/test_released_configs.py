@@ -104,9 +104,9 @@ def _flat_shapes(tree, path=()) -> dict[tuple, tuple]:
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flat_shapes(value, path + (str(key),)))
+            out.update(_flat_shapes(value, (*path, str(key))))
         else:
-            out[path + (str(key),)] = tuple(np.shape(value))
+            out[(*path, str(key))] = tuple(np.shape(value))
     return out
 
 
@@ -140,7 +140,9 @@ def test_released_pretrain_and_finetune_configs_are_the_released_base():
     sd = _zeros(pretrain_shapes(vocab=BASE["vocab"], **sizes))
     ours = stage_common.ecgformer_config(pretrain_base.get_config(common.RELEASED).model.encoder, "float32")
     assert ours == convert_released.encoder_config(sd, dropout_rate=0.1)
-    _assert_converted_fits(lambda: MaskedEcgModel(ours, BASE["vocab"], rngs=nnx.Rngs(0)), convert_released.pretrain_state(sd))
+    _assert_converted_fits(
+        lambda: MaskedEcgModel(ours, BASE["vocab"], rngs=nnx.Rngs(0)), convert_released.pretrain_state(sd)
+    )
     del sd
     sd = _zeros(finetune_shapes(num_classes=5, **sizes))
     ours = stage_common.ecgformer_config(finetune.get_config(common.RELEASED).encoder, "float32")
@@ -175,5 +177,5 @@ def test_released_recipe_values():
 
 
 def test_released_pretraining_is_base_only():
-    with pytest.raises(ValueError, match="pretrain_base.py:released"):
+    with pytest.raises(ValueError, match=r"pretrain_base\.py:released"):
         pretrain_small.get_config(common.RELEASED)
