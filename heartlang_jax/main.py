@@ -19,7 +19,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from heartlang_jax import config_validation
+from heartlang_jax import cli_flags
 from heartlang_jax import errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (configs/*.py).", lock_config=True)
@@ -77,7 +77,6 @@ def main(argv):
             "JAX %s, process %d/%d, %d devices: %s",
             jax.__version__, jax.process_index(), jax.process_count(), jax.device_count(), jax.devices(),
         )
-        config_validation.validate(config)
         stage_function(config.stage)(config, _WORKDIR.value)
     except train_loop.Preempted as e:
         logging.warning("%s", e)
@@ -87,7 +86,7 @@ def main(argv):
 
 
 def run():
-    app.run(main, flags_parser=config_validation.parse_flags)
+    app.run(main, flags_parser=cli_flags.parse_flags)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ import os
 import ml_collections
 
 from heartlang_jax import checkpointing
-from heartlang_jax import config_validation
 from heartlang_jax import input_pipeline
 from heartlang_jax import sweep
+from heartlang_jax import stage_configs
 from heartlang_jax.stages import common
 from heartlang_jax.stages import pretrain
 from heartlang_jax.stages import vqhbr
@@ -37,7 +37,7 @@ def stage_config(sub: ml_collections.ConfigDict, data: ml_collections.ConfigDict
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
     """Runs every stage in order; returns the sweep's Markdown table."""
-    config_validation.validate(config)  # a bad grid fails now, not after pre-training
+    stage_configs.validate(config)  # a bad grid fails now, not after pre-training
     workdir = checkpointing.absolute(workdir)
     dirs = {name: workdir / name for name in ("vqhbr", "pretrain", "sweep")}
     data = ml_collections.ConfigDict(config.data.to_dict())

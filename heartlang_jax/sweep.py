@@ -31,6 +31,7 @@ from heartlang_jax import errors
 from heartlang_jax import metrics as metrics_lib
 from heartlang_jax import parallel
 from heartlang_jax import run_info
+from heartlang_jax import stage_configs
 from heartlang_jax.stages import common
 from heartlang_jax.stages import finetune
 
@@ -111,8 +112,6 @@ def cells(config: ml_collections.ConfigDict) -> list[Cell]:
     Field values were checked by config validation; the tasks are checked against the dataset
     when it is open (`finetune.task_classes`).
     """
-    if "pretrained" in config.inits and not config.init_workdir:
-        raise errors.ConfigError("config.init_workdir is empty but config.inits asks for pretrained cells")
     grid = itertools.product(config.tasks, config.modes, config.label_fractions, config.inits, config.seeds)
     return [Cell(task, float(f), mode, init, int(seed)) for task, mode, f, init, seed in grid]
 
@@ -148,6 +147,7 @@ def _random_init_encoder(config: ml_collections.ConfigDict):
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     """Runs every unfinished cell, then writes and prints the results table."""
+    stage_configs.validate(config)  # every field judged before any data is read or workdir claimed
     workdir = checkpointing.absolute(workdir)
     grid = cells(config)
     if "pretrained" in config.inits:

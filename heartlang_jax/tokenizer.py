@@ -224,8 +224,8 @@ class QRSTokenizer:
     than `min_leads` usable leads remain (default 1: a record is rejected when every lead is flat).
     `reject_flat_leads=True` restores the strict rule: any flat lead rejects the record.
 
-    For many records, `tokenize_many` (arrays) and `tokenize_records` (paths) spread the work
-    over processes; the tokenizer is a frozen dataclass, so it pickles to the workers as is.
+    For many records, `sentence_corpus.tokenize_records` spreads the work over processes; the
+    tokenizer is a frozen dataclass, so it pickles to the workers as is.
     """
 
     fs: float = 100.0

@@ -4,7 +4,7 @@ A full PTB-XL build meets broken files, and users feed the tokenizer records fro
 Every case must end in a correct sentence, or in an error (API) / a logged skip (builder) that
 names the record; never a deep numpy traceback or a silently wrong sentence. The cases are written
 here, from one bundled record, into a PTB-XL-shaped folder the builder reads as its manual_dir.
-Config mistakes are covered by test_config_validation.py.
+Config mistakes are covered by test_stage_configs.py.
 """
 
 from __future__ import annotations

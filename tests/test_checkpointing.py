@@ -15,7 +15,7 @@ def _save_scores(workdir, scores):
     store = checkpointing.RunCheckpoints(workdir, max_to_keep=1, best_metric="eval_auc")
     model = _Tiny()
     for step, score in enumerate(scores, start=1):
-        model.w.value = np.full(3, step, np.float32)
+        model.w[...] = np.full(3, step, np.float32)
         store.save(step, model, None, {}, {}, metrics={"eval_auc": score})
     store.close()
     return checkpointing.RunCheckpoints(workdir, read_only=True)
@@ -28,7 +28,7 @@ def test_of_equal_best_scores_the_earliest_step_is_kept(tmp_path):
     assert store.steps() == [2, 4]
     model = _Tiny()
     store.restore(2, model, None)
-    np.testing.assert_array_equal(np.asarray(model.w.value), np.full(3, 2.0))
+    np.testing.assert_array_equal(np.asarray(model.w[...]), np.full(3, 2.0))
     store.close()
 
 

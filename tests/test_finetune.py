@@ -12,7 +12,7 @@ import synthetic
 from heartlang_jax.configs import finetune as finetune_config
 from heartlang_jax.configs import pretrain_common
 from heartlang_jax import checkpointing
-from heartlang_jax import config_validation
+from heartlang_jax import stage_configs
 from heartlang_jax import input_pipeline
 from heartlang_jax import optim
 from heartlang_jax.stages import finetune
@@ -213,7 +213,7 @@ def test_config_validation_names_the_field(field, value, message):
     config = finetune_config.get_config()
     setattr(config, field, value)
     with pytest.raises(ValueError, match=message):
-        config_validation.validate(config)
+        stage_configs.validate(config)
 
 
 def test_a_task_the_dataset_does_not_declare_names_the_field():

@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from heartlang_jax import config_validation
+from heartlang_jax import stage_configs
 from heartlang_jax import errors
 from heartlang_jax import input_pipeline
 from heartlang_jax.configs import vqhbr as vqhbr_config
@@ -96,7 +96,7 @@ def test_mixture_entries_are_parsed_and_checked():
     assert input_pipeline.parse_mixture(("ptbxl:0.25", "mimic_iv_ecg:3")) == [("ptbxl", 0.25), ("mimic_iv_ecg", 3.0)]
     config = vqhbr_config.get_config("tiny")
     config.data.mixture = ("ptbxl:1", "mimic_iv_ecg:3")
-    config_validation.validate(config)
+    stage_configs.validate(config)
     for mixture, message in [
         (("ptbxl",), r"data.mixture: 'ptbxl' is not 'dataset:weight'"),
         (("ptbxl:-1",), r"data.mixture: 'ptbxl:-1' is not 'dataset:weight' with a positive weight"),
@@ -105,11 +105,11 @@ def test_mixture_entries_are_parsed_and_checked():
     ]:
         config.data.mixture = mixture
         with pytest.raises(errors.ConfigError, match=message):
-            config_validation.validate(config)
+            stage_configs.validate(config)
     config.data.mixture = ("ptbxl:1", "mimic_iv_ecg:1")
     config.data.builder_config = "leads1"
     with pytest.raises(errors.ConfigError, match=r"data.mixture\[1\]: mimic_iv_ecg has no builder config 'leads1'"):
-        config_validation.validate(config)
+        stage_configs.validate(config)
 
 
 def _info(name: str, **sentence) -> common.DatasetInfo:
@@ -175,7 +175,7 @@ def test_vqhbr_trains_on_a_mixture_of_two_built_datasets(bundled_tfds_dir, csn_t
     config.data.tfds_dir = str(_mixed_tfds_dir(tmp_path, bundled_tfds_dir, csn_tfds_dir))
     config.data.mixture = ("ptbxl:0.75", "csn:0.25")
     config.batch_size = 16
-    config_validation.validate(config)
+    stage_configs.validate(config)
     fed = _stub_loop(monkeypatch)
     vqhbr.train_and_evaluate(config, tmp_path / "vqhbr")
     ptbxl_train, csn_train = (m.sources["train"] for m in fed["ctx"].mixture)
@@ -218,7 +218,7 @@ def test_pretraining_reads_a_mixture_with_each_examples_own_targets(bundled_tfds
     config.vqhbr_workdir = str(tmp_path / "vqhbr")
     config.batch_size = 16
     config.dtype = "float32"
-    config_validation.validate(config)
+    stage_configs.validate(config)
     fed = _stub_loop(monkeypatch)
     pretrain.train_and_evaluate(config, tmp_path / "pretrain")
     batches = [fed["prepare_batch"](b) for b in _batches(fed["train_data"], 10)]

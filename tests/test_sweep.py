@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from heartlang_jax.configs import sweep as sweep_config
-from heartlang_jax import config_validation
+from heartlang_jax import stage_configs
 from heartlang_jax import sweep
 from heartlang_jax.stages import finetune
 
@@ -46,13 +46,13 @@ def test_grid_and_cell_configs(config, tmp_path):
 def test_bad_grids_fail_before_running(config, field, value):
     config[field] = value
     with pytest.raises(ValueError, match=rf"\n  {field}(\[\d+\])?: must"):
-        config_validation.validate(config)
+        stage_configs.validate(config)
 
 
 def test_pretrained_cells_need_an_init_workdir(config):
     config.init_workdir = ""
-    with pytest.raises(ValueError, match="config.init_workdir is empty"):
-        sweep.cells(config)
+    with pytest.raises(ValueError, match="\n  init_workdir: is empty but inits asks for pretrained cells"):
+        stage_configs.validate(config)
     config.inits = ("random",)
     assert {c.init for c in sweep.cells(config)} == {"random"}
 

@@ -20,17 +20,17 @@ words for a mask token in between (SPEC §5).
 
 import dataclasses
 import math
+from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from heartlang_jax import typed_config
 from heartlang_jax.models.dropout import Dropout
+from heartlang_jax.typed_config import POSITIVE, RATE, field
 from heartlang_jax.models.rope import apply_rope
 
-_POSITIONS = ("rope", "learned")
-_DTYPES = ("float32", "bfloat16", "float16")
-_ATTENTION = ("auto", "xla", "cudnn")
 _EMBED_INIT = nnx.initializers.normal(stddev=0.02)
 _DENSE_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 # PyTorch's defaults, used by the released code: nn.Embedding and torch.randn are N(0, 1);
@@ -49,7 +49,7 @@ def torch_bias_init(fan_in: int):
     return init
 
 
-@dataclasses.dataclass(frozen=True)
+@typed_config.checked
 class ECGFormerConfig:
     """Sizes and switches of one ECGFormer.
 
@@ -57,72 +57,44 @@ class ECGFormerConfig:
     hidden_dim, because the paper's Base (hidden 768, 10 heads) is not divisible.
     Fields left None take the value of the position mode's source: the paper's
     RoPE model (this project's choices) or, with position="learned", the
-    released code.
+    released code. Every field is checked when the config is built (typed_config).
     """
 
-    num_layers: int
-    hidden_dim: int
-    mlp_dim: int
-    num_heads: int
-    head_dim: int = 64
+    num_layers: int = field(check=POSITIVE)
+    hidden_dim: int = field(check=POSITIVE)
+    mlp_dim: int = field(check=POSITIVE)
+    num_heads: int = field(check=POSITIVE)
+    head_dim: int = field(default=64, check=POSITIVE)
     # Feature size of one input word (96 samples; code_dim for the VQ decoder).
-    token_len: int = 96
-    max_len: int = 256
-    num_lead_ids: int = 16
-    num_time_ids: int = 16
+    token_len: int = field(default=96, check=POSITIVE)
+    max_len: int = field(default=256, check=POSITIVE)
+    num_lead_ids: int = field(default=16, check=POSITIVE)
+    num_time_ids: int = field(default=16, check=POSITIVE)
     # "rope" (paper) or "learned" (released code: absolute positions + CLS).
-    position: str = "rope"
+    position: Literal["rope", "learned"] = "rope"
     # False reproduces the released code, where padding keys are attended.
     mask_padding: bool = True
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    rope_max_wavelength: float = 10_000.0
+    dropout_rate: float = field(default=0.0, check=RATE)
+    attention_dropout_rate: float = field(default=0.0, check=RATE)
+    rope_max_wavelength: float = field(default=10_000.0, check=POSITIVE)
     # Compute dtype; parameters are always float32.
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # Bias on the Q, K, V projections; None: True with RoPE, False (released) with "learned".
     qkv_bias: bool | None = None
     # LayerNorm epsilon; None: 1e-6 with RoPE, 1e-5 (PyTorch's, released) with "learned".
-    layer_norm_epsilon: float | None = None
+    layer_norm_epsilon: float | None = field(default=None, check=POSITIVE)
     # PyTorch's initialisation as in the released code (N(0, 1) embeddings, CLS and positions,
     # nn.Linear's uniform weights and biases, zero mask token); None: True with "learned".
     released_init: bool | None = None
     # Attention kernel: "auto" = cuDNN flash attention on GPU in bfloat16/float16, XLA otherwise.
-    attention_implementation: str = "auto"
+    attention_implementation: Literal["auto", "xla", "cudnn"] = "auto"
 
-    def __post_init__(self):
-        for name in ("num_layers", "hidden_dim", "mlp_dim", "num_heads", "head_dim",
-                     "token_len", "max_len", "num_lead_ids", "num_time_ids"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ECGFormerConfig.{name} must be a positive int, "
-                                 f"got {value!r}.")
-        if self.position not in _POSITIONS:
-            raise ValueError(f"ECGFormerConfig.position must be one of {_POSITIONS}, "
-                             f"got {self.position!r}.")
+    # Set by a training stage from the dataset and `config.dtype`, never by a config file.
+    DERIVED: ClassVar[tuple[str, ...]] = ("token_len", "max_len", "num_lead_ids", "num_time_ids", "dtype")
+
+    def problems(self):
         if self.position == "rope" and self.head_dim % 2:
-            raise ValueError("ECGFormerConfig.head_dim must be even with "
-                             f'position="rope", got {self.head_dim}.')
-        for name in ("dropout_rate", "attention_dropout_rate"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"ECGFormerConfig.{name} must be in [0, 1), "
-                                 f"got {value!r}.")
-        if self.rope_max_wavelength <= 0:
-            raise ValueError("ECGFormerConfig.rope_max_wavelength must be positive, "
-                             f"got {self.rope_max_wavelength!r}.")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"ECGFormerConfig.dtype must be one of {_DTYPES}, "
-                             f"got {self.dtype!r}.")
-        for name in ("qkv_bias", "released_init"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, bool):
-                raise ValueError(f"ECGFormerConfig.{name} must be a bool or None, got {value!r}.")
-        eps = self.layer_norm_epsilon
-        if eps is not None and not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"ECGFormerConfig.layer_norm_epsilon must be positive or None, got {eps!r}.")
-        if self.attention_implementation not in _ATTENTION:
-            raise ValueError(f"ECGFormerConfig.attention_implementation must be one of "
-                             f"{_ATTENTION}, got {self.attention_implementation!r}.")
+            yield "head_dim", f'must be even with position="rope", got {self.head_dim}'
 
     @property
     def compute_dtype(self) -> jnp.dtype:

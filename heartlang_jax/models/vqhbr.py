@@ -6,53 +6,41 @@ Its frozen `word_ids` gives the targets of masked pre-training.
 """
 
 import dataclasses
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax import struct
 
+from heartlang_jax import typed_config
+from heartlang_jax.typed_config import NON_NEGATIVE, POSITIVE, RATE, field
 from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
-from heartlang_jax.models.quantizer import LOSS_WEIGHTINGS, EmaCodebookQuantizer, QuantizerOutput
+from heartlang_jax.models.quantizer import EmaCodebookQuantizer, QuantizerOutput
 
 _DENSE_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
 
-@dataclasses.dataclass(frozen=True)
+@typed_config.checked
 class VQHBRConfig:
     """Encoder/decoder sizes and the codebook (released code: K=8192, d=128)."""
 
     encoder: ECGFormerConfig
-    # Its token_len must equal code_dim: the decoder's "words" are codes.
+    # Its token_len must equal code_dim: the decoder reads codes as words.
     decoder: ECGFormerConfig
-    num_codes: int = 8192
-    code_dim: int = 128
-    decay: float = 0.99
-    kmeans_iters: int = 10
+    num_codes: int = field(default=8192, check=POSITIVE)
+    code_dim: int = field(default=128, check=POSITIVE)
+    decay: float = field(default=0.99, check=RATE)
+    kmeans_iters: int = field(default=10, check=POSITIVE)
     # Restart a code unused for this many consecutive steps; 0 = never (released code).
-    dead_code_patience: int = 0
+    dead_code_patience: int = field(default=0, check=NON_NEGATIVE)
     # Codebook/commitment terms over the code dimension: "mean" as the released code's
     # F.mse_loss, "sum" as the paper's squared l2 norm (code_dim times stronger).
-    commitment_weighting: str = "mean"
+    commitment_weighting: Literal["mean", "sum"] = "mean"
 
-    def __post_init__(self):
-        for name in ("num_codes", "code_dim", "kmeans_iters"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"VQHBRConfig.{name} must be a positive int, "
-                                 f"got {value!r}.")
-        if not 0.0 <= self.decay < 1.0:
-            raise ValueError(f"VQHBRConfig.decay must be in [0, 1), got {self.decay!r}.")
-        if not isinstance(self.dead_code_patience, int) or self.dead_code_patience < 0:
-            raise ValueError("VQHBRConfig.dead_code_patience must be an int >= 0, "
-                             f"got {self.dead_code_patience!r}.")
-        if self.commitment_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"VQHBRConfig.commitment_weighting must be one of {LOSS_WEIGHTINGS}, "
-                             f"got {self.commitment_weighting!r}.")
+    def problems(self):
         if self.decoder.token_len != self.code_dim:
-            raise ValueError(
-                f"VQHBRConfig.decoder.token_len ({self.decoder.token_len}) must equal "
-                f"code_dim ({self.code_dim}): the decoder reads codes as words.")
+            yield "decoder.token_len", f"must equal code_dim ({self.code_dim}), got {self.decoder.token_len}"
 
 
 class TaskHead(nnx.Module):

@@ -37,6 +37,7 @@ from heartlang_jax import metrics as metrics_lib
 from heartlang_jax import optim
 from heartlang_jax import parallel
 from heartlang_jax import run_info
+from heartlang_jax import stage_configs
 from heartlang_jax.models import EcgClassifier, MaskedEcgModel, classifier_bce_loss
 from heartlang_jax.stages import common
 from heartlang_jax.stages import pretrain
@@ -108,7 +109,7 @@ def linear_train_step(model: EcgClassifier, optimizer: nnx.Optimizer, batch, rng
 
     loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, HEAD))(model)
     optimizer.update(model, grads)
-    return {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 @nnx.jit(donate_argnums=(0, 1))
@@ -121,7 +122,7 @@ def full_train_step(model: EcgClassifier, optimizer: nnx.Optimizer, batch, rng):
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)
-    return {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 @nnx.jit
@@ -225,6 +226,7 @@ def task_classes(builder, task: str) -> list[str]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Trains and evaluates one cell on the config's dataset; writes and returns its result."""
+    stage_configs.validate(config)  # every field judged before any data is read or workdir claimed
     if config.init_workdir:  # a missing run fails before any data is read
         try:
             run_info.read(checkpointing.absolute(config.init_workdir))

@@ -27,6 +27,7 @@ from heartlang_jax import errors
 from heartlang_jax import input_pipeline
 from heartlang_jax import parallel
 from heartlang_jax import run_info
+from heartlang_jax import stage_configs
 from heartlang_jax.models import VQHBR, MaskedEcgModel, masked_lm_loss
 from heartlang_jax.stages import common
 from heartlang_jax.stages import vqhbr
@@ -117,7 +118,7 @@ def make_train_step(mask_ratio: float):
         return {
             "loss": loss,
             "masked_accuracy": stats["correct"] / jnp.maximum(stats["count"], 1.0),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
         }
 
     return train_step
@@ -151,6 +152,7 @@ def evaluate(model, source, targets, global_batch, mesh, seed: int, mask_ratio: 
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
+    stage_configs.validate(config)  # every field judged before any data is read or workdir claimed
     # Recorded absolute, so the run's config.json names the vocabulary wherever it is resumed from.
     config = ml_collections.ConfigDict(config.to_dict())
     config.vqhbr_workdir = os.fspath(checkpointing.absolute(config.vqhbr_workdir)) if config.vqhbr_workdir else ""

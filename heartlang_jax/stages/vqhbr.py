@@ -24,6 +24,7 @@ from heartlang_jax import input_pipeline
 from heartlang_jax import parallel
 from heartlang_jax import run_info
 from heartlang_jax import train_loop
+from heartlang_jax import stage_configs
 from heartlang_jax.models import VQHBR, VQHBRConfig, vqhbr_loss
 from heartlang_jax.stages import common
 
@@ -76,7 +77,7 @@ def train_step(model: VQHBR, optimizer: nnx.Optimizer, batch, rng):
 
     grads, (metrics, counts) = nnx.grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
-    return {**metrics, "grad_norm": optax.global_norm(grads), "code_counts": counts}
+    return {**metrics, "grad_norm": optax.tree.norm(grads), "code_counts": counts}
 
 
 def reduce_train_metrics(fetched: list[dict]) -> dict[str, float]:
@@ -144,6 +145,7 @@ def evaluate(model: VQHBR, source, global_batch: int, mesh, example: dict | None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
+    stage_configs.validate(config)  # every field judged before any data is read or workdir claimed
     ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS)
     model = build_model(config)
     common.write_run_info(ctx, STAGE, run_info_model(model.config))
