@@ -126,7 +126,7 @@ def cell_config(config: ml_collections.ConfigDict, cell: Cell, tfds_dir: str, en
     cfg.mode = cell.mode
     cfg.label_fraction = cell.label_fraction
     cfg.seed = cell.seed
-    cfg.init_workdir = os.path.abspath(config.init_workdir) if cell.init == "pretrained" else ""
+    cfg.init_workdir = os.fspath(checkpointing.absolute(config.init_workdir)) if cell.init == "pretrained" else ""
     if encoder is not None:
         cfg.encoder = encoder
     return cfg
@@ -296,7 +296,7 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
         enc = ml_collections.ConfigDict(dict(run_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"]))
         notes.append(
             f"Our encoder: {enc.num_layers} layers, hidden {enc.hidden_dim}, {enc.num_heads} heads, "
-            f"position={enc.position}, pre-trained in {os.path.abspath(config.init_workdir)}."
+            f"position={enc.position}, pre-trained in {os.fspath(checkpointing.absolute(config.init_workdir))}."
         )
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
