@@ -38,7 +38,6 @@ import argparse
 import dataclasses
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -434,4 +433,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

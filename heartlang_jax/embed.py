@@ -77,7 +77,7 @@ def _write_npz(out: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f"{out.name}.tmp{os.getpid()}"
     with tmp.open("wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **arrays as allow_pickle
     tmp.rename(out)
 
 
@@ -102,10 +102,10 @@ def run(
     for i, vector, reason in model.iter_embed(
         [path for _, path in found], batch_size=batch_size, progress=progress
     ):
-        if reason is None:
+        if vector is not None:
             embeddings[i] = vector
         else:
-            skipped[i] = reason
+            skipped[i] = str(reason)
             logging.warning("skipped %s", reason)
     kept = sorted(embeddings)
     _write_npz(
@@ -135,7 +135,7 @@ def main(argv: Sequence[str]) -> None:
 
     try:
         summary = run(
-            _CHECKPOINT.value, _RECORDS.value, _OUT.value,
+            str(_CHECKPOINT.value), str(_RECORDS.value), str(_OUT.value),  # required flags: never None
             batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value, progress=_PROGRESS.value,
         )
     except (NoRecordsError, checkpointing.CheckpointError) as e:

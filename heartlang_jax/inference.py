@@ -24,7 +24,7 @@ import logging
 import os
 import pathlib
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
 import jax
@@ -123,7 +123,7 @@ class Reconstruction:
         return float(np.mean(np.square(self.reconstruction - self.words))) if self.words.size else 0.0
 
 
-def _sentence_fields(sentences: Sequence[tokenizer_lib.EcgSentence], batch: int) -> tuple[np.ndarray, ...]:
+def _sentence_fields(sentences: Sequence[Any], batch: int) -> tuple[np.ndarray, ...]:
     """(words [B, L, T], lead_ids [B, L], time_ids [B, L]); rows past len(sentences) repeat the
     last sentence, so a padded batch has no all-padding row and compiles to one shape."""
     rows = list(sentences) + [sentences[-1]] * (batch - len(sentences))
@@ -153,7 +153,7 @@ class HeartLangModel:
     `tokenizer.TokenizerError`, one line naming the record, as the dataset builder logs it.
     """
 
-    def __init__(self, info: run_info.RunInfo, model: nnx.Module, step: int, path: str, vocabulary: HeartLangModel | None = None):
+    def __init__(self, info: run_info.RunInfo, model: Any, step: int, path: str, vocabulary: HeartLangModel | None = None):
         self.info = info
         self.step = step
         self.path = path
@@ -290,7 +290,7 @@ class HeartLangModel:
         always increasing: skipped records are reported as soon as they are read."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if total is None and hasattr(ecgs, "__len__"):
+        if total is None and isinstance(ecgs, Sized):
             total = len(ecgs)
         batch = batch_size if total is None else max(1, min(batch_size, total))
         pending: list[tuple[int, tokenizer_lib.EcgSentence]] = []
@@ -352,6 +352,7 @@ class HeartLangModel:
     def word_ids(self, ecg: EcgInput, fs: float | None = None, lead_names: Sequence[str] | None = None, *, name: str | None = None) -> np.ndarray:
         """[num_words] int32: the VQ-HBR vocabulary index of every real word of the record."""
         vocabulary = self._vocabulary_model()
+        assert vocabulary is not None  # required=True raised otherwise
         sentence = vocabulary.tokenize(ecg, fs, lead_names, name=name)
         ids = vocabulary._word_ids(vocabulary._state, *_sentence_fields([sentence], 1))
         return np.asarray(jax.device_get(ids))[0, : sentence.num_words].astype(np.int32)
@@ -382,7 +383,7 @@ class HeartLangModel:
         sentence = self.tokenize(ecg, fs, lead_names, name=name)
         logits = np.asarray(jax.device_get(self._logits(self._state, *_sentence_fields([sentence], 1))), np.float64)[0]
         probabilities = 1.0 / (1.0 + np.exp(-logits))
-        return {name: float(p) for name, p in zip(self.class_names, probabilities)}
+        return {name: float(p) for name, p in zip(self.class_names or (), probabilities)}
 
 
 def tokenizer_from_spec(spec: Mapping[str, Any]) -> tokenizer_lib.QRSTokenizer:

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import grain
 import jax
@@ -124,7 +125,7 @@ class _ToBatchFields:
     source: Sequence
     task: str | None
 
-    def __call__(self, index: int) -> dict[str, np.ndarray]:
+    def __call__(self, index: int) -> dict[str, Any]:
         example = self.source[index]
         out = {
             "words": np.asarray(example["words"], np.float32),
@@ -264,7 +265,7 @@ class _ConcatSource:
         raise IndexError(index)
 
 
-def concat_sources(sources: Sequence) -> Sequence:
+def concat_sources(sources: Sequence) -> Any:
     """One source, or their concatenation."""
     return sources[0] if len(sources) == 1 else _ConcatSource(tuple(sources))
 

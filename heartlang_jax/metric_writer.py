@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+from typing import Any
 import time
 from collections.abc import Mapping
 
@@ -27,8 +28,8 @@ class MetricWriter:
 
     def __init__(self, workdir: str | os.PathLike):
         self._enabled = jax.process_index() == 0
-        self._jsonl = None
-        self._tb = None
+        self._jsonl: Any = None  # set on process 0 only; every writer returns early elsewhere
+        self._tb: Any = None
         if self._enabled:
             from tensorboardX import SummaryWriter  # pure-Python event writer
 

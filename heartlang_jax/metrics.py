@@ -52,7 +52,7 @@ def macro_auc(labels: np.ndarray, scores: np.ndarray, class_names: Sequence[str]
     aucs = per_class_auc(labels, scores)
     missing = np.flatnonzero(np.isnan(aucs))
     if len(missing):
-        names = [class_names[i] if class_names is not None else str(i) for i in missing]
+        names = [class_names[int(i)] if class_names is not None else str(i) for i in missing]
         warnings.warn(
             f"macro AUC over {len(labels)} examples leaves out {len(missing)} of {len(aucs)} classes "
             f"with no positive or no negative example among them: {', '.join(names)}",

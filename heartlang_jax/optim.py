@@ -7,6 +7,8 @@ parameter groups. Per-parameter learning-rate scales implement layer-wise decay 
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -86,7 +88,7 @@ def layer_id(path, num_layers: int):
     return 0  # token/lead/time/position embeddings, CLS token
 
 
-def layer_decay_scales(model: nnx.Module, decay: float):
+def layer_decay_scales(model: Any, decay: float):
     """Per-parameter lr factor decay^(num_layers + 1 - layer_id), a tree like the Param state.
 
     Leaves are Python floats, except the stacked blocks' leaves: float32 arrays [num_layers, 1, ...]

@@ -78,7 +78,7 @@ def replicate(tree, mesh: jax.sharding.Mesh):
     return jax.tree.map(lambda x: _replicate_leaf(x, sharding), tree)
 
 
-def replicate_module(module: nnx.Module, mesh: jax.sharding.Mesh) -> None:
+def replicate_module(module: nnx.Module | nnx.Optimizer, mesh: jax.sharding.Mesh) -> None:
     """Places every variable of `module` (parameters and non-trained state) on all devices."""
     nnx.update(module, replicate(nnx.state(module), mesh))
 

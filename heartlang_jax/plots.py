@@ -229,7 +229,7 @@ def codebook_usage_figure(
     ranked.set_title("rank-frequency", fontsize=9)
     for i, code in enumerate(top if panel_rows else []):
         ax = figure.add_subplot(grid[1 + i // 6, i % 6])
-        members = words[ids == code]
+        members = np.asarray(words)[ids == code]
         for w in members[:max_examples]:
             ax.plot(w, color=_word_colors(np.array([code]), num_codes)[0], lw=0.5, alpha=0.35)
         ax.plot(members.mean(axis=0), color="black", lw=1.2)
@@ -350,7 +350,9 @@ def results_figure(results, *, title: str | None = None):
     width = min(0.8 / max(len(inits), 1), 0.3)
     fallback = iter(["#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"] * 4)
     for j, init in enumerate(inits):
-        x, heights, errors = [], [], [[], []]
+        x: list[float] = []
+        heights: list[float] = []
+        errors: list[list[float]] = [[], []]
         for g, (mode, task, fraction) in enumerate(groups):
             r = by_key.get((mode, task, fraction, init))
             if r is None:

@@ -118,6 +118,8 @@ class LabelSpace:
     def from_statements(cls, path: str | os.PathLike) -> LabelSpace:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
+            if not reader.fieldnames:
+                raise DatasetLayoutError(f"{path} is empty: no header row of SCP statements")
             code_column = reader.fieldnames[0]  # unnamed index column holding the SCP code
             statements = list(reader)
 

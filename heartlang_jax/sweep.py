@@ -194,7 +194,7 @@ def test_interval(rows: Sequence[dict], cache: dict | None = None) -> dict | Non
     paths = [r.get("test_scores") for r in rows if r["test_auc"] is not None]
     if not paths or None in paths:
         return None
-    key = tuple(sorted(paths))
+    key = tuple(sorted(str(p) for p in paths))
     if cache is not None and key in cache:
         return cache[key]
     loaded = []
@@ -247,7 +247,7 @@ def _fmt(mean: float | None, std: float | None, low: float | None = None, high: 
     if mean is None:
         return "n/a"
     text = f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
-    return text if low is None else f"{text} [{100 * low:.2f}, {100 * high:.2f}]"
+    return text if low is None or high is None else f"{text} [{100 * low:.2f}, {100 * high:.2f}]"
 
 
 def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict]) -> str:

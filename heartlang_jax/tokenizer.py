@@ -241,7 +241,7 @@ class QRSTokenizer:
         # Checked here: a wrong type would otherwise fail deep in numpy/scipy, or not at all.
         for field in ("fs", "max_duration_s"):
             value = getattr(self, field)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not float(value) > 0:
                 raise ValueError(f"QRSTokenizer.{field} must be a positive number, got {value!r}")
         if not self.fs > 2 * _BAND_HZ[1]:
             raise ValueError(f"QRSTokenizer.fs must be above {2 * _BAND_HZ[1]:g} Hz (QRS band-pass), got {self.fs!r}")

@@ -192,7 +192,7 @@ def _build(cls: type, raw: Mapping, prefix: str, problems: list[str], known: lis
         object.__setattr__(instance, name, value)
     for f in dataclasses.fields(cls):
         if f.name not in values:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
             object.__setattr__(instance, f.name, default)
     problems += [f"{prefix}{name}: {message}" for name, message in _cross_field(instance)]
     return None if len(problems) > count else instance
@@ -269,7 +269,7 @@ def _cross_field(instance) -> Iterator[tuple[str, str]]:
 
 def _instance_problems(instance, prefix: str) -> Iterator[tuple[str, str]]:
     """The problems of an already-built instance (direct construction): types, checks, rules."""
-    hints = _hints(type(instance))
+    hints = _hints(type(instance))  # type: ignore[arg-type]  # a dataclass type is hashable
     for f in dataclasses.fields(instance):
         value = getattr(instance, f.name)
         problems: list[str] = []

@@ -7,6 +7,7 @@ the builder class. Importing a builder module registers it with TFDS.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 # dataset name -> module of its builder (class `Builder`)
 BUILDER_MODULES = {
@@ -18,7 +19,7 @@ BUILDER_MODULES = {
 DATASETS = tuple(BUILDER_MODULES)
 
 
-def builder_class(dataset: str) -> type:
+def builder_class(dataset: str) -> Any:
     if dataset not in BUILDER_MODULES:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     return importlib.import_module(BUILDER_MODULES[dataset]).Builder

@@ -16,7 +16,7 @@ DATA_MODULES = {"heartlang_jax", "heartlang_jax.records", "heartlang_jax.tokeniz
 
 
 def _imports(path: pathlib.Path) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)

@@ -11,6 +11,7 @@ import logging
 import os
 import pathlib
 import re
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -46,6 +47,9 @@ class SplitFileBuilder:
     """Mixin for `tfds.core.GeneratorBasedBuilder`: see the module docstring."""
 
     TASK: str  # the name of the dataset's one multi-hot task
+    # Provided by tfds.core.GeneratorBasedBuilder, which the builder also subclasses.
+    builder_config: Any
+    dataset_info_from_configs: Any
 
     @classmethod
     def tasks(cls) -> tuple[str, ...]:

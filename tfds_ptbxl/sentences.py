@@ -22,7 +22,8 @@ import dataclasses
 import logging
 import os
 import pathlib
-from collections.abc import Hashable, Sequence
+from typing import Literal
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -45,7 +46,7 @@ class BuilderConfig(tfds.core.BuilderConfig):
     """Which leads form the sentence and which QRS detector cuts the beats (non-PTB-XL builders)."""
 
     leads: tuple[str, ...] = STANDARD_LEADS
-    detector: str = "multilead"
+    detector: Literal["multilead", "xqrs"] = "multilead"
 
     @property
     def spec(self) -> sentence_corpus.SentenceSpec:
@@ -78,7 +79,7 @@ def sentence_features(spec: sentence_corpus.SentenceSpec) -> dict:
     }
 
 
-def task_features(classes: dict[str, Sequence[str]]) -> dict:
+def task_features(classes: Mapping[str, Sequence[str]]) -> dict:
     return {
         task: tfds.features.Tensor(
             shape=(len(names),),
@@ -98,7 +99,7 @@ def sentence_fields(sentence: tokenizer_lib.EcgSentence) -> dict:
     }
 
 
-def base_metadata(classes: dict[str, Sequence[str]], spec: sentence_corpus.SentenceSpec) -> tfds.core.MetadataDict:
+def base_metadata(classes: Mapping[str, Sequence[str]], spec: sentence_corpus.SentenceSpec) -> tfds.core.MetadataDict:
     return tfds.core.MetadataDict(classes={t: list(c) for t, c in classes.items()}, sentence=spec.metadata())
 
 
@@ -139,4 +140,5 @@ class BuildLog:
         for key, reason in skipped:
             self.skip(key, reason)
         for key, leads in flat:
-            self.sentence(key, tokenizer_lib.EcgSentence(None, None, None, 0, flat_leads=tuple(leads)))
+            # Only flat_leads of a replayed sentence is read; its arrays went to the chunk file.
+            self.sentence(key, tokenizer_lib.EcgSentence(None, None, None, 0, flat_leads=tuple(leads)))  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ def quantized_rate(rate: float) -> float:
 class Dropout(nnx.Dropout):
     """nnx.Dropout (same train/eval switch and RNG stream) with byte-resolution masks."""
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
+    def __call__(self, inputs: jax.Array) -> jax.Array:  # type: ignore[override]  # no per-call switches
         threshold = round(self.rate * 256)
         if self.deterministic or threshold == 0:
             return inputs

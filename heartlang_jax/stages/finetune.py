@@ -21,6 +21,8 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +68,7 @@ def load_pretrained(init_workdir: str, dtype: str) -> MaskedEcgModel:
     return model
 
 
-def transfer_encoder(source: nnx.Module, target: nnx.Module) -> None:
+def transfer_encoder(source: Any, target: Any) -> None:
     """Copies the encoder parameters of `source` into `target`; both must have the same encoder."""
     have = nnx.state(source.encoder, nnx.Param)
     have_shapes, want_shapes = _shapes(have), _shapes(nnx.state(target.encoder, nnx.Param))
@@ -263,8 +265,10 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
         features_by_index[train_index] = train_features
         train_kwargs = dict(wrt=HEAD, train_step=linear_train_step)
 
-        def prepare(batch):
+        def prepare_linear(batch):
             return {"features": features_by_index[batch["index"]], "labels": batch["labels"]}
+
+        prepare: Callable | None = prepare_linear
 
         def logits_of(split):
             index, labels, features = frozen[split]
@@ -278,6 +282,10 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
         def logits_of(split):
             return predict(model, _logits, sources[split], task, global_batch, mesh)
 
+    def scores(prefix: str, split: str) -> dict[str, float]:
+        _, labels, logits = logits_of(split)
+        return split_metrics(prefix, labels, logits, class_names)
+
     result = common.train(
         ctx,
         model=model,
@@ -286,10 +294,7 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
         num_train_examples=num_train,
         # The test AUC of every evaluation is logged for the learning curve; the reported one is
         # measured again on the restored best weights below (and equals the logged one).
-        evaluate=lambda step: {
-            **split_metrics("eval_", *logits_of("validation")[1:], class_names),
-            **split_metrics("eval_test_", *logits_of("test")[1:], class_names),
-        },
+        evaluate=lambda step: {**scores("eval_", "validation"), **scores("eval_test_", "test")},
         prepare_batch=prepare,
         on_eval=_record_best(max(num_train // global_batch, 1)),
         max_to_keep=1,

@@ -97,6 +97,8 @@ def cached_targets(vocabulary, source, split: str, vocabulary_dir: str, workdir,
         if targets is None:
             targets = np.zeros((len(source), ids.shape[1]), np.int32)
         targets[index[rows]] = ids[rows]
+    if targets is None:
+        raise errors.HeartLangError(f"[{STAGE}] the {split} split has no examples to compute targets for")
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / (path.name + ".tmp")
@@ -143,6 +145,8 @@ def evaluate(model, source, targets, global_batch, mesh, seed: int, mask_ratio: 
         out = parallel.to_host(_eval_step(model, parallel.shard_batch(batch, mesh), jax.random.fold_in(eval_key, i), mask_ratio))
         totals = out if totals is None else jax.tree.map(np.add, totals, out)
     model.train()
+    if totals is None:
+        raise errors.HeartLangError(f"[{STAGE}] the evaluation split has no examples")
     count = max(float(totals["count"]), 1.0)
     return {
         "eval_loss": float(totals["ce_sum"]) / count,

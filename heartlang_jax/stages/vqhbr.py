@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from heartlang_jax import errors
 from heartlang_jax import input_pipeline
 from heartlang_jax import parallel
 from heartlang_jax import run_info
@@ -133,6 +134,8 @@ def evaluate(model: VQHBR, source, global_batch: int, mesh, example: dict | None
             example.update(first)
         totals = out if totals is None else jax.tree.map(np.add, totals, out)
     model.train()
+    if totals is None:
+        raise errors.HeartLangError(f"[{STAGE}] the evaluation split has no examples")
     mse = float(totals["sse"] / max(totals["count"], 1))
     zero_mse = float(totals["zero_sse"] / max(totals["count"], 1))
     usage = codebook_usage(totals["code_counts"].astype(np.float64))

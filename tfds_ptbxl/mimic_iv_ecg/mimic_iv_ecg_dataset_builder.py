@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import pathlib
+from typing import Any
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -291,7 +292,7 @@ def _collect(results: Iterator, count: int, spec: sentence_corpus.SentenceSpec, 
             flat.append((study, list(sentence.flat_leads)))
         rows.append((index, sentence))
     n = len(rows)
-    chunk = {
+    chunk: dict[str, Any] = {
         "words": np.zeros((n, spec.max_len, spec.token_len), np.float16),
         "lead_ids": np.zeros((n, spec.max_len), np.uint8),
         "time_ids": np.zeros((n, spec.max_len), np.uint8),
@@ -312,7 +313,7 @@ def _chunk_bytes(chunk: dict) -> bytes:
     buf = io.BytesIO()
     log = json.dumps({"skipped": chunk["skipped"], "flat": chunk["flat"]})
     arrays = {k: v for k, v in chunk.items() if isinstance(v, np.ndarray)}
-    np.savez(buf, log=np.frombuffer(log.encode(), np.uint8), **arrays)
+    np.savez(buf, log=np.frombuffer(log.encode(), np.uint8), **arrays)  # type: ignore[arg-type]  # stub: **arrays as allow_pickle
     return buf.getvalue()
 
 

@@ -91,7 +91,7 @@ def main() -> None:
                 raw["strat_fold"] = str(keep[ecg_id])
                 out_rows.append(raw)
     with open(OUT / "ptbxl_database.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=list(fields or ()))
         writer.writeheader()
         writer.writerows(out_rows)
     print(f"wrote {len(out_rows)} records to {OUT}")

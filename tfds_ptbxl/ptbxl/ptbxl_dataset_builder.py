@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+from typing import Literal
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -34,7 +35,7 @@ class BuilderConfig(tfds.core.BuilderConfig):
 
     leads: tuple[str, ...] = STANDARD_LEADS
     sampling_rate: int = 100  # the files read; sentences are always at 100 Hz
-    detector: str = "multilead"  # or "xqrs", the paper's and released code's detector
+    detector: Literal["multilead", "xqrs"] = "multilead"  # "xqrs": the paper's and released code's
 
     @property
     def spec(self) -> sentence_corpus.SentenceSpec:
