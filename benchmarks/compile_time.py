@@ -24,14 +24,14 @@ import jax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from flax import nnx  # noqa: E402
+from flax import nnx
 
-from heartlang_jax import optim, parallel  # noqa: E402
-from heartlang_jax.configs import pretrain_common  # noqa: E402
-from heartlang_jax.stages import common, pretrain  # noqa: E402
+from heartlang_jax import optim, parallel
+from heartlang_jax.configs import pretrain_common
+from heartlang_jax.stages import common, pretrain
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from pretrain_throughput import RELEASED_VOCAB, synthetic_batch  # noqa: E402
+from pretrain_throughput import RELEASED_VOCAB, synthetic_batch
 
 
 def time_size(size: str, batch: int, vocab: int) -> dict[str, float]:
@@ -71,14 +71,19 @@ def main() -> None:
     results = {}
     for size in args.sizes.split(","):
         results[size] = t = time_size(size, args.batch, args.vocab)
-        print(f"{size}: layers={t['layers']} lower_s={t['lower_s']:.1f} compile_s={t['compile_s']:.1f} "
-              f"first_step_s={t['first_step_s']:.2f} step_s={t['step_s']:.2f} "
-              f"compile_and_first_step_s={t['total_s']:.1f}", flush=True)
+        print(
+            f"{size}: layers={t['layers']} lower_s={t['lower_s']:.1f} compile_s={t['compile_s']:.1f} "
+            f"first_step_s={t['first_step_s']:.2f} step_s={t['step_s']:.2f} "
+            f"compile_and_first_step_s={t['total_s']:.1f}",
+            flush=True,
+        )
     if "small" in results and "large" in results:
         small, large = results["small"], results["large"]
-        print(f"large_over_small: compile={large['compile_s'] / small['compile_s']:.2f} "
-              f"lower+compile={(large['lower_s'] + large['compile_s']) / (small['lower_s'] + small['compile_s']):.2f} "
-              f"compile_and_first_step={large['total_s'] / small['total_s']:.2f}")
+        print(
+            f"large_over_small: compile={large['compile_s'] / small['compile_s']:.2f} "
+            f"lower+compile={(large['lower_s'] + large['compile_s']) / (small['lower_s'] + small['compile_s']):.2f} "
+            f"compile_and_first_step={large['total_s'] / small['total_s']:.2f}"
+        )
 
 
 if __name__ == "__main__":

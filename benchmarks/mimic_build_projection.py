@@ -26,8 +26,6 @@ import tempfile
 import time
 import tracemalloc
 
-import numpy as np
-
 from benchmarks.builder_memory import ALLOCATOR_OVERHEAD, MIB, TreeMemorySampler, shuffle_bytes_per_example
 
 FULL_RECORDS = 800_035  # MIMIC-IV-ECG 1.0's record_list.csv
@@ -91,17 +89,19 @@ def main() -> None:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
         seconds = time.perf_counter() - started
         sampler.stop()
-        fit_records = min(builder._amplitude_fit_records, int(TRAIN_SHARE * args.records))  # noqa: SLF001
+        fit_records = min(builder._amplitude_fit_records, int(TRAIN_SHARE * args.records))
         build_per_record = max(seconds - fit_records * fit_per_record, 0.0) / args.records
         per_example = shuffle_bytes_per_example(builder)
         train = builder.info.splits["train"].num_examples
-        chunk_size = builder._chunk_size  # noqa: SLF001
+        chunk_size = builder._chunk_size
 
     full = args.projected_records
-    full_fit = min(builder._amplitude_fit_records, int(TRAIN_SHARE * full))  # noqa: SLF001
+    full_fit = min(builder._amplitude_fit_records, int(TRAIN_SHARE * full))
     projected_s = full * build_per_record + full_fit * fit_per_record
     cap = shuffle.MAX_MEM_BUFFER_SIZE + per_example
-    buffer_growth = ALLOCATOR_OVERHEAD * max(min(TRAIN_SHARE * full * per_example, cap) - min(train * per_example, cap), 0)
+    buffer_growth = ALLOCATOR_OVERHEAD * max(
+        min(TRAIN_SHARE * full * per_example, cap) - min(train * per_example, cap), 0
+    )
     sentence_bytes = 256 * 96 * 2 + 2 * 256 + 4 + 16
     chunk_growth = 2 * max(chunk_size - min(args.records, chunk_size), 0) * sentence_bytes  # arrays + npz buffer
     metadata_growth = (full - args.records) * metadata_per_record

@@ -26,9 +26,9 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from heartlang_jax import optim, parallel  # noqa: E402
-from heartlang_jax.models import num_mask_positions  # noqa: E402
-from heartlang_jax.stages import common, pretrain  # noqa: E402
+from heartlang_jax import optim, parallel
+from heartlang_jax.models import num_mask_positions
+from heartlang_jax.stages import common, pretrain
 
 # The released PyTorch code's base model (SPEC §3): 12 layers, 8 heads of 64, MLP 1024, learned
 # positions + CLS, vocabulary 8192.
@@ -73,7 +73,9 @@ def synthetic_batch(batch: int, max_len: int, vocab: int, seed: int = 0) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="heartlang_jax/configs/pretrain_base.py", help="pre-training config file[:variant]")
+    parser.add_argument(
+        "--config", default="heartlang_jax/configs/pretrain_base.py", help="pre-training config file[:variant]"
+    )
     parser.add_argument("--batch", type=int, default=256, help="global batch size")
     parser.add_argument("--steps", type=int, default=10, help="timed steps after compilation")
     parser.add_argument("--shape", choices=("config", "released_base"), default="config")
@@ -118,7 +120,9 @@ def main() -> None:
     flops = model_flops_per_sample(enc, args.vocab, enc.max_len, masked) * args.batch
     achieved_tflops = flops / seconds / 1e12
     mfu = achieved_tflops / args.peak_tflops if args.peak_tflops > 0 else float("nan")
-    print(f"model_tflops_per_step={flops / 1e12:.3f} achieved_tflops={achieved_tflops:.2f} peak_tflops={args.peak_tflops}")
+    print(
+        f"model_tflops_per_step={flops / 1e12:.3f} achieved_tflops={achieved_tflops:.2f} peak_tflops={args.peak_tflops}"
+    )
     print(f"samples_per_s={args.batch / seconds:.3f} step_ms={seconds * 1e3:.1f} params={params} mfu={mfu:.3f}")
 
 

@@ -21,8 +21,8 @@ import time
 import numpy as np
 
 from heartlang_jax import ptbxl, records
-from heartlang_jax.tokenizer import detect_qrs
 from heartlang_jax.synthetic_ecg import match_beats, synthetic_ecg
+from heartlang_jax.tokenizer import detect_qrs
 
 DETECTORS = ("multilead", "xqrs")
 # Heart rate ranges (bpm) consistent with each rhythm statement.
@@ -91,8 +91,13 @@ def main() -> None:
         ("rhythm agreement (SR/SBRAD/STACH vs median HR)", "rhythm_agreement", real, "{:.1%}", ">= 98%"),
         ("median beats per record", "median_beats", real, "{:.0f}", ""),
         ("detection time, s", "seconds", real, "{:.2f}", ""),
-        (f"synthetic sensitivity ({synthetic['multilead']['beats']} beats)", "sensitivity", synthetic, "{:.4f}",
-         ">= 0.995"),
+        (
+            f"synthetic sensitivity ({synthetic['multilead']['beats']} beats)",
+            "sensitivity",
+            synthetic,
+            "{:.4f}",
+            ">= 0.995",
+        ),
         ("synthetic positive predictivity", "positive_predictivity", synthetic, "{:.4f}", ">= 0.995"),
     ]
     for label, key, table, fmt, target in lines:

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from heartlang_jax import convert_released  # noqa: E402
+from heartlang_jax import convert_released
 
 TOLERANCE = 1e-4  # relative to the largest magnitude of each output
 MIN_AGREEMENT = 0.999

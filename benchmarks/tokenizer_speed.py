@@ -75,13 +75,24 @@ def main() -> None:
                 pass
         return made
 
-    print(f"Tokenizer speed: {len(paths)} records from {args.data_dir}, library on {args.num_workers} "
-          f"workers, best of {args.repeats}")
+    print(
+        f"Tokenizer speed: {len(paths)} records from {args.data_dir}, library on {args.num_workers} "
+        f"workers, best of {args.repeats}"
+    )
     figures = best_figures(library_files, baseline_files, len(paths), args.repeats)
-    (ours_rate, ours_cpu, ours_made), (theirs_rate, theirs_cpu, theirs_made) = figures[library_files], figures[baseline_files]
-    print(f"library (multilead, {args.num_workers} workers): {ours_rate:.1f} records/s, {ours_cpu:.2f} CPU ms/record, {ours_made} sentences")
-    print(f"baseline (xqrs loop, 1 process):      {theirs_rate:.1f} records/s, {theirs_cpu:.2f} CPU ms/record, {theirs_made} sentences")
-    print(f"ratio={ours_rate / theirs_rate:.2f}x library_records_per_s={ours_rate:.1f} baseline_records_per_s={theirs_rate:.1f}")
+    (ours_rate, ours_cpu, ours_made), (theirs_rate, theirs_cpu, theirs_made) = (
+        figures[library_files],
+        figures[baseline_files],
+    )
+    print(
+        f"library (multilead, {args.num_workers} workers): {ours_rate:.1f} records/s, {ours_cpu:.2f} CPU ms/record, {ours_made} sentences"
+    )
+    print(
+        f"baseline (xqrs loop, 1 process):      {theirs_rate:.1f} records/s, {theirs_cpu:.2f} CPU ms/record, {theirs_made} sentences"
+    )
+    print(
+        f"ratio={ours_rate / theirs_rate:.2f}x library_records_per_s={ours_rate:.1f} baseline_records_per_s={theirs_rate:.1f}"
+    )
 
 
 if __name__ == "__main__":

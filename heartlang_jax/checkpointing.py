@@ -204,8 +204,10 @@ class RunCheckpoints:
         for step in reversed(self.steps()):
             try:
                 data_state, meta = self.restore(step, model, optimizer)
-            except Exception as e:  # noqa: BLE001 - any failure to read means "not a usable checkpoint"
-                logging.warning("Checkpoint step %d in %s is unreadable (%s); trying an older one", step, self.directory, e)
+            except Exception as e:
+                logging.warning(
+                    "Checkpoint step %d in %s is unreadable (%s); trying an older one", step, self.directory, e
+                )
                 continue
             return step, data_state, meta
         return None
@@ -233,11 +235,10 @@ def load_model_from_run(workdir: str | os.PathLike, model: nnx.Module, what: str
         raise CheckpointError(f"{what} not found: {directory} has no complete checkpoint")
     try:
         checkpoints.restore(steps[-1], model, optimizer=None)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise CheckpointError(
             f"{what} at {directory}/{steps[-1]} does not fit the model built from its config: {e}"
         ) from e
     finally:
         checkpoints.close()
     return steps[-1]
-

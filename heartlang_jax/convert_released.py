@@ -54,8 +54,11 @@ RELEASED_SENTENCE = {
     "min_leads": 1,
     "reject_flat_leads": False,
 }
-RELEASED_DATASET = {"vqhbr": "mimic-iv-ecg (released)", "pretrain": "mimic-iv-ecg (released)",
-                    "finetune": "ptbxl (released)"}
+RELEASED_DATASET = {
+    "vqhbr": "mimic-iv-ecg (released)",
+    "pretrain": "mimic-iv-ecg (released)",
+    "finetune": "ptbxl (released)",
+}
 # Dropout of the released training runs (get_model_default_params): VQ-HBR 0, the others 0.1 on
 # embeddings, attention weights and block outputs alike.
 RELEASED_DROPOUT = {"vqhbr": 0.0, "pretrain": 0.1, "finetune": 0.1}
@@ -81,8 +84,7 @@ def _num_layers(sd: StateDict, prefix: str) -> int:
     return len(layers)
 
 
-def encoder_config(sd: StateDict, prefix: str = "", *, head_dim: int = RELEASED_HEAD_DIM,
-                   dropout_rate: float = 0.0):
+def encoder_config(sd: StateDict, prefix: str = "", *, head_dim: int = RELEASED_HEAD_DIM, dropout_rate: float = 0.0):
     """The ECGFormerConfig of the released backbone whose tensors start with `prefix`."""
     from heartlang_jax.models import ECGFormerConfig
 
@@ -129,13 +131,19 @@ def backbone_params(sd: StateDict, prefix: str = "") -> dict:
     for i in range(_num_layers(sd, prefix)):
         p = f"{prefix}transformer.layers.{i}."
         q, k, v = np.split(_get(sd, p + "0.to_qkv.weight"), 3, axis=0)  # chunk(3) on the output
-        layers.append({
-            "norm1": _norm(sd, p + "0.norm"),
-            "attn": {"query": {"kernel": q.T}, "key": {"kernel": k.T}, "value": {"kernel": v.T},
-                     "out": _linear(sd, p + "0.to_out.0")},
-            "norm2": _norm(sd, p + "1.net.0"),
-            "mlp": {"fc1": _linear(sd, p + "1.net.1"), "fc2": _linear(sd, p + "1.net.4")},
-        })
+        layers.append(
+            {
+                "norm1": _norm(sd, p + "0.norm"),
+                "attn": {
+                    "query": {"kernel": q.T},
+                    "key": {"kernel": k.T},
+                    "value": {"kernel": v.T},
+                    "out": _linear(sd, p + "0.to_out.0"),
+                },
+                "norm2": _norm(sd, p + "1.net.0"),
+                "mlp": {"fc1": _linear(sd, p + "1.net.1"), "fc2": _linear(sd, p + "1.net.4")},
+            }
+        )
     import jax  # tree utilities only
 
     blocks = jax.tree.map(lambda *xs: np.stack(xs), *layers)
@@ -245,8 +253,9 @@ def build_vqhbr(sd: StateDict, *, head_dim: int = RELEASED_HEAD_DIM):
     return model
 
 
-def build_pretrain(sd: StateDict, *, head_dim: int = RELEASED_HEAD_DIM,
-                   dropout_rate: float = RELEASED_DROPOUT["pretrain"]):
+def build_pretrain(
+    sd: StateDict, *, head_dim: int = RELEASED_HEAD_DIM, dropout_rate: float = RELEASED_DROPOUT["pretrain"]
+):
     from flax import nnx
 
     from heartlang_jax.models import MaskedEcgModel
@@ -258,8 +267,9 @@ def build_pretrain(sd: StateDict, *, head_dim: int = RELEASED_HEAD_DIM,
     return model
 
 
-def build_finetune(sd: StateDict, *, head_dim: int = RELEASED_HEAD_DIM,
-                   dropout_rate: float = RELEASED_DROPOUT["finetune"]):
+def build_finetune(
+    sd: StateDict, *, head_dim: int = RELEASED_HEAD_DIM, dropout_rate: float = RELEASED_DROPOUT["finetune"]
+):
     from flax import nnx
 
     from heartlang_jax.models import EcgClassifier
@@ -313,7 +323,7 @@ def compare_with_recorded(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
 
     if "vqhbr_ids" in arrays:
         vq = build_vqhbr(recorded_state(arrays, "vqhbr"), head_dim=head_dim)
-        features = np.asarray(vq.encoder(words, lead_ids, time_ids))[:, vq.encoder.num_prefix_tokens:]
+        features = np.asarray(vq.encoder(words, lead_ids, time_ids))[:, vq.encoder.num_prefix_tokens :]
         record("vqhbr_features", features[real], arrays["vqhbr_features"][real])
         record("vqhbr_z", np.asarray(vq.encode(words, lead_ids, time_ids))[real], arrays["vqhbr_z"][real])
         ids = np.asarray(vq.word_ids(words, lead_ids, time_ids))
@@ -324,8 +334,7 @@ def compare_with_recorded(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
         loss = vq.quantizer(z, jnp.ones(z.shape[:-1], bool), update=False).commitment_loss
         record("vqhbr_loss", np.asarray(loss), arrays["vqhbr_loss"])
         codes = vq.quantizer.lookup(jnp.asarray(arrays["vqhbr_ids"], jnp.int32))
-        record("vqhbr_reconstruction", np.asarray(vq.decode(codes, lead_ids, time_ids)),
-               arrays["vqhbr_reconstruction"])
+        record("vqhbr_reconstruction", np.asarray(vq.decode(codes, lead_ids, time_ids)), arrays["vqhbr_reconstruction"])
     if "pretrain_logits" in arrays:
         model = build_pretrain(recorded_state(arrays, "pretrain"), head_dim=head_dim)
         mask = jnp.asarray(arrays["mask"], bool)
@@ -334,7 +343,7 @@ def compare_with_recorded(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
         hidden = model.encoder.encode(x, lead_ids, time_ids)  # [B, 1 + L, D]
         record("pretrain_hidden", np.asarray(hidden), arrays["pretrain_hidden"])
         positions, valid = masked_positions(mask, int(np.max(np.sum(arrays["mask"], axis=1))))
-        logits = np.asarray(model.logits_at(hidden[:, model.encoder.num_prefix_tokens:], positions))
+        logits = np.asarray(model.logits_at(hidden[:, model.encoder.num_prefix_tokens :], positions))
         record("pretrain_logits", logits[np.asarray(valid)], arrays["pretrain_logits"])
     if "finetune_logits" in arrays:
         model = build_finetune(recorded_state(arrays, "finetune"), head_dim=head_dim)
@@ -348,8 +357,15 @@ def _encoder_fields(config) -> dict:
     return fields
 
 
-def write_run(out_dir: str | os.PathLike, kind: str, model, *, amplitude: Mapping[str, float] | None = None,
-              task: str | None = None, class_names: Sequence[str] | None = None) -> None:
+def write_run(
+    out_dir: str | os.PathLike,
+    kind: str,
+    model,
+    *,
+    amplitude: Mapping[str, float] | None = None,
+    task: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> None:
     """One run folder: model.json (RunInfo) and checkpoints/0 with the converted weights."""
     from heartlang_jax import checkpointing, run_info
 
@@ -361,11 +377,9 @@ def write_run(out_dir: str | os.PathLike, kind: str, model, *, amplitude: Mappin
         for part in ("encoder", "decoder"):
             fields[part].pop("dtype", None)
     elif kind == "pretrain":
-        fields = {"encoder": _encoder_fields(model.encoder.config),
-                  "vocab_size": int(model.lm_head.kernel.shape[1])}
+        fields = {"encoder": _encoder_fields(model.encoder.config), "vocab_size": int(model.lm_head.kernel.shape[1])}
     else:
-        fields = {"encoder": _encoder_fields(model.encoder.config),
-                  "num_classes": int(model.head.kernel.shape[1])}
+        fields = {"encoder": _encoder_fields(model.encoder.config), "num_classes": int(model.head.kernel.shape[1])}
     info = run_info.RunInfo(
         kind=kind,
         model=fields,
@@ -425,8 +439,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         names = [n for n in args.class_names.split(",") if n] or [f"class_{i}" for i in range(num_classes)]
         if len(names) != num_classes:
             raise SystemExit(f"--class_names has {len(names)} names, the head has {num_classes} outputs")
-        write_run(os.path.join(args.out, "finetune"), "finetune", model, task=args.task, class_names=names,
-                  amplitude={"mean": args.amplitude_mean, "std": args.amplitude_std})
+        write_run(
+            os.path.join(args.out, "finetune"),
+            "finetune",
+            model,
+            task=args.task,
+            class_names=names,
+            amplitude={"mean": args.amplitude_mean, "std": args.amplitude_std},
+        )
         done.append("finetune")
     for kind in done:
         print(f"{kind}: {os.path.join(args.out, kind)}")

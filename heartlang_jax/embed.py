@@ -63,7 +63,9 @@ def find_records(spec: str | os.PathLike) -> list[tuple[str, pathlib.Path]]:
         return sorted((p.relative_to(path).as_posix(), p) for p in found)
     if _GLOB_CHARS & set(text):
         matches = [pathlib.Path(m) for m in glob.glob(text, recursive=True)]
-        found = {inference.record_path(m) for m in matches if m.is_file() and m.suffix.lower() in inference.RECORD_EXTENSIONS}
+        found = {
+            inference.record_path(m) for m in matches if m.is_file() and m.suffix.lower() in inference.RECORD_EXTENSIONS
+        }
         if not found:
             raise NoRecordsError(f"--records={text}: the glob matches no .hea, .dat or .mat file")
         return sorted((p.as_posix(), p) for p in found)
@@ -99,9 +101,7 @@ def run(
     logging.info("%r: embedding %d record(s) from %s", model, len(found), records)
     embeddings: dict[int, np.ndarray] = {}
     skipped: dict[int, str] = {}
-    for i, vector, reason in model.iter_embed(
-        [path for _, path in found], batch_size=batch_size, progress=progress
-    ):
+    for i, vector, reason in model.iter_embed([path for _, path in found], batch_size=batch_size, progress=progress):
         if vector is not None:
             embeddings[i] = vector
         else:
@@ -111,7 +111,9 @@ def run(
     _write_npz(
         out,
         {
-            "embeddings": np.stack([embeddings[i] for i in kept]) if kept else np.zeros((0, model.hidden_dim), np.float32),
+            "embeddings": np.stack([embeddings[i] for i in kept])
+            if kept
+            else np.zeros((0, model.hidden_dim), np.float32),
             "record_ids": np.asarray([found[i][0] for i in kept], dtype=str),
             "skipped_record_ids": np.asarray([found[i][0] for i in sorted(skipped)], dtype=str),
             "skipped_reasons": np.asarray([skipped[i] for i in sorted(skipped)], dtype=str),
@@ -123,7 +125,11 @@ def run(
     summary = {"embedded": len(kept), "skipped": len(skipped), "out": os.fspath(out), "seconds": time.time() - start}
     logging.info(
         "embedded %d of %d record(s) (%d skipped) into %s in %.1f s",
-        len(kept), len(found), len(skipped), out, summary["seconds"],
+        len(kept),
+        len(found),
+        len(skipped),
+        out,
+        summary["seconds"],
     )
     return summary
 
@@ -135,8 +141,12 @@ def main(argv: Sequence[str]) -> None:
 
     try:
         summary = run(
-            str(_CHECKPOINT.value), str(_RECORDS.value), str(_OUT.value),  # required flags: never None
-            batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value, progress=_PROGRESS.value,
+            str(_CHECKPOINT.value),
+            str(_RECORDS.value),
+            str(_OUT.value),  # required flags: never None
+            batch_size=_BATCH_SIZE.value,
+            dtype=_DTYPE.value,
+            progress=_PROGRESS.value,
         )
     except (NoRecordsError, checkpointing.CheckpointError) as e:
         logging.error("%s", e)

@@ -32,11 +32,9 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import checkpointing
-from heartlang_jax import records
-from heartlang_jax import run_info
+from heartlang_jax import checkpointing, records, run_info
 from heartlang_jax import tokenizer as tokenizer_lib
-from heartlang_jax.models import VQHBR, EcgClassifier
+from heartlang_jax.models import EcgClassifier
 
 # A pre-training (or fine-tuning) run folder "carries its vocabulary" when this subfolder is a
 # complete VQ-HBR run folder (model.json + checkpoints/): then `word_ids` works on it. Pre-training
@@ -153,7 +151,9 @@ class HeartLangModel:
     `tokenizer.TokenizerError`, one line naming the record, as the dataset builder logs it.
     """
 
-    def __init__(self, info: run_info.RunInfo, model: Any, step: int, path: str, vocabulary: HeartLangModel | None = None):
+    def __init__(
+        self, info: run_info.RunInfo, model: Any, step: int, path: str, vocabulary: HeartLangModel | None = None
+    ):
         self.info = info
         self.step = step
         self.path = path
@@ -171,17 +171,17 @@ class HeartLangModel:
 
         # What the linear probe reads: EcgClassifier.features needs only `self.encoder`, which every
         # kind has, so one definition serves all three.
-        self._features = merged(lambda m, w, l, t: EcgClassifier.features(m, w, l, t))
+        self._features = merged(lambda m, w, lead, t: EcgClassifier.features(m, w, lead, t))
         if info.kind == "vqhbr":
-            self._word_ids = merged(lambda m, w, l, t: m.word_ids(w, l, t))
+            self._word_ids = merged(lambda m, w, lead, t: m.word_ids(w, lead, t))
 
-            def reconstruct(m, w, l, t):
-                out = m(w, l, t, update_codebook=False)
+            def reconstruct(m, w, lead, t):
+                out = m(w, lead, t, update_codebook=False)
                 return out.reconstruction, out.indices
 
             self._reconstruct = merged(reconstruct)
         if info.kind == "finetune":
-            self._logits = merged(lambda m, w, l, t: m(w, l, t))
+            self._logits = merged(lambda m, w, lead, t: m(w, lead, t))
 
     # ------------------------------------------------------------------ description
 
@@ -210,7 +210,9 @@ class HeartLangModel:
 
     def __repr__(self) -> str:
         extra = f", task={self.info.task!r}, classes={len(self.class_names)}" if self.class_names else ""
-        return f"HeartLangModel(kind={self.kind!r}, path={self.path!r}, step={self.step}, hidden={self.hidden_dim}{extra})"
+        return (
+            f"HeartLangModel(kind={self.kind!r}, path={self.path!r}, step={self.step}, hidden={self.hidden_dim}{extra})"
+        )
 
     # ------------------------------------------------------------------ inputs
 
@@ -218,7 +220,9 @@ class HeartLangModel:
         """(signal [leads, samples] float32 mV, fs, lead names or None, record name)."""
         if isinstance(ecg, (str, os.PathLike)):
             if fs is not None or lead_names is not None:
-                raise ValueError(f"record {ecg}: fs and lead_names come from the record's header; pass them only with an array")
+                raise ValueError(
+                    f"record {ecg}: fs and lead_names come from the record's header; pass them only with an array"
+                )
             ecg = records.load_record(record_path(ecg))
         if isinstance(ecg, records.Record):
             return ecg.signal, ecg.fs, ecg.lead_names, name or ecg.name
@@ -234,17 +238,33 @@ class HeartLangModel:
         # Exactly sentence_corpus._sentence_of: float32 mV, Python-float mean and std.
         return ((signal - self.amplitude_mean) / self.amplitude_std).astype(np.float32)
 
-    def tokenize(self, ecg: EcgInput, fs: float | None = None, lead_names: Sequence[str] | None = None, *, name: str | None = None) -> tokenizer_lib.EcgSentence:
+    def tokenize(
+        self,
+        ecg: EcgInput,
+        fs: float | None = None,
+        lead_names: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+    ) -> tokenizer_lib.EcgSentence:
         """The record's `tokenizer.EcgSentence`, standardized, cut and stored as in the dataset."""
         signal, fs, lead_names, name = self._signal(ecg, fs, lead_names, name)
         return self._tokenize_standardized(self._standardized(signal), fs, lead_names, name)
 
-    def _tokenize_standardized(self, standardized: np.ndarray, fs: float, lead_names, name: str) -> tokenizer_lib.EcgSentence:
+    def _tokenize_standardized(
+        self, standardized: np.ndarray, fs: float, lead_names, name: str
+    ) -> tokenizer_lib.EcgSentence:
         sentence = self.tokenizer.tokenize(standardized, fs, lead_names=lead_names, record_name=name)
         words = sentence.words.astype(WORDS_STORAGE_DTYPE).astype(np.float32)
         return dataclasses.replace(sentence, words=words)
 
-    def sentence(self, ecg: EcgInput, fs: float | None = None, lead_names: Sequence[str] | None = None, *, name: str | None = None) -> Sentence:
+    def sentence(
+        self,
+        ecg: EcgInput,
+        fs: float | None = None,
+        lead_names: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+    ) -> Sentence:
         """The record's sentence with its beat positions and the signal they index (see `Sentence`)."""
         signal, fs, lead_names, name = self._signal(ecg, fs, lead_names, name)
         standardized = self._standardized(signal)
@@ -267,7 +287,14 @@ class HeartLangModel:
 
     # ------------------------------------------------------------------ embeddings
 
-    def embed(self, ecg: EcgInput, fs: float | None = None, lead_names: Sequence[str] | None = None, *, name: str | None = None) -> np.ndarray:
+    def embed(
+        self,
+        ecg: EcgInput,
+        fs: float | None = None,
+        lead_names: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+    ) -> np.ndarray:
         """[hidden] float32: the mean of the encoder's outputs over the real words (what the linear probe sees)."""
         return self._embed_sentences([self.tokenize(ecg, fs, lead_names, name=name)], 1)[0]
 
@@ -298,7 +325,7 @@ class HeartLangModel:
             for i, ecg in enumerate(ecgs):
                 try:
                     pending.append((i, self.tokenize(ecg, fs, lead_names)))
-                except Exception as e:  # noqa: BLE001 - one bad record never stops a batch job
+                except Exception as e:
                     bar.update(1)
                     yield i, None, _reason(ecg, e)
                     continue
@@ -330,7 +357,9 @@ class HeartLangModel:
         """
         ecgs = list(ecgs)
         out = np.zeros((len(ecgs), self.hidden_dim), np.float32)
-        for i, vector, reason in self.iter_embed(ecgs, batch_size=batch_size, fs=fs, lead_names=lead_names, progress=progress):
+        for i, vector, reason in self.iter_embed(
+            ecgs, batch_size=batch_size, fs=fs, lead_names=lead_names, progress=progress
+        ):
             if reason is not None:
                 raise records.RecordError(reason)
             out[i] = vector
@@ -349,7 +378,14 @@ class HeartLangModel:
             )
         return self._vocabulary
 
-    def word_ids(self, ecg: EcgInput, fs: float | None = None, lead_names: Sequence[str] | None = None, *, name: str | None = None) -> np.ndarray:
+    def word_ids(
+        self,
+        ecg: EcgInput,
+        fs: float | None = None,
+        lead_names: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+    ) -> np.ndarray:
         """[num_words] int32: the VQ-HBR vocabulary index of every real word of the record."""
         vocabulary = self._vocabulary_model()
         assert vocabulary is not None  # required=True raised otherwise
@@ -357,7 +393,14 @@ class HeartLangModel:
         ids = vocabulary._word_ids(vocabulary._state, *_sentence_fields([sentence], 1))
         return np.asarray(jax.device_get(ids))[0, : sentence.num_words].astype(np.int32)
 
-    def reconstruct(self, ecg: EcgInput, fs: float | None = None, lead_names: Sequence[str] | None = None, *, name: str | None = None) -> Reconstruction:
+    def reconstruct(
+        self,
+        ecg: EcgInput,
+        fs: float | None = None,
+        lead_names: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+    ) -> Reconstruction:
         """VQ-HBR's reconstruction of every real word (see `Reconstruction`); VQ-HBR runs only."""
         if self.kind != "vqhbr":
             raise NotSupportedError(f"{self.path} is a {self.kind} run; reconstructions need a VQ-HBR run folder")
@@ -373,7 +416,14 @@ class HeartLangModel:
 
     # ------------------------------------------------------------------ predictions
 
-    def predict(self, ecg: EcgInput, fs: float | None = None, lead_names: Sequence[str] | None = None, *, name: str | None = None) -> dict[str, float]:
+    def predict(
+        self,
+        ecg: EcgInput,
+        fs: float | None = None,
+        lead_names: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+    ) -> dict[str, float]:
         """{class name: probability} (sigmoid of each logit: the tasks are multi-label); fine-tuned runs only."""
         if self.kind != "finetune":
             raise NotSupportedError(
@@ -411,7 +461,7 @@ def _beats_as_tokenized(tokenizer: tokenizer_lib.QRSTokenizer, x: np.ndarray, fs
     x = np.asarray(x, dtype=np.float64)
     with _quiet(tokenizer_lib.log):
         leads, rows = tokenizer._match_leads(x.shape[0], lead_names, name)
-        x = x[rows, : max(1, int(round(tokenizer.max_duration_s * fs)))]
+        x = x[rows, : max(1, round(tokenizer.max_duration_s * fs))]
         x, leads, _ = tokenizer._drop_flat_leads(x, leads, name)
     x = tokenizer._resample(x, fs)
     return x, tuple(leads), tokenizer_lib.detect_qrs(x, tokenizer.fs, tokenizer.detector, name)
@@ -480,7 +530,9 @@ def load(
 
 def _check_vocabulary(info: run_info.RunInfo, vocabulary: HeartLangModel, path: str) -> None:
     if vocabulary.kind != "vqhbr":
-        raise checkpointing.CheckpointError(f"the vocabulary of {path} ({vocabulary.path}) holds a {vocabulary.kind} run, not a vqhbr run")
+        raise checkpointing.CheckpointError(
+            f"the vocabulary of {path} ({vocabulary.path}) holds a {vocabulary.kind} run, not a vqhbr run"
+        )
     size = info.model.get("vocab_size")
     if size is not None and int(size) != vocabulary.num_codes:
         raise checkpointing.CheckpointError(

@@ -24,8 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from heartlang_jax import parallel
-from heartlang_jax import ptbxl
+from heartlang_jax import parallel, ptbxl
 
 SENTENCE_FIELDS = ("words", "lead_ids", "time_ids")
 BUNDLED = "bundled"  # the manual_dir of ptbxl that names the 500-record sample in the package
@@ -151,7 +150,7 @@ def label_fraction_subset(indices: np.ndarray, fraction: float, seed: int) -> np
         raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
     if fraction == 1.0:
         return indices
-    count = max(1, int(round(fraction * len(indices))))
+    count = max(1, round(fraction * len(indices)))
     chosen = np.random.default_rng(seed).choice(len(indices), size=count, replace=False)
     return indices[np.sort(chosen)]
 
@@ -229,7 +228,6 @@ def eval_batches(source: Sequence, *, global_batch: int, task: str | None = None
         batch = {key: np.stack([row[key] for row in mine]) for key in blank}
         batch["mask"] = real[rows]
         yield batch
-
 
 
 def sentence_spec(builder: tfds.core.DatasetBuilder) -> dict:

@@ -19,8 +19,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from heartlang_jax import cli_flags
-from heartlang_jax import errors
+from heartlang_jax import cli_flags, errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
@@ -75,7 +74,11 @@ def main(argv):
         config = _CONFIG.value
         logging.info(
             "JAX %s, process %d/%d, %d devices: %s",
-            jax.__version__, jax.process_index(), jax.process_count(), jax.device_count(), jax.devices(),
+            jax.__version__,
+            jax.process_index(),
+            jax.process_count(),
+            jax.device_count(),
+            jax.devices(),
         )
         stage_function(config.stage)(config, _WORKDIR.value)
     except train_loop.Preempted as e:

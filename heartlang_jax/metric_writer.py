@@ -9,9 +9,9 @@ import json
 import logging
 import math
 import os
-from typing import Any
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -87,7 +87,13 @@ class Progress:
         shown = " ".join(f"{k}={_scalar(v):.4g}" for k, v in (scalars or {}).items())
         logging.info(
             "[%s] step %d/%d (%.0f%%) %.2f steps/s ETA %s %s",
-            stage, step, self.total_steps, 100.0 * step / self.total_steps, rate, _format_eta(remaining), shown,
+            stage,
+            step,
+            self.total_steps,
+            100.0 * step / self.total_steps,
+            rate,
+            _format_eta(remaining),
+            shown,
         )
         return rate
 

@@ -14,19 +14,15 @@ from __future__ import annotations
 import logging
 import os
 
-
 import ml_collections
 
-from heartlang_jax import checkpointing
-from heartlang_jax import input_pipeline
-from heartlang_jax import sweep
-from heartlang_jax import stage_configs
-from heartlang_jax.stages import common
-from heartlang_jax.stages import pretrain
-from heartlang_jax.stages import vqhbr
+from heartlang_jax import checkpointing, input_pipeline, stage_configs, sweep
+from heartlang_jax.stages import common, pretrain, vqhbr
 
 
-def stage_config(sub: ml_collections.ConfigDict, data: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+def stage_config(
+    sub: ml_collections.ConfigDict, data: ml_collections.ConfigDict, **fields
+) -> ml_collections.ConfigDict:
     """An unlocked copy of a stage's sub-config with the shared `data` and the pipeline-set `fields`."""
     config = ml_collections.ConfigDict(sub.to_dict())
     config.data = ml_collections.ConfigDict(data.to_dict())

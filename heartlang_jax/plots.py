@@ -91,8 +91,16 @@ def ecg_figure(
             ax.axvspan(start / fs, end / fs, color=color, alpha=0.35 if colors is not None else 1.0, lw=0)
             ax.axvline(start / fs, color="#b0b0b0", lw=0.5)
             if annotate and word_ids is not None:
-                ax.text((start + end) / 2 / fs, 1.0, str(int(word_ids[k])), transform=ax.get_xaxis_transform(),
-                        ha="center", va="top", fontsize=6, color="#333333")
+                ax.text(
+                    (start + end) / 2 / fs,
+                    1.0,
+                    str(int(word_ids[k])),
+                    transform=ax.get_xaxis_transform(),
+                    ha="center",
+                    va="top",
+                    fontsize=6,
+                    color="#333333",
+                )
         for q in sentence.beats:
             ax.axvline(q / fs, color="#d62728", lw=0.7, ls="--", alpha=0.8)
         ax.plot(t, signal, color="black", lw=0.7)
@@ -103,7 +111,8 @@ def ecg_figure(
     words_note = f"{n} words" + (f", vocabulary of {num_codes}" if num_codes else "")
     truncated = n < len(sentence.beats) * len(sentence.leads)
     figure.suptitle(
-        title or f"{sentence.name}: {len(sentence.beats)} beats, {words_note}"
+        title
+        or f"{sentence.name}: {len(sentence.beats)} beats, {words_note}"
         + (" (sentence full: later leads have no words)" if truncated else "")
         + "; amplitudes standardized",
         fontsize=10,
@@ -151,12 +160,16 @@ def reconstruction_figure(
         lead_ids = None if lead_ids is None else np.asarray(lead_ids)[0]
         word_ids = None if word_ids is None else np.asarray(word_ids)[0]
     real = np.arange(len(words)) if lead_ids is None else np.flatnonzero(np.asarray(lead_ids) != 0)
-    shown = real[np.unique(np.linspace(0, len(real) - 1, min(max_words, len(real))).round().astype(int))] if len(real) else real
+    shown = (
+        real[np.unique(np.linspace(0, len(real) - 1, min(max_words, len(real))).round().astype(int))]
+        if len(real)
+        else real
+    )
     columns = max(1, min(columns, len(shown)))
     rows = max(1, math.ceil(len(shown) / columns))
     figure = _figure(2.6 * columns, 1.7 * rows + 0.5)
     axes = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
-    for ax in axes[len(shown):]:
+    for ax in axes[len(shown) :]:
         ax.set_axis_off()
     for ax, k in zip(axes, shown):
         ax.plot(words[k], color="black", lw=1.0, label="input")
@@ -236,8 +249,10 @@ def codebook_usage_figure(
         ax.set_title(f"#{code}: {counts[code]} words", fontsize=8)
         ax.tick_params(labelsize=6)
     figure.suptitle(
-        title or f"Codebook usage: {np.count_nonzero(counts)} of {num_codes} words used by {ids.size} heartbeats, "
-        f"perplexity {perplexity:.1f}" + ("; the most frequent words (mean in black)" if panel_rows else ""),
+        title
+        or f"Codebook usage: {np.count_nonzero(counts)} of {num_codes} words used by {ids.size} heartbeats, "
+        f"perplexity {perplexity:.1f}"
+        + ("; the most frequent words (mean in black)" if panel_rows else ""),
         fontsize=10,
     )
     return figure
@@ -265,7 +280,7 @@ def project(embeddings: np.ndarray, method: str = "auto", seed: int = 0) -> tupl
             reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1), random_state=seed)
             return np.asarray(reducer.fit_transform(x)), "umap"
     centered = x - x.mean(axis=0)
-    _, s, vt = np.linalg.svd(centered, full_matrices=False)
+    _, _s, vt = np.linalg.svd(centered, full_matrices=False)
     coords = centered @ vt[:2].T
     if coords.shape[1] < 2:
         coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
@@ -307,8 +322,14 @@ def embedding_projection_figure(
             names = np.asarray([str(v) for v in labels])
             for i, category in enumerate(categories):
                 keep = names == category
-                ax.scatter(coords[keep, 0], coords[keep, 1], s=12, color=cmap(i % cmap.N), alpha=0.8,
-                           label=f"{category} ({int(keep.sum())})")
+                ax.scatter(
+                    coords[keep, 0],
+                    coords[keep, 1],
+                    s=12,
+                    color=cmap(i % cmap.N),
+                    alpha=0.8,
+                    label=f"{category} ({int(keep.sum())})",
+                )
             ax.legend(fontsize=7, markerscale=1.5, loc="best")
     axis = "UMAP" if used == "umap" else "PC"
     ax.set_xlabel(f"{axis} 1")
@@ -376,12 +397,17 @@ def results_figure(results, *, title: str | None = None):
     )
     if rows:
         low = min(
-            min(float(r["test_auc_mean"]) - float(r.get("test_auc_std") or 0), float(r.get("ci_low") or 1.0)) for r in rows
+            min(float(r["test_auc_mean"]) - float(r.get("test_auc_std") or 0), float(r.get("ci_low") or 1.0))
+            for r in rows
         )
         ax.set_ylim(max(0.0, min(0.5, low - 0.05)), 1.0)
     ax.axhline(0.5, color="#bbbbbb", lw=0.8, ls=":")
     ax.set_ylabel("test macro AUC")
     ax.legend(fontsize=8, loc="lower right")
-    bars_are = "bootstrap 95% interval over test records" if any(r.get("ci_low") is not None for r in rows) else "std over seeds"
+    bars_are = (
+        "bootstrap 95% interval over test records"
+        if any(r.get("ci_low") is not None for r in rows)
+        else "std over seeds"
+    )
     ax.set_title(title or f"Downstream test macro AUC ({', '.join(modes)}; error bars: {bars_are})", fontsize=10)
     return figure

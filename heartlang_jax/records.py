@@ -30,8 +30,16 @@ STANDARD_LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4",
 # with "Samples were not loaded correctly". FLAC formats (508/516/524) are absent: their size
 # says nothing about the sample count.
 _BYTES_PER_SAMPLE = {
-    "8": 1.0, "16": 2.0, "24": 3.0, "32": 4.0, "61": 2.0, "80": 1.0, "160": 2.0,
-    "212": 1.5, "310": 4 / 3, "311": 4 / 3,
+    "8": 1.0,
+    "16": 2.0,
+    "24": 3.0,
+    "32": 4.0,
+    "61": 2.0,
+    "80": 1.0,
+    "160": 2.0,
+    "212": 1.5,
+    "310": 4 / 3,
+    "311": 4 / 3,
 }
 
 
@@ -192,7 +200,5 @@ def _read_cpsc2018(path: Path) -> Record:
             f"(a struct 'ECG' with a 'data' field): {e!r}"
         ) from e
     if data.ndim != 2 or data.shape[0] != len(STANDARD_LEADS) or data.shape[1] == 0:
-        raise RecordError(
-            f"record {path}: 'ECG.data' in {mat_path} has shape {data.shape}, expected (12, samples)"
-        )
+        raise RecordError(f"record {path}: 'ECG.data' in {mat_path} has shape {data.shape}, expected (12, samples)")
     return Record(name=path.name, signal=data.astype(np.float32), fs=CPSC2018_FS, lead_names=STANDARD_LEADS)

@@ -19,7 +19,7 @@ from etils import epath
 from flax import nnx
 
 from heartlang_jax import checkpointing
-from heartlang_jax.models import VQHBR, ECGFormerConfig, EcgClassifier, MaskedEcgModel, VQHBRConfig
+from heartlang_jax.models import VQHBR, EcgClassifier, ECGFormerConfig, MaskedEcgModel, VQHBRConfig
 
 RUN_INFO_FILE = "model.json"
 # A pre-training run carries the vocabulary it learned to predict in this subfolder, itself a
@@ -69,7 +69,9 @@ def _json_ready(value):
 
 def write(workdir: str | os.PathLike, info: RunInfo) -> None:
     """Writes `model.json` atomically (process 0 only)."""
-    checkpointing.atomic_write_text(epath.Path(workdir) / RUN_INFO_FILE, json.dumps(_json_ready(info), indent=2, sort_keys=True))
+    checkpointing.atomic_write_text(
+        epath.Path(workdir) / RUN_INFO_FILE, json.dumps(_json_ready(info), indent=2, sort_keys=True)
+    )
 
 
 def read(workdir: str | os.PathLike) -> RunInfo:
@@ -83,7 +85,9 @@ def read(workdir: str | os.PathLike) -> RunInfo:
     except ValueError as e:
         raise checkpointing.CheckpointError(f"{path} is not valid JSON ({e})") from e
     if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise checkpointing.CheckpointError(f"{path} has format_version {payload['format_version']}; this heartlang_jax reads <= {FORMAT_VERSION}")
+        raise checkpointing.CheckpointError(
+            f"{path} has format_version {payload['format_version']}; this heartlang_jax reads <= {FORMAT_VERSION}"
+        )
     if payload.get("class_names") is not None:
         payload["class_names"] = tuple(payload["class_names"])
     return RunInfo(**payload)
@@ -114,7 +118,9 @@ def build_model(info: RunInfo, *, dtype: str | None = None, seed: int = 0, **enc
     return EcgClassifier(encoder, int(info.model["num_classes"]), rngs=rngs)
 
 
-def load_model(workdir: str | os.PathLike, *, dtype: str | None = None, expect_kind: str | None = None, **encoder_overrides):
+def load_model(
+    workdir: str | os.PathLike, *, dtype: str | None = None, expect_kind: str | None = None, **encoder_overrides
+):
     """(RunInfo, model restored from the newest checkpoint, its step) of a run folder."""
     info = read(workdir)
     if expect_kind is not None and info.kind != expect_kind:

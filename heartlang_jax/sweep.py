@@ -26,14 +26,9 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from heartlang_jax import checkpointing
-from heartlang_jax import errors
+from heartlang_jax import checkpointing, parallel, run_info, stage_configs
 from heartlang_jax import metrics as metrics_lib
-from heartlang_jax import parallel
-from heartlang_jax import run_info
-from heartlang_jax import stage_configs
-from heartlang_jax.stages import common
-from heartlang_jax.stages import finetune
+from heartlang_jax.stages import common, finetune
 
 CELLS_DIR = "cells"
 RESULTS_JSON = "results.json"
@@ -81,13 +76,23 @@ PAPER_ROWS = {
     ("pretrained", "full"): [
         (
             "paper: HeartLang-Small (Table 2)",
-            {("superdiagnostic", 1.0): 90.37, ("subdiagnostic", 1.0): 90.05, ("form", 1.0): 82.36, ("rhythm", 1.0): 92.31},
+            {
+                ("superdiagnostic", 1.0): 90.37,
+                ("subdiagnostic", 1.0): 90.05,
+                ("form", 1.0): 82.36,
+                ("rhythm", 1.0): 92.31,
+            },
         ),
     ],
     ("random", "linear"): [
         (
             "paper: Random Init-Small (Table 1)",
-            {("superdiagnostic", 1.0): 80.75, ("subdiagnostic", 1.0): 75.51, ("form", 1.0): 61.46, ("rhythm", 1.0): 76.95},
+            {
+                ("superdiagnostic", 1.0): 80.75,
+                ("subdiagnostic", 1.0): 75.51,
+                ("form", 1.0): 61.46,
+                ("rhythm", 1.0): 76.95,
+            },
         ),
     ],
 }
@@ -139,7 +144,9 @@ def _random_init_encoder(config: ml_collections.ConfigDict):
     """
     if not config.init_workdir:
         return None
-    encoder = ml_collections.ConfigDict(dict(run_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"]))
+    encoder = ml_collections.ConfigDict(
+        dict(run_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"])
+    )
     for name in finetune.REGULARIZATION_FIELDS:
         encoder[name] = config.finetune.encoder[name]
     return encoder
@@ -200,15 +207,22 @@ def test_interval(rows: Sequence[dict], cache: dict | None = None) -> dict | Non
     loaded = []
     for path in key:
         with epath.Path(path).open("rb") as f:
-            loaded.append({k: v for k, v in np.load(f).items()})
+            loaded.append(dict(np.load(f).items()))
     first = loaded[0]
-    if any(not np.array_equal(d["index"], first["index"]) or not np.array_equal(d["labels"], first["labels"]) for d in loaded):
+    if any(
+        not np.array_equal(d["index"], first["index"]) or not np.array_equal(d["labels"], first["labels"])
+        for d in loaded
+    ):
         logging.warning("[sweep] the seeds of %s were tested on different records; no bootstrap interval", key)
         return None
     low, high = metrics_lib.bootstrap_interval(
-        first["labels"], np.stack([d["logits"] for d in loaded]), level=CI_LEVEL, num_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED
+        first["labels"],
+        np.stack([d["logits"] for d in loaded]),
+        level=CI_LEVEL,
+        num_resamples=BOOTSTRAP_RESAMPLES,
+        seed=BOOTSTRAP_SEED,
     )
-    interval = None if np.isnan(low) else {"ci_low": low, "ci_high": high, "num_test_records": int(len(first["index"]))}
+    interval = None if np.isnan(low) else {"ci_low": low, "ci_high": high, "num_test_records": len(first["index"])}
     if cache is not None:
         cache[key] = interval
     return interval
@@ -262,11 +276,15 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
         values = []
         for task, f in columns:
             s = by_key.get((init, mode, task, f))
-            values.append(_fmt(s["test_auc_mean"], s["test_auc_std"], s.get("ci_low"), s.get("ci_high")) if s else "not run")
+            values.append(
+                _fmt(s["test_auc_mean"], s["test_auc_std"], s.get("ci_low"), s.get("ci_high")) if s else "not run"
+            )
         label = f"**ours: {'pre-trained' if init == 'pretrained' else 'random init'}, {mode}**"
         lines.append(f"| {label} | " + " | ".join(values) + " |")
         for paper_label, paper in PAPER_ROWS.get((init, mode), []) if ptbxl else []:
-            lines.append(f"| {paper_label} | " + " | ".join(f"{paper[c]:.2f}" if c in paper else "–" for c in columns) + " |")
+            lines.append(
+                f"| {paper_label} | " + " | ".join(f"{paper[c]:.2f}" if c in paper else "–" for c in columns) + " |"
+            )
     seeds = sorted({seed for s in summary for seed in s["seeds"]})
     bundled = ptbxl and config.data.manual_dirs.ptbxl == "bundled"
     data = "the bundled 500-record PTB-XL sample" if bundled else config.data.dataset
@@ -293,7 +311,9 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
     if datasets:
         notes.append(f"Dataset: {', '.join(datasets)}; tasks: {', '.join(config.tasks)}.")
     if config.init_workdir:
-        enc = ml_collections.ConfigDict(dict(run_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"]))
+        enc = ml_collections.ConfigDict(
+            dict(run_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"])
+        )
         notes.append(
             f"Our encoder: {enc.num_layers} layers, hidden {enc.hidden_dim}, {enc.num_heads} heads, "
             f"position={enc.position}, pre-trained in {os.fspath(checkpointing.absolute(config.init_workdir))}."
@@ -301,12 +321,14 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-def write_results(config: ml_collections.ConfigDict, workdir, results: Sequence[dict], intervals: dict | None = None) -> str:
+def write_results(
+    config: ml_collections.ConfigDict, workdir, results: Sequence[dict], intervals: dict | None = None
+) -> str:
     """Writes results.json (every cell + the summary) and results.md; returns the Markdown."""
     summary = summarize(results, intervals)
     table = results_markdown(config, summary)
-    checkpointing.atomic_write_text(workdir / RESULTS_JSON, json.dumps({"cells": list(results), "summary": summary}, indent=2))
+    checkpointing.atomic_write_text(
+        workdir / RESULTS_JSON, json.dumps({"cells": list(results), "summary": summary}, indent=2)
+    )
     checkpointing.atomic_write_text(workdir / RESULTS_MD, table)
     return table
-
-

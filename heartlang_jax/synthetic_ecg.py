@@ -47,7 +47,7 @@ def synthetic_ecg(
         beats.append(next_beat)
     beats = np.asarray(beats)
 
-    t = np.arange(int(round(duration_s * fs))) / fs
+    t = np.arange(round(duration_s * fs)) / fs
     num_leads = len(STANDARD_LEADS)
     qrs_mv = rng.uniform(0.2, 2.0, num_leads) * rng.choice([-1, 1], num_leads)
     t_mv = rng.uniform(0.1, 0.6, num_leads) * np.abs(qrs_mv) * rng.choice([-1, 1], num_leads, p=[0.3, 0.7])

@@ -130,30 +130,30 @@ def _detect_multilead(x: np.ndarray, fs: float) -> np.ndarray:
     4. Move each beat to the maximum of the unsmoothed energy within +-50 ms.
     """
     n = x.shape[1]
-    pad = int(round(_EDGE_PAD_S * fs))
+    pad = round(_EDGE_PAD_S * fs)
     band = scipy.signal.sosfiltfilt(_qrs_band(fs), np.pad(x, ((0, 0), (pad, pad)), mode="edge"), axis=1)
     band = band[:, pad : pad + n]
     power = np.square(band)
     energy = (power / (np.median(power, axis=1, keepdims=True) + 1e-12)).sum(axis=0)  # [n]
-    width = max(1, int(round(_SMOOTH_S * fs)))
+    width = max(1, round(_SMOOTH_S * fs))
     envelope = np.convolve(energy, np.ones(width) / width, mode="same")
 
     # Zero padding lets a maximum on the first or last sample count as a peak.
-    refractory = max(1, int(round(_REFRACTORY_S * fs)))
+    refractory = max(1, round(_REFRACTORY_S * fs))
     peaks = scipy.signal.find_peaks(np.pad(envelope, 1), distance=refractory)[0] - 1
     if peaks.size == 0:
         return peaks
     heights = envelope[peaks]
 
     # Window of each candidate, shifted to stay inside the record: [K, K] membership.
-    span = int(round(_THRESHOLD_WINDOW_S * fs))
+    span = round(_THRESHOLD_WINDOW_S * fs)
     lo = np.clip(peaks - span // 2, 0, max(n - span, 0))
     inside = (peaks[None, :] >= lo[:, None]) & (peaks[None, :] < lo[:, None] + span)
     ranked = -np.sort(-np.where(inside, heights[None, :], -np.inf), axis=1)
     reference = np.where(inside.sum(axis=1) >= 2, ranked[:, min(1, ranked.shape[1] - 1)], ranked[:, 0])
     above = heights > np.maximum(_THRESHOLD_FRACTION * reference, _GLOBAL_FRACTION * reference.max())
 
-    t_wave = int(round(_T_WAVE_S * fs))
+    t_wave = round(_T_WAVE_S * fs)
     beats: list[int] = []
     for peak, height, ok in zip(peaks, heights, above):
         if not ok:
@@ -165,7 +165,7 @@ def _detect_multilead(x: np.ndarray, fs: float) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
 
     # Refinement may pull two beats closer than the refractory period: keep the stronger one.
-    reach = int(round(_REFINE_S * fs))
+    reach = round(_REFINE_S * fs)
     refined: list[int] = []
     for beat in beats:
         start = max(beat - reach, 0)
@@ -283,7 +283,7 @@ class QRSTokenizer:
         x = np.asarray(ecg, dtype=np.float64)
         _check_shape(x, fs, name)
         leads, rows = self._match_leads(x.shape[0], lead_names, name)
-        x = x[rows, : max(1, int(round(self.max_duration_s * fs)))]
+        x = x[rows, : max(1, round(self.max_duration_s * fs))]
 
         finite = np.isfinite(x).all(axis=1)
         if not finite.all():
@@ -312,9 +312,7 @@ class QRSTokenizer:
         usable = len(leads) - len(flat_leads)
         if usable < self.min_leads:
             which = "every lead is flat" if usable == 0 else f"only {usable} usable lead(s) remain"
-            raise BadSignalError(
-                f"record {name}: {which} (flat: {', '.join(flat_leads)}); min_leads={self.min_leads}"
-            )
+            raise BadSignalError(f"record {name}: {which} (flat: {', '.join(flat_leads)}); min_leads={self.min_leads}")
         log.warning("record %s: flat leads %s contribute no words", name, ", ".join(flat_leads))
         keep = ~flat
         return x[keep], tuple(lead for lead, k in zip(leads, keep) if k), flat_leads
@@ -353,7 +351,7 @@ class QRSTokenizer:
         ratio = Fraction(self.fs / fs).limit_denominator(1000)
         if ratio != 1:
             x = scipy.signal.resample_poly(x, ratio.numerator, ratio.denominator, axis=1, padtype="line")
-        return x[:, : max(1, int(round(self.max_duration_s * self.fs)))]
+        return x[:, : max(1, round(self.max_duration_s * self.fs))]
 
     def _sentence(self, x: np.ndarray, beats: np.ndarray, leads: tuple[str, ...]) -> EcgSentence:
         num_leads, n = x.shape

@@ -30,10 +30,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from heartlang_jax import checkpointing
-from heartlang_jax import errors
-from heartlang_jax import metric_writer
-from heartlang_jax import parallel
+from heartlang_jax import checkpointing, errors, metric_writer, parallel
 
 # Folded into the seed before the step, so per-step keys never equal the keys that
 # `nnx.Rngs(seed)` hands out at initialization (those fold the draw count into key(seed)).
@@ -70,7 +67,7 @@ class Schedule:
         total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
         return cls(
             num_train_steps=total,
-            warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
+            warmup_steps=round(config.warmup_epochs * steps_per_epoch),
             steps_per_epoch=steps_per_epoch,
             eval_every_steps=config.eval_every_steps or steps_per_epoch,
             checkpoint_every_steps=config.checkpoint_every_steps or steps_per_epoch,

@@ -66,11 +66,11 @@ def in_range(low: float, high: float = float("inf"), *, low_open: bool = False, 
     return check
 
 
-def POSITIVE(value) -> str | None:  # noqa: N802 - a constant-like check, as RATE and FRACTION
+def POSITIVE(value) -> str | None:
     return None if value > 0 else "must be positive"
 
 
-def NON_NEGATIVE(value) -> str | None:  # noqa: N802
+def NON_NEGATIVE(value) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
@@ -105,9 +105,7 @@ def parse(cls: type[T], config: Mapping | Any, *, what: str | None = None) -> T:
     problems: list[str] = []
     value = _build(cls, raw, "", problems, known_paths(cls))
     if problems:
-        raise ConfigError(
-            f"{len(problems)} problem(s) in {what or 'the ' + cls.__name__}:\n  " + "\n  ".join(problems)
-        )
+        raise ConfigError(f"{len(problems)} problem(s) in {what or 'the ' + cls.__name__}:\n  " + "\n  ".join(problems))
     return value
 
 
@@ -233,7 +231,11 @@ def type_problem(value, hint) -> str | None:
         choices = typing.get_args(hint)
         if value in choices and type(value) is type(choices[0]):
             return None
-        return f"must be {choices[0]!r} here, got {value!r}" if len(choices) == 1 else f"must be one of {choices}, got {value!r}"
+        return (
+            f"must be {choices[0]!r} here, got {value!r}"
+            if len(choices) == 1
+            else f"must be one of {choices}, got {value!r}"
+        )
     if hint is bool:
         ok = isinstance(value, bool)
     elif hint is int:

@@ -50,12 +50,12 @@ def make_pretrain_run(tmp_path):
     config, a checkpoint of a freshly initialized model, and the tokenizer config it names.
     `make(**encoder_overrides)` returns (workdir, model)."""
     import optax
+    import synthetic
     from flax import nnx
 
+    from heartlang_jax import checkpointing, run_info
     from heartlang_jax.configs import pretrain_common
     from heartlang_jax.configs import vqhbr as vqhbr_config
-    import synthetic
-    from heartlang_jax import checkpointing, run_info
     from heartlang_jax.stages import common, pretrain, vqhbr
 
     def make(**encoder_overrides):

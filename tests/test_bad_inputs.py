@@ -286,7 +286,11 @@ def test_builder_keeps_the_good_records_and_names_every_skip(built, ptbxl_dir):
         assert _name(entry["ecg_id"]) in entry["message"]
     stored = {int(e["ecg_id"]): e for split in built.as_data_source().values() for e in split}
     assert sorted(stored) == [i for i, c in CASES.items() if c not in ERRORS]
-    assert built.info.metadata["flat_leads"] == {"total": 1, "by_lead": {"AVL": 1}, "records": [{"ecg_id": ID["flat_lead"], "leads": ["AVL"]}]}
+    assert built.info.metadata["flat_leads"] == {
+        "total": 1,
+        "by_lead": {"AVL": 1},
+        "records": [{"ecg_id": ID["flat_lead"], "leads": ["AVL"]}],
+    }
 
     # Each kept record is the API's sentence of the standardized record (float16 storage).
     amplitude = built.info.metadata["amplitude"]

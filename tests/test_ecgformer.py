@@ -11,8 +11,7 @@ from flax import nnx
 
 from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
 
-TINY = ECGFormerConfig(num_layers=2, hidden_dim=16, mlp_dim=24, num_heads=2,
-                       head_dim=6, token_len=10, max_len=12)
+TINY = ECGFormerConfig(num_layers=2, hidden_dim=16, mlp_dim=24, num_heads=2, head_dim=6, token_len=10, max_len=12)
 
 
 def _batch(length=8, num_real=(5, 8), seed=0):
@@ -30,12 +29,12 @@ def _batch(length=8, num_real=(5, 8), seed=0):
 
 
 def _pad_to(arrays, length):
-    return [np.pad(a, [(0, 0), (0, length - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
-            for a in arrays]
+    return [np.pad(a, [(0, 0), (0, length - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) for a in arrays]
 
 
 # ---------------------------------------------------------------------------
 # Independent float64 reference of the paper's backbone.
+
 
 def _np(v):
     return np.asarray(v[...], np.float64)
@@ -117,15 +116,18 @@ def _randomize_params(model, scale=0.5, seed=0):
     """Large random weights so attention is far from uniform and RoPE matters."""
     rng = np.random.default_rng(seed)
     params = nnx.state(model, nnx.Param)
-    nnx.update(model, jax.tree.map(
-        lambda p: (scale * rng.normal(size=p.shape)).astype(np.float32), params))
+    nnx.update(model, jax.tree.map(lambda p: (scale * rng.normal(size=p.shape)).astype(np.float32), params))
 
 
-@pytest.mark.parametrize("config", [
-    TINY,
-    dataclasses.replace(TINY, num_layers=5),
-    dataclasses.replace(TINY, num_layers=3, position="learned", mask_padding=False),
-], ids=["rope", "rope-5-layers", "learned-released"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        TINY,
+        dataclasses.replace(TINY, num_layers=5),
+        dataclasses.replace(TINY, num_layers=3, position="learned", mask_padding=False),
+    ],
+    ids=["rope", "rope-5-layers", "learned-released"],
+)
 def test_matches_numpy_reference(config):
     """The scanned blocks equal a per-layer float64 NumPy forward of the same weights."""
     model = ECGFormer(config, rngs=nnx.Rngs(0))
@@ -194,6 +196,7 @@ def test_released_block_details_follow_position():
 
 # ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("position", ["rope", "learned"])
 def test_more_padding_leaves_real_words_unchanged(position):
     config = dataclasses.replace(TINY, position=position)
@@ -204,26 +207,22 @@ def test_more_padding_leaves_real_words_unchanged(position):
     out_long = np.asarray(model(*long))
     prefix = model.num_prefix_tokens
     real = short[1] != 0
-    np.testing.assert_allclose(out_long[:, prefix:prefix + 8][real],
-                               out_short[:, prefix:][real], atol=1e-5)
+    np.testing.assert_allclose(out_long[:, prefix : prefix + 8][real], out_short[:, prefix:][real], atol=1e-5)
     if prefix:
         np.testing.assert_allclose(out_long[:, 0], out_short[:, 0], atol=1e-5)
 
 
 def test_attending_padding_changes_real_words():
-    model = ECGFormer(dataclasses.replace(TINY, mask_padding=False),
-                      rngs=nnx.Rngs(0))
+    model = ECGFormer(dataclasses.replace(TINY, mask_padding=False), rngs=nnx.Rngs(0))
     short = _batch(length=8, num_real=(5, 7))
     long = _pad_to(short, 12)
     real = short[1] != 0
-    diff = np.abs(np.asarray(model(*long))[:, :8][real]
-                  - np.asarray(model(*short))[real])
+    diff = np.abs(np.asarray(model(*long))[:, :8][real] - np.asarray(model(*short))[real])
     assert diff.max() > 1e-3
 
 
 def test_learned_mode_prepends_cls():
-    model = ECGFormer(dataclasses.replace(TINY, position="learned"),
-                      rngs=nnx.Rngs(0))
+    model = ECGFormer(dataclasses.replace(TINY, position="learned"), rngs=nnx.Rngs(0))
     words, lead_ids, time_ids = _batch(length=8)
     assert model.has_cls and model.num_prefix_tokens == 1
     assert model(words, lead_ids, time_ids).shape == (2, 9, TINY.hidden_dim)
@@ -266,8 +265,7 @@ def test_dropout_only_in_train_mode():
     model = ECGFormer(config, rngs=nnx.Rngs(0))
     model.eval()
     eval_out = np.asarray(model(words, lead_ids, time_ids))
-    np.testing.assert_allclose(eval_out, np.asarray(plain(words, lead_ids, time_ids)),
-                               atol=1e-6)
+    np.testing.assert_allclose(eval_out, np.asarray(plain(words, lead_ids, time_ids)), atol=1e-6)
     model.train()
     first = np.asarray(model(words, lead_ids, time_ids))
     second = np.asarray(model(words, lead_ids, time_ids))
@@ -280,32 +278,35 @@ def test_explicit_attention_path_matches_fused():
     attn = ECGFormer(config, rngs=nnx.Rngs(0)).layer(0).attn
     attn.eval()  # dropout off: the explicit path must equal the fused one
     rng = np.random.default_rng(3)
-    q, k, v = (jnp.asarray(rng.normal(size=(2, 5, 2, 6)), jnp.float32)
-               for _ in range(3))
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 5, 2, 6)), jnp.float32) for _ in range(3))
     mask = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)[:, None, None, :]
     np.testing.assert_allclose(
         np.asarray(attn._attend_with_dropout(q, k, v, mask)),
-        np.asarray(jax.nn.dot_product_attention(q, k, v, mask=mask)), atol=1e-5)
+        np.asarray(jax.nn.dot_product_attention(q, k, v, mask=mask)),
+        atol=1e-5,
+    )
 
 
 def test_runs_under_nnx_jit():
     model = ECGFormer(TINY, rngs=nnx.Rngs(0))
     batch = _batch()
     jitted = nnx.jit(lambda m, *b: m(*b))(model, *batch)
-    np.testing.assert_allclose(np.asarray(jitted), np.asarray(model(*batch)),
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(model(*batch)), atol=1e-5)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("position", "absolute"),
-    ("head_dim", 5),
-    ("hidden_dim", 0),
-    ("num_layers", -1),
-    ("dropout_rate", 1.0),
-    ("dtype", "int8"),
-    ("layer_norm_epsilon", 0.0),
-    ("attention_implementation", "flash"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("position", "absolute"),
+        ("head_dim", 5),
+        ("hidden_dim", 0),
+        ("num_layers", -1),
+        ("dropout_rate", 1.0),
+        ("dtype", "int8"),
+        ("layer_norm_epsilon", 0.0),
+        ("attention_implementation", "flash"),
+    ],
+)
 def test_config_validation_names_field(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(TINY, **{field: value})
@@ -339,13 +340,19 @@ def test_cudnn_path_bias_equals_mask(monkeypatch):
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN flash attention needs a GPU")
 def test_cudnn_attention_matches_xla_on_gpu():
-    config = ECGFormerConfig(num_layers=2, hidden_dim=64, mlp_dim=128, num_heads=2, head_dim=64,
-                             max_len=64, token_len=96, dtype="bfloat16")
+    config = ECGFormerConfig(
+        num_layers=2, hidden_dim=64, mlp_dim=128, num_heads=2, head_dim=64, max_len=64, token_len=96, dtype="bfloat16"
+    )
     rng = np.random.default_rng(0)
     words = rng.normal(size=(2, 64, 96)).astype(np.float32)
     lead_ids = np.where(np.arange(64) < np.array([[40], [64]]), 1, 0).astype(np.int32)
-    outs = [np.asarray(ECGFormer(dataclasses.replace(config, attention_implementation=impl),
-                                 rngs=nnx.Rngs(0))(words, lead_ids, lead_ids))
-            for impl in ("xla", "cudnn")]
+    outs = [
+        np.asarray(
+            ECGFormer(dataclasses.replace(config, attention_implementation=impl), rngs=nnx.Rngs(0))(
+                words, lead_ids, lead_ids
+            )
+        )
+        for impl in ("xla", "cudnn")
+    ]
     real = lead_ids != 0
     np.testing.assert_allclose(outs[1][real], outs[0][real], atol=0.1)

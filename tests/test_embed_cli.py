@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from test_inference import RECORDS, write_run  # tiny run folders, see the note there
 
 import heartlang_jax
 from heartlang_jax import embed
-from test_inference import RECORDS, write_run  # tiny run folders, see the note there
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,12 @@ def test_folder_with_a_corrupt_record_writes_the_others_and_lists_it(run_dir, fo
 
 def test_globs_and_single_records(folder):
     assert [i for i, _ in embed.find_records(f"{folder}/**/0000[12]_lr.hea")] == [
-        f"{folder}/part0/00001_lr", f"{folder}/part1/00002_lr"
+        f"{folder}/part0/00001_lr",
+        f"{folder}/part1/00002_lr",
     ]
-    assert embed.find_records(folder / "part1" / "00002_lr.dat") == [(f"{folder}/part1/00002_lr", folder / "part1" / "00002_lr")]
+    assert embed.find_records(folder / "part1" / "00002_lr.dat") == [
+        (f"{folder}/part1/00002_lr", folder / "part1" / "00002_lr")
+    ]
     with pytest.raises(embed.NoRecordsError, match="matches no"):
         embed.find_records(f"{folder}/*.csv")
     (folder / "empty").mkdir()
@@ -64,13 +67,25 @@ def test_globs_and_single_records(folder):
 
 def test_command_line(run_dir, folder, tmp_path):
     out = tmp_path / "cli.npz"
-    command = [sys.executable, "-m", "heartlang_jax.embed", f"--checkpoint={run_dir}", f"--records={folder}", f"--out={out}"]
+    command = [
+        sys.executable,
+        "-m",
+        "heartlang_jax.embed",
+        f"--checkpoint={run_dir}",
+        f"--records={folder}",
+        f"--out={out}",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "embedded 4 of 5 record(s) (1 skipped)" in done.stderr
     assert "5/5" in done.stderr  # the progress bar
     with np.load(out) as npz:
         assert npz["embeddings"].shape == (4, 16)
-    bad = subprocess.run(command[:-2] + [f"--records={tmp_path}/nothing/*.hea", f"--out={tmp_path}/x.npz"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        command[:-2] + [f"--records={tmp_path}/nothing/*.hea", f"--out={tmp_path}/x.npz"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "matches no" in bad.stderr
     assert not (tmp_path / "x.npz").exists()

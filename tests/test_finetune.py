@@ -6,15 +6,12 @@ import types
 import jax
 import numpy as np
 import pytest
+import synthetic
 from flax import nnx
 
-import synthetic
+from heartlang_jax import checkpointing, input_pipeline, optim, stage_configs
 from heartlang_jax.configs import finetune as finetune_config
 from heartlang_jax.configs import pretrain_common
-from heartlang_jax import checkpointing
-from heartlang_jax import stage_configs
-from heartlang_jax import input_pipeline
-from heartlang_jax import optim
 from heartlang_jax.stages import finetune
 
 NUM_CLASSES = {"superdiagnostic": 5, "subdiagnostic": 23, "form": 19, "rhythm": 12}
@@ -90,7 +87,10 @@ def test_linear_probing_trains_only_the_head(sources, tmp_path, make_pretrain_ru
     on_disk = json.loads((tmp_path / "ft" / finetune.RESULT_FILE).read_text())
     assert on_disk == result
     assert (result["task"], result["mode"], result["init"], result["num_train_records"]) == (
-        "superdiagnostic", "linear", str(pretrain_dir), 24,
+        "superdiagnostic",
+        "linear",
+        str(pretrain_dir),
+        24,
     )
     assert 0.0 <= result["val_auc"] <= 1.0 and 0.0 <= result["test_auc"] <= 1.0
     assert result["best_step"] in (2, 4)
@@ -121,7 +121,9 @@ def test_reported_auc_is_the_test_auc_of_the_best_validation_epoch(sources, tmp_
     assert len(evals) == 6
     best = max(evals, key=lambda r: r["eval_auc"])  # first of equals, as the stage keeps the first
     assert (result["val_auc"], result["test_auc"], result["best_step"]) == (
-        best["eval_auc"], best["eval_test_auc"], best["step"],
+        best["eval_auc"],
+        best["eval_test_auc"],
+        best["step"],
     )
     check_test_scores(tmp_path, result, sources)
 
@@ -142,7 +144,9 @@ def test_full_finetuning_trains_the_encoder(sources, tmp_path):
     trained = restored_model(config, tmp_path)
     before, after = params(initial.encoder), params(trained.encoder)
     # Blocks are scanned: their parameters are stacked along a leading layer axis.
-    assert not np.array_equal(before["blocks"]["attn"]["query"]["kernel"][0], after["blocks"]["attn"]["query"]["kernel"][0])
+    assert not np.array_equal(
+        before["blocks"]["attn"]["query"]["kernel"][0], after["blocks"]["attn"]["query"]["kernel"][0]
+    )
     assert not np.array_equal(before["token_embed"]["kernel"], after["token_embed"]["kernel"])
     assert 0.0 <= result["test_auc"] <= 1.0
     check_test_scores(tmp_path, result, sources)
@@ -162,7 +166,9 @@ def test_layer_decay_factors_follow_beit(position):
     for value in jax.tree.leaves(scales["encoder"]["blocks"]):
         assert np.asarray(value).reshape(2, -1)[1] == pytest.approx(0.9)
         assert np.asarray(value).reshape(2, -1)[0] == pytest.approx(0.81)
-    embeddings = ["token_embed", "lead_embed", "time_embed"] + (["cls_token", "pos_embed"] if position == "learned" else [])
+    embeddings = ["token_embed", "lead_embed", "time_embed"] + (
+        ["cls_token", "pos_embed"] if position == "learned" else []
+    )
     assert set(scales["encoder"]) == {"blocks", "final_norm", *embeddings}
     for name in embeddings:
         for value in jax.tree.leaves(scales["encoder"][name]):
@@ -219,7 +225,9 @@ def test_config_validation_names_the_field(field, value, message):
 def test_a_task_the_dataset_does_not_declare_names_the_field():
     builder = types.SimpleNamespace(name="ptbxl", info=types.SimpleNamespace(metadata={"classes": {"rhythm": ["SR"]}}))
     assert finetune.task_classes(builder, "rhythm") == ["SR"]
-    with pytest.raises(ValueError, match=r"^config.task='diagnostic' is not a task of ptbxl; its tasks are \['rhythm'\]"):
+    with pytest.raises(
+        ValueError, match=r"^config.task='diagnostic' is not a task of ptbxl; its tasks are \['rhythm'\]"
+    ):
         finetune.task_classes(builder, "diagnostic")
 
 

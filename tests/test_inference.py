@@ -16,14 +16,9 @@ import wfdb
 from flax import nnx
 
 import heartlang_jax
-from heartlang_jax import checkpointing
-from heartlang_jax import inference
-from heartlang_jax import ptbxl
-from heartlang_jax import records
-from heartlang_jax import run_info
-from heartlang_jax import sentence_corpus
+from heartlang_jax import checkpointing, inference, ptbxl, records, run_info, sentence_corpus
 from heartlang_jax import tokenizer as tokenizer_lib
-from heartlang_jax.models import VQHBR, ECGFormerConfig, EcgClassifier, MaskedEcgModel, VQHBRConfig
+from heartlang_jax.models import VQHBR, EcgClassifier, ECGFormerConfig, MaskedEcgModel, VQHBRConfig
 
 SAMPLE = ptbxl.bundled_sample_dir() / "records100" / "00000"
 RECORDS = [SAMPLE / f"{i:05d}_lr" for i in range(1, 6)]
@@ -48,7 +43,9 @@ def _fields(config) -> dict:
     return fields
 
 
-def write_run(workdir: pathlib.Path, kind: str, *, num_codes: int = 16, seed: int = 0, amplitude=AMPLITUDE, sentence=None) -> pathlib.Path:
+def write_run(
+    workdir: pathlib.Path, kind: str, *, num_codes: int = 16, seed: int = 0, amplitude=AMPLITUDE, sentence=None
+) -> pathlib.Path:
     """A complete `kind` run folder holding a freshly initialized tiny model."""
     rngs = nnx.Rngs(seed)
     if kind == "vqhbr":
@@ -66,7 +63,12 @@ def write_run(workdir: pathlib.Path, kind: str, *, num_codes: int = 16, seed: in
     checkpoints.save(7, model, None, {}, {})
     checkpoints.close()
     spec = dict(sentence or sentence_corpus.SentenceSpec().metadata())
-    run_info.write(workdir, run_info.RunInfo(kind=kind, model=fields, sentence=spec, amplitude=dict(amplitude), dataset="ptbxl/leads12", **extra))
+    run_info.write(
+        workdir,
+        run_info.RunInfo(
+            kind=kind, model=fields, sentence=spec, amplitude=dict(amplitude), dataset="ptbxl/leads12", **extra
+        ),
+    )
     return workdir
 
 
@@ -101,7 +103,9 @@ def test_embedding_is_deterministic_and_finite(models, kind):
 
 def test_sentences_are_standardized_and_cut_as_the_dataset_builder_does(models):
     spec = sentence_corpus.SentenceSpec()
-    built = list(sentence_corpus.tokenize_records(list(enumerate(RECORDS[:3])), spec, AMPLITUDE["mean"], AMPLITUDE["std"]))
+    built = list(
+        sentence_corpus.tokenize_records(list(enumerate(RECORDS[:3])), spec, AMPLITUDE["mean"], AMPLITUDE["std"])
+    )
     for (_, expected, skip), path in zip(built, RECORDS):
         assert skip is None
         got = models["pretrain"].tokenize(path)
@@ -123,7 +127,9 @@ def _dataset_examples(sources, ecg_ids) -> dict:
 def test_sentences_equal_the_training_datasets_examples(bundled_builder, bundled_sources, tmp_path):
     """A raw record through a run folder's model.json gives its example in the dataset, bit for bit."""
     metadata = bundled_builder.info.metadata
-    model = heartlang_jax.load(write_run(tmp_path / "run", "pretrain", amplitude=metadata["amplitude"], sentence=metadata["sentence"]))
+    model = heartlang_jax.load(
+        write_run(tmp_path / "run", "pretrain", amplitude=metadata["amplitude"], sentence=metadata["sentence"])
+    )
     examples = _dataset_examples(bundled_sources, {1, 2, 3, 4, 5})
     assert len(examples) == 5
     for ecg_id, example in examples.items():
@@ -162,7 +168,9 @@ def test_embedding_is_unchanged_by_extra_padding(models):
     s = model.tokenize(RECORDS[0])
     assert s.num_words < 255
     short = slice(0, s.num_words + 1)
-    features = EcgClassifier.features(model.model, s.words[None, short], s.lead_ids[None, short], s.time_ids[None, short])
+    features = EcgClassifier.features(
+        model.model, s.words[None, short], s.lead_ids[None, short], s.time_ids[None, short]
+    )
     np.testing.assert_allclose(np.asarray(features)[0], alone[0], atol=2e-6)
 
 
@@ -197,8 +205,17 @@ def test_same_record_as_mat_gives_the_same_embedding(models, tmp_path):
 def _write_500hz(path: pathlib.Path, source: pathlib.Path) -> pathlib.Path:
     record = records.load_record(source)
     upsampled = scipy.signal.resample_poly(record.signal.astype(np.float64), 5, 1, axis=1)
-    wfdb.wrsamp(path.name, fs=500, units=["mV"] * 12, sig_name=list(record.lead_names), p_signal=upsampled.T,
-                fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(path.parent))
+    wfdb.wrsamp(
+        path.name,
+        fs=500,
+        units=["mV"] * 12,
+        sig_name=list(record.lead_names),
+        p_signal=upsampled.T,
+        fmt=["16"] * 12,
+        adc_gain=[1000.0] * 12,
+        baseline=[0] * 12,
+        write_dir=str(path.parent),
+    )
     return path
 
 
@@ -251,14 +268,16 @@ def test_sentence_gives_words_ids_and_beat_positions(models):
     np.testing.assert_array_equal(s.lead_ids[:n], s.word_lead + 1)
     for k in (0, n // 2, n - 1):
         (start, end), q = s.beat_spans[s.word_beat[k]], s.beats[s.word_beat[k]]
-        stored = s.signal[s.word_lead[k], start:end].astype(np.float16).astype(np.float32)  # as the dataset stores words
+        stored = (
+            s.signal[s.word_lead[k], start:end].astype(np.float16).astype(np.float32)
+        )  # as the dataset stores words
         np.testing.assert_array_equal(s.words[k, 48 + start - q : 48 + end - q], stored)
 
 
 def test_word_ids_from_a_vocabulary(models, runs, tmp_path):
     ids = models["vqhbr"].word_ids(RECORDS[0])
     n = models["vqhbr"].tokenize(RECORDS[0]).num_words
-    assert ids.shape == (n,) and ids.dtype == np.int32 and ((0 <= ids) & (ids < 16)).all()
+    assert ids.shape == (n,) and ids.dtype == np.int32 and ((ids >= 0) & (ids < 16)).all()
     with pytest.raises(inference.NotSupportedError, match=r"pretrain run without a vocabulary.*vocabulary/"):
         models["pretrain"].word_ids(RECORDS[0])
     # A pre-training folder that carries its vocabulary gives that vocabulary's ids.
@@ -266,7 +285,9 @@ def test_word_ids_from_a_vocabulary(models, runs, tmp_path):
     shutil.copytree(runs["pretrain"], carrying)
     shutil.copytree(runs["vqhbr"], carrying / inference.VOCABULARY_DIR)
     np.testing.assert_array_equal(heartlang_jax.load(carrying).word_ids(RECORDS[0]), ids)
-    np.testing.assert_array_equal(heartlang_jax.load(runs["pretrain"], vocabulary=runs["vqhbr"]).word_ids(RECORDS[0]), ids)
+    np.testing.assert_array_equal(
+        heartlang_jax.load(runs["pretrain"], vocabulary=runs["vqhbr"]).word_ids(RECORDS[0]), ids
+    )
 
 
 def test_vocabulary_of_another_size_is_refused(runs, tmp_path):
@@ -310,6 +331,9 @@ def test_bad_records_get_one_line_errors_naming_them(models, tmp_path):
         model.embed(np.zeros((12, 1000)))
     with pytest.raises(records.RecordError, match=r"00002_lr"):
         model.embed_many([RECORDS[0], tmp_path / "00002_lr"], progress=False)
-    results = sorted(model.iter_embed([RECORDS[0], tmp_path / "00002_lr", RECORDS[2]], batch_size=2, progress=False), key=lambda r: r[0])
+    results = sorted(
+        model.iter_embed([RECORDS[0], tmp_path / "00002_lr", RECORDS[2]], batch_size=2, progress=False),
+        key=lambda r: r[0],
+    )
     assert [r[2] is None for r in results] == [True, False, True]
     assert "00002_lr" in results[1][2] and "\n" not in results[1][2]

@@ -22,11 +22,11 @@ import time
 import jax
 import numpy as np
 import pytest
+import synthetic
 from flax import nnx
 
-import synthetic
-from heartlang_jax.configs import finetune as finetune_config
 from heartlang_jax import checkpointing, input_pipeline, train_loop
+from heartlang_jax.configs import finetune as finetune_config
 from heartlang_jax.stages import finetune, pretrain
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from heartlang_jax import stage_configs
-from heartlang_jax import errors
-from heartlang_jax import input_pipeline
+from heartlang_jax import errors, input_pipeline, stage_configs
 from heartlang_jax.configs import vqhbr as vqhbr_config
 from heartlang_jax.stages import common
 
@@ -190,7 +188,9 @@ def test_vqhbr_trains_on_a_mixture_of_two_built_datasets(bundled_tfds_dir, csn_t
     assert info["dataset"] == "ptbxl/leads12 (trained on the mixture ptbxl/leads12 0.75, csn/leads12 0.25)"
 
 
-def test_pretraining_reads_a_mixture_with_each_examples_own_targets(bundled_tfds_dir, csn_tfds_dir, tmp_path, monkeypatch):
+def test_pretraining_reads_a_mixture_with_each_examples_own_targets(
+    bundled_tfds_dir, csn_tfds_dir, tmp_path, monkeypatch
+):
     """Pre-training on PTB-XL + CSN (1:3): batches hold them 1:3 and every row's targets are
     the vocabulary's word ids of that row (the targets are cached by index in the mixture)."""
     import jax.numpy as jnp

@@ -6,11 +6,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+import synthetic
 from flax import nnx
 
-import synthetic
-from heartlang_jax.configs import pretrain_base, vqhbr as vqhbr_config
 from heartlang_jax import input_pipeline, optim, parallel
+from heartlang_jax.configs import pretrain_base
+from heartlang_jax.configs import vqhbr as vqhbr_config
 from heartlang_jax.stages import pretrain, vqhbr
 
 
@@ -35,7 +36,9 @@ def _batches(n: int, mesh):
 
 def _optimizer(model, config, mesh):
     """The optimizer, with model and optimizer replicated over the mesh as `train_loop.run` does."""
-    optimizer = nnx.Optimizer(model, optim.make_optimizer(config.optimizer, num_train_steps=10, warmup_steps=1), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(
+        model, optim.make_optimizer(config.optimizer, num_train_steps=10, warmup_steps=1), wrt=nnx.Param
+    )
     parallel.replicate_module(model, mesh)
     parallel.replicate_module(optimizer, mesh)
     return optimizer
@@ -67,7 +70,9 @@ def test_pretrain_step_compiles_once(compile_counter):
     rng = np.random.default_rng(0)
     batches = _batches(4, mesh)
     for i, batch in enumerate(batches):
-        batch["targets"] = parallel.shard_batch({"t": rng.integers(0, 32, batch["lead_ids"].shape).astype(np.int32)}, mesh)["t"]
+        batch["targets"] = parallel.shard_batch(
+            {"t": rng.integers(0, 32, batch["lead_ids"].shape).astype(np.int32)}, mesh
+        )["t"]
         step(model, optimizer, batch, jax.random.key(i))
         if i == 0:
             compiled_first = len(compile_counter)

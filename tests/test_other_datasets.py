@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from heartlang_jax import input_pipeline
-from heartlang_jax import ptbxl
+from heartlang_jax import input_pipeline, ptbxl
 from heartlang_jax.configs import dataset as dataset_config
 from heartlang_jax.stages import dataset as dataset_stage
 

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from test_inference import RECORDS, write_run  # tiny run folders, see the note there
 
 import heartlang_jax
 from heartlang_jax import plots
-from test_inference import RECORDS, write_run  # tiny run folders, see the note there
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,9 @@ def test_reconstructions_over_the_input_words(vqhbr):
 
 def test_codebook_usage(vqhbr):
     outs = [vqhbr.reconstruct(path) for path in RECORDS[:3]]
-    _renders(plots.codebook_usage_figure([o.word_ids for o in outs], [o.words for o in outs], num_codes=vqhbr.num_codes))
+    _renders(
+        plots.codebook_usage_figure([o.word_ids for o in outs], [o.words for o in outs], num_codes=vqhbr.num_codes)
+    )
     _renders(plots.codebook_usage_figure(np.concatenate([o.word_ids for o in outs]), num_codes=8192))
     with pytest.raises(ValueError, match="words for"):
         plots.codebook_usage_figure(outs[0].word_ids, outs[1].words[:3])
@@ -66,8 +68,16 @@ def test_embedding_projection(vqhbr):
 
 def test_results_bar_chart(tmp_path):
     rows = [
-        {"init": init, "mode": "linear", "task": task, "label_fraction": 1.0, "seeds": [0, 1, 2], "n": 3,
-         "test_auc_mean": mean, "test_auc_std": 0.02}
+        {
+            "init": init,
+            "mode": "linear",
+            "task": task,
+            "label_fraction": 1.0,
+            "seeds": [0, 1, 2],
+            "n": 3,
+            "test_auc_mean": mean,
+            "test_auc_std": 0.02,
+        }
         for init, mean in (("pretrained", 0.81), ("random", 0.78))
         for task in ("superdiagnostic", "rhythm")
     ]
@@ -81,15 +91,22 @@ def test_results_bar_chart(tmp_path):
     # The bar with an interval gets it as its error bar (0.81 - 0.76 below, 0.85 - 0.81 above).
     ax = figure.axes[0]
     bars = sorted(
-        (round(float(bar.get_center()[0]), 6), round(float(bar.get_height()), 6), tuple(np.round(np.sort(segment[:, 1]), 6)))
-        for container in ax.containers if hasattr(container, "errorbar")
+        (
+            round(float(bar.get_center()[0]), 6),
+            round(float(bar.get_height()), 6),
+            tuple(np.round(np.sort(segment[:, 1]), 6)),
+        )
+        for container in ax.containers
+        if hasattr(container, "errorbar")
         for bar, segment in zip(container.patches, container.errorbar.lines[2][0].get_segments())
     )
     # Groups in order full/rhythm, linear/rhythm, linear/superdiagnostic; pre-trained left of random.
     assert [(height, ends) for _, height, ends in bars] == [
         (0.81, (0.81, 0.81)),  # no std (one seed), no interval: no bar
-        (0.81, (0.79, 0.83)), (0.78, (0.76, 0.8)),  # std over seeds
-        (0.81, (0.76, 0.85)), (0.78, (0.76, 0.8)),  # the pre-trained one has an interval
+        (0.81, (0.79, 0.83)),
+        (0.78, (0.76, 0.8)),  # std over seeds
+        (0.81, (0.76, 0.85)),
+        (0.78, (0.76, 0.8)),  # the pre-trained one has an interval
     ]
     assert "interval" in ax.get_title()
 

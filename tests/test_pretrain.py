@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import synthetic
-from heartlang_jax.configs import pretrain_base
+
 from heartlang_jax import checkpointing, parallel
+from heartlang_jax.configs import pretrain_base
 from heartlang_jax.models import masked_lm_loss, sample_mask
 from heartlang_jax.stages import pretrain, vqhbr
 
@@ -19,7 +19,11 @@ from heartlang_jax.stages import pretrain, vqhbr
 def _batch(vocab: int = 32):
     examples = synthetic.sentences(4, seed=2)
     batch = {k: np.stack([e[k] for e in examples]) for k in ("words", "lead_ids", "time_ids")}
-    batch = {"words": batch["words"].astype(np.float32), "lead_ids": batch["lead_ids"].astype(np.int32), "time_ids": batch["time_ids"].astype(np.int32)}
+    batch = {
+        "words": batch["words"].astype(np.float32),
+        "lead_ids": batch["lead_ids"].astype(np.int32),
+        "time_ids": batch["time_ids"].astype(np.int32),
+    }
     batch["targets"] = np.random.default_rng(0).integers(0, vocab, batch["lead_ids"].shape).astype(np.int32)
     return batch
 

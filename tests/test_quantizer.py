@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from heartlang_jax.models.quantizer import (CodebookVariable,
-                                            EmaCodebookQuantizer,
-                                            l2_normalize, spherical_kmeans)
+from heartlang_jax.models.quantizer import CodebookVariable, EmaCodebookQuantizer, l2_normalize, spherical_kmeans
 
 K, D = 16, 8
 
@@ -53,28 +51,22 @@ def _data(seed, shape=(3, 10)):
 
 
 def _state(q):
-    return (np.asarray(q.codebook[...], np.float64),
-            np.asarray(q.cluster_size[...], np.float64))
+    return (np.asarray(q.codebook[...], np.float64), np.asarray(q.cluster_size[...], np.float64))
 
 
 @pytest.mark.parametrize("jit,weighting", [(False, "mean"), (True, "mean"), (False, "sum")])
 def test_update_after_init_matches_reference(jit, weighting):
-    q = EmaCodebookQuantizer(K, D, decay=0.9, kmeans_iters=3, loss_weighting=weighting,
-                             rngs=nnx.Rngs(0))
-    call = nnx.jit(lambda q, z, m: q(z, m, update=True)) if jit else (
-        lambda q, z, m: q(z, m, update=True))
+    q = EmaCodebookQuantizer(K, D, decay=0.9, kmeans_iters=3, loss_weighting=weighting, rngs=nnx.Rngs(0))
+    call = nnx.jit(lambda q, z, m: q(z, m, update=True)) if jit else (lambda q, z, m: q(z, m, update=True))
     call(q, *_data(0))  # k-means init + first EMA step
     codebook, cluster_size = _state(q)
     z, mask = _data(1)
     want = _reference_step(codebook, cluster_size, z, mask, decay=0.9)
     out = call(q, z, mask)
     np.testing.assert_array_equal(np.asarray(out.indices), want["indices"])
-    np.testing.assert_allclose(np.asarray(q.codebook[...]), want["codebook"],
-                               atol=1e-5)
-    np.testing.assert_allclose(np.asarray(q.cluster_size[...]),
-                               want["cluster_size"], atol=1e-5)
-    np.testing.assert_allclose(np.asarray(out.quantized), want["quantized"],
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(q.codebook[...]), want["codebook"], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(q.cluster_size[...]), want["cluster_size"], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.quantized), want["quantized"], atol=1e-5)
     # "mean" = the released F.mse_loss (an element mean), "sum" = the paper's ||.||^2 per word.
     want_loss = want["loss"] / D if weighting == "mean" else want["loss"]
     assert float(out.codebook_loss) == pytest.approx(want_loss, rel=1e-5)
@@ -98,8 +90,7 @@ def test_no_update_leaves_state_alone():
     want = _reference_step(before[0], before[1], z, mask, decay=0.0)
     np.testing.assert_array_equal(np.asarray(out.indices), want["indices"])
     np.testing.assert_array_equal(np.asarray(q.encode(z)), want["indices"])
-    np.testing.assert_allclose(np.asarray(q.lookup(out.indices)),
-                               want["quantized"], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(q.lookup(out.indices)), want["quantized"], atol=1e-6)
 
 
 def test_kmeans_init_uses_real_vectors_only():
@@ -108,8 +99,7 @@ def test_kmeans_init_uses_real_vectors_only():
     labels = np.arange(200) % 5
     z = centers[labels] + 0.02 * rng.normal(size=(200, D))
     mask = labels != 4  # the fifth direction is padding and must be ignored
-    means, counts = spherical_kmeans(jax.random.key(1), jnp.asarray(_np_l2(z)),
-                                     jnp.asarray(mask), 8, 10)
+    means, counts = spherical_kmeans(jax.random.key(1), jnp.asarray(_np_l2(z)), jnp.asarray(mask), 8, 10)
     means = np.asarray(means, np.float64)
     np.testing.assert_allclose(np.linalg.norm(means, axis=-1), 1.0, atol=1e-5)
     cos = means @ centers.T  # [8, 5]
@@ -169,8 +159,7 @@ def test_codebook_state_is_not_a_param():
 
 
 def test_dead_codes_restart_on_real_vectors_live_codes_follow_ema():
-    q = EmaCodebookQuantizer(K, D, decay=0.9, kmeans_iters=3, dead_code_patience=1,
-                             rngs=nnx.Rngs(0))
+    q = EmaCodebookQuantizer(K, D, decay=0.9, kmeans_iters=3, dead_code_patience=1, rngs=nnx.Rngs(0))
     q(*_data(0), update=True)  # k-means init + first step
     unused_before = np.asarray(q.unused_steps[...])
     codebook, cluster_size = _state(q)
@@ -198,4 +187,6 @@ def test_no_restart_without_patience():
         codebook, cluster_size = _state(q)
         z, mask = _data(seed)
         q(z, mask, update=True)
-    np.testing.assert_allclose(_state(q)[0], _reference_step(codebook, cluster_size, z, mask, 0.9)["codebook"], atol=1e-5)
+    np.testing.assert_allclose(
+        _state(q)[0], _reference_step(codebook, cluster_size, z, mask, 0.9)["codebook"], atol=1e-5
+    )

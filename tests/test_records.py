@@ -55,9 +55,7 @@ def test_cinc_mat_record_equals_wfdb_original(tmp_path):
     digital = original.d_signal.T.astype(np.int16)  # [leads, samples]
     scipy.io.savemat(tmp_path / "A0001.mat", {"val": digital})
     lines = ["A0001 12 100 1000 05-Feb-2020 11:39:16"]
-    lines += [
-        f"A0001.mat 16+24 1000/mV 16 0 {digital[i, 0]} 0 0 {name}" for i, name in enumerate(original.sig_name)
-    ]
+    lines += [f"A0001.mat 16+24 1000/mV 16 0 {digital[i, 0]} 0 0 {name}" for i, name in enumerate(original.sig_name)]
     lines += ["#Age: 56", "#Dx: 426783006"]
     (tmp_path / "A0001.hea").write_text("\n".join(lines) + "\n")
 
@@ -107,4 +105,3 @@ def test_truncated_dat(record_copy, keep_bytes):
     dat.write_bytes(dat.read_bytes()[:keep_bytes])
     with pytest.raises(records.RecordError, match=rf"00001_lr.*truncated: {keep_bytes} bytes.*24000"):
         records.load_record(record_copy)
-

@@ -1,6 +1,5 @@
 """Converted released weights give the released code's outputs (fixture recorded with torch)."""
 
-import dataclasses
 import json
 import pathlib
 
@@ -27,10 +26,18 @@ def test_fixture_has_padding_and_real_words(recorded):
     assert 50 < real.sum() < real.size  # real words, and padding words (attended as released)
 
 
-@pytest.mark.parametrize("name", [
-    "vqhbr_features", "vqhbr_z", "vqhbr_loss", "vqhbr_reconstruction",
-    "pretrain_hidden", "pretrain_logits", "finetune_logits",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vqhbr_features",
+        "vqhbr_z",
+        "vqhbr_loss",
+        "vqhbr_reconstruction",
+        "pretrain_hidden",
+        "pretrain_logits",
+        "finetune_logits",
+    ],
+)
 def test_outputs_match_released_code(figures, name):
     assert figures[f"{name}_rel"] < 1e-5, figures
 
@@ -66,8 +73,9 @@ def test_run_folders_load_back(recorded, tmp_path):
     vq = convert_released.build_vqhbr(convert_released.recorded_state(recorded, "vqhbr"), head_dim=head_dim)
     convert_released.write_run(tmp_path / "vqhbr", "vqhbr", vq)
     clf = convert_released.build_finetune(convert_released.recorded_state(recorded, "finetune"), head_dim=head_dim)
-    convert_released.write_run(tmp_path / "finetune", "finetune", clf, task="superdiagnostic",
-                               class_names=["CD", "HYP", "MI", "NORM", "STTC"])
+    convert_released.write_run(
+        tmp_path / "finetune", "finetune", clf, task="superdiagnostic", class_names=["CD", "HYP", "MI", "NORM", "STTC"]
+    )
     info, loaded_vq, step = run_info.load_model(tmp_path / "vqhbr", expect_kind="vqhbr")
     assert step == 0 and info.sentence["detector"] == "xqrs" and info.amplitude == {"mean": 0.0, "std": 1.0}
     args = [recorded[k] for k in ("words", "lead_ids", "time_ids")]

@@ -7,8 +7,7 @@ import pytest
 from heartlang_jax.models.rope import apply_rope
 
 
-def _paper_rope(x: np.ndarray, positions: np.ndarray,
-                base: float = 10000.0) -> np.ndarray:
+def _paper_rope(x: np.ndarray, positions: np.ndarray, base: float = 10000.0) -> np.ndarray:
     """Float64 loop over the printed formula; x [B, L, N, H], positions [L]."""
     out = np.zeros_like(x, dtype=np.float64)
     head_dim = x.shape[-1]

@@ -108,7 +108,12 @@ def test_wrong_type_is_named(name, path, value, expected):
         ("vqhbr", "model.encoder.num_heads", 0, "model.encoder.num_heads: must be positive, got 0"),
         ("finetune", "data.builder_config", "leads13", "data.builder_config: must be one of ('leads12'"),
         ("pipeline", "vqhbr.stage", "pretrain", "vqhbr.stage: must be 'vqhbr' here, got 'pretrain'"),
-        ("finetune", "data.dataset", "ptb-xl", "data.dataset: must be one of ('ptbxl', 'cpsc2018', 'csn', 'mimic_iv_ecg')"),
+        (
+            "finetune",
+            "data.dataset",
+            "ptb-xl",
+            "data.dataset: must be one of ('ptbxl', 'cpsc2018', 'csn', 'mimic_iv_ecg')",
+        ),
         ("finetune", "task", "diagnosis", "task: must be one of the tasks of ptbxl ('superdiagnostic', "),
         ("pipeline", "sweep.tasks", ("rhythm", "diag"), "sweep.tasks[1]: must be one of the tasks of ptbxl"),
     ],

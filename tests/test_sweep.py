@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from heartlang_jax import stage_configs, sweep
 from heartlang_jax.configs import sweep as sweep_config
-from heartlang_jax import stage_configs
-from heartlang_jax import sweep
 from heartlang_jax.stages import finetune
 
 
@@ -60,8 +59,16 @@ def test_pretrained_cells_need_an_init_workdir(config):
 def _finish(workdir, cell, test_auc):
     path = workdir / sweep.CELLS_DIR / cell.name / finetune.RESULT_FILE
     path.parent.mkdir(parents=True)
-    result = {"task": cell.task, "mode": cell.mode, "label_fraction": cell.label_fraction, "seed": cell.seed,
-              "init": "x", "val_auc": test_auc, "test_auc": test_auc, "best_epoch": 1}
+    result = {
+        "task": cell.task,
+        "mode": cell.mode,
+        "label_fraction": cell.label_fraction,
+        "seed": cell.seed,
+        "init": "x",
+        "val_auc": test_auc,
+        "test_auc": test_auc,
+        "best_epoch": 1,
+    }
     path.write_text(json.dumps(result))
 
 
@@ -100,8 +107,18 @@ def test_finished_cells_are_skipped_and_summarized(config, tmp_path, capsys):
 
 
 def test_missing_settings_say_not_run(config):
-    summary = [{"init": "pretrained", "mode": "linear", "task": "rhythm", "label_fraction": 1.0, "seeds": [0],
-                "n": 1, "test_auc_mean": 0.8, "test_auc_std": None}]
+    summary = [
+        {
+            "init": "pretrained",
+            "mode": "linear",
+            "task": "rhythm",
+            "label_fraction": 1.0,
+            "seeds": [0],
+            "n": 1,
+            "test_auc_mean": 0.8,
+            "test_auc_std": None,
+        }
+    ]
     table = sweep.results_markdown(config, summary)
     ours = next(line for line in table.splitlines() if line.startswith("| **ours: pre-trained, linear"))
     assert ours == "| **ours: pre-trained, linear** | not run | not run | not run | 80.00 |"
@@ -123,15 +140,24 @@ def test_results_carry_a_bootstrap_interval_over_the_test_records(config, tmp_pa
         if cell.init == "random" and cell.seed == 2:  # finished before cells saved their scores
             _finish(workdir, cell, 0.7)
             continue
-        logits[cell] = (rng.normal(size=(66, 5)) + labels * (1.0 if cell.init == "pretrained" else 0.3)).astype(np.float32)
+        logits[cell] = (rng.normal(size=(66, 5)) + labels * (1.0 if cell.init == "pretrained" else 0.3)).astype(
+            np.float32
+        )
         _finish(workdir, cell, metrics.macro_auc(labels, logits[cell]))
-        finetune.write_test_scores(workdir / sweep.CELLS_DIR / cell.name / finetune.TEST_SCORES_FILE,
-                                   index, labels, logits[cell], [f"c{i}" for i in range(5)])
+        finetune.write_test_scores(
+            workdir / sweep.CELLS_DIR / cell.name / finetune.TEST_SCORES_FILE,
+            index,
+            labels,
+            logits[cell],
+            [f"c{i}" for i in range(5)],
+        )
     sweep.run(config, workdir)
     summary = {s["init"]: s for s in json.loads((workdir / "results.json").read_text())["summary"]}
     pretrained, random_init = summary["pretrained"], summary["random"]
     seeds = np.stack([logits[c] for c in sweep.cells(config) if c.init == "pretrained"])
-    assert (pretrained["ci_low"], pretrained["ci_high"]) == pytest.approx(metrics.bootstrap_interval(labels, seeds), abs=1e-12)
+    assert (pretrained["ci_low"], pretrained["ci_high"]) == pytest.approx(
+        metrics.bootstrap_interval(labels, seeds), abs=1e-12
+    )
     assert pretrained["num_test_records"] == 66
     assert pretrained["ci_low"] < pretrained["test_auc_mean"] < pretrained["ci_high"]
     # A setting with a seed whose scores were never saved has the std over seeds only.

@@ -18,6 +18,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _MINI = _ROOT / "heartlang_jax" / "data" / "ptbxl_mini" / "records100" / "00000"
 _SHARED_500HZ = _ROOT / ".." / "shared" / "data" / "ptbxl-mini" / "records500" / "00000"
 
+
 # QRS as three Gaussians (offset s, width s, amplitude relative to R): small Q, R, S.
 def _spike_record(beats: list[int], num_rows: int, n: int = 1000) -> np.ndarray:
     """[num_rows, n]: a ramp that encodes row and sample, x = row + 1 + k / 1000, plus 5 mV
@@ -72,7 +73,7 @@ def test_detect_qrs_returns_sorted_unique_indices_for_1d_and_2d():
         assert q.dtype.kind == "i" and q.ndim == 1
         assert np.all(np.diff(q) > 0)
     # The refined peaks sit on the R waves, not merely within the 100 ms tolerance.
-    hits, misses, false = match_beats(tok.detect_qrs(ecg, 100.0) / 100.0, beats, tolerance_s=0.02)
+    _hits, misses, false = match_beats(tok.detect_qrs(ecg, 100.0) / 100.0, beats, tolerance_s=0.02)
     assert misses == 0 and false == 0
 
 
@@ -86,7 +87,7 @@ def test_xqrs_uses_only_the_first_row():
 
 def test_detector_runs_at_other_rates():
     ecg, beats = synthetic_ecg(np.random.default_rng(7), 90, fs=500.0)
-    hits, misses, false = match_beats(tok.detect_qrs(ecg, 500.0) / 500.0, beats, tolerance_s=0.02)
+    _hits, misses, false = match_beats(tok.detect_qrs(ecg, 500.0) / 500.0, beats, tolerance_s=0.02)
     assert misses == 0 and false == 0
 
 
@@ -186,7 +187,9 @@ def test_bundled_records_give_sane_sentences(ecg_id):
 def test_parallel_tokenizing_matches_single_calls_and_names_bad_records():
     paths = [_MINI / f"{i:05d}_lr" for i in (1, 2, 3)] + [_MINI / "missing_lr"]
     tokenizer = tok.QRSTokenizer()
-    results = list(sentence_corpus.tokenize_records(list(enumerate(paths)), sentence_corpus.SentenceSpec(), num_workers=2))
+    results = list(
+        sentence_corpus.tokenize_records(list(enumerate(paths)), sentence_corpus.SentenceSpec(), num_workers=2)
+    )
     assert [key for key, _, _ in results] == [0, 1, 2, 3]
     _, sentence, reason = results[3]
     assert sentence is None and reason.kind == "RecordError" and "missing_lr" in reason.message

@@ -10,11 +10,11 @@ import signal
 import jax
 import numpy as np
 import pytest
+import synthetic
 from flax import nnx
 
-import synthetic
-from heartlang_jax.configs import vqhbr as vqhbr_config
 from heartlang_jax import checkpointing, input_pipeline, optim, parallel, train_loop
+from heartlang_jax.configs import vqhbr as vqhbr_config
 from heartlang_jax.stages import vqhbr
 
 SOURCE = synthetic.sentences(48, seed=0)

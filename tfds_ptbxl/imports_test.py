@@ -9,7 +9,12 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BUILDERS = {"ptbxl": "tfds_ptbxl.ptbxl", "cpsc2018": "tfds_ptbxl.cpsc2018", "csn": "tfds_ptbxl.csn", "mimic_iv_ecg": "tfds_ptbxl.mimic_iv_ecg"}
+BUILDERS = {
+    "ptbxl": "tfds_ptbxl.ptbxl",
+    "cpsc2018": "tfds_ptbxl.cpsc2018",
+    "csn": "tfds_ptbxl.csn",
+    "mimic_iv_ecg": "tfds_ptbxl.mimic_iv_ecg",
+}
 # The low-level data modules a builder may use; everything else of heartlang_jax is downstream.
 DATA_MODULES = {"heartlang_jax", "heartlang_jax.records", "heartlang_jax.tokenizer", "heartlang_jax.sentence_corpus",
                 "heartlang_jax.ptbxl", "heartlang_jax.synthetic_ecg"}  # fmt: skip
@@ -27,7 +32,10 @@ def _imports(path: pathlib.Path) -> set[str]:
 
 
 def test_builders_and_data_modules_import_no_loader_stage_or_training_module():
-    files = [*(ROOT / "tfds_ptbxl").rglob("*.py"), *(ROOT / "heartlang_jax" / f"{m.split('.')[-1]}.py" for m in DATA_MODULES if "." in m)]
+    files = [
+        *(ROOT / "tfds_ptbxl").rglob("*.py"),
+        *(ROOT / "heartlang_jax" / f"{m.split('.')[-1]}.py" for m in DATA_MODULES if "." in m),
+    ]
     offending = {}
     for path in files:
         downstream = {

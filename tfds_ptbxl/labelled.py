@@ -18,13 +18,10 @@ import tensorflow_datasets as tfds
 
 from heartlang_jax import sentence_corpus
 from heartlang_jax.ptbxl import DatasetLayoutError  # the one main.py prints as one line
-from tfds_ptbxl import sentences
+from tfds_ptbxl import sentences, split_files
 from tfds_ptbxl.sentences import BuilderConfig
-from tfds_ptbxl import split_files
 
 _LISTED_MISSING = 3
-
-
 
 
 def builder_configs() -> list[BuilderConfig]:
@@ -32,7 +29,9 @@ def builder_configs() -> list[BuilderConfig]:
         BuilderConfig(name="leads12", description="All 12 standard leads, resampled to 100 Hz."),
         BuilderConfig(name="leads1", leads=("I",), description="Lead I only."),
         BuilderConfig(
-            name="leads12_xqrs", detector="xqrs", description="All 12 leads, beats found by XQRS on lead I (the paper's)."
+            name="leads12_xqrs",
+            detector="xqrs",
+            description="All 12 leads, beats found by XQRS on lead I (the paper's).",
         ),
     ]
 
@@ -54,6 +53,7 @@ class SplitFileBuilder:
     @classmethod
     def tasks(cls) -> tuple[str, ...]:
         return (cls.TASK,)
+
     SPLIT_FILE: pathlib.Path  # shipped beside the builder
     HOMEPAGE: str
     FITTED_ON = "train split of the released split file"
@@ -112,7 +112,9 @@ class SplitFileBuilder:
         mean, std = sentence_corpus.amplitude_moments(train, spec, self._num_workers)
         self.info.metadata["amplitude"] = {"mean": mean, "std": std, "fitted_on": self.FITTED_ON}
         self._log = sentences.BuildLog(self.info.metadata, id_field="record")
-        logging.info("Amplitude standardization fitted on %d training records: mean=%.5f std=%.5f", len(train), mean, std)
+        logging.info(
+            "Amplitude standardization fitted on %d training records: mean=%.5f std=%.5f", len(train), mean, std
+        )
         return {
             split: self._generate_examples(split, members, paths, spec, mean, std)
             for split, members in by_split.items()

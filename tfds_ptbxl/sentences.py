@@ -22,8 +22,8 @@ import dataclasses
 import logging
 import os
 import pathlib
-from typing import Literal
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -50,7 +50,9 @@ class BuilderConfig(tfds.core.BuilderConfig):
 
     @property
     def spec(self) -> sentence_corpus.SentenceSpec:
-        return sentence_corpus.SentenceSpec(leads=self.leads, max_len=MAX_LEN, token_len=TOKEN_LEN, detector=self.detector)
+        return sentence_corpus.SentenceSpec(
+            leads=self.leads, max_len=MAX_LEN, token_len=TOKEN_LEN, detector=self.detector
+        )
 
 
 def with_default_file_format(kwargs: dict) -> dict:
@@ -61,7 +63,7 @@ def with_default_file_format(kwargs: dict) -> dict:
     return kwargs
 
 
-def manual_root(dl_manager, download_config) -> "pathlib.Path":
+def manual_root(dl_manager, download_config) -> pathlib.Path:
     """The manual_dir the user named (else TFDS's default, `<download_dir>/manual`), without
     `dl_manager.manual_dir`'s check, whose multi-line message names nothing of the layout: each
     builder checks the folder itself and says what is missing in one line."""

@@ -16,8 +16,7 @@ import scipy.io
 import scipy.signal
 import wfdb
 
-from heartlang_jax import ptbxl
-from heartlang_jax import records
+from heartlang_jax import ptbxl, records
 from heartlang_jax.records import STANDARD_LEADS
 from tfds_ptbxl import split_files
 
@@ -29,7 +28,9 @@ def ptbxl_signal(ecg_id: int, fs: int = 500) -> np.ndarray:
     return scipy.signal.resample_poly(x, fs, 100, axis=1) if fs != 100 else x
 
 
-def subset_split_file(shipped: pathlib.Path, dest: pathlib.Path, per_split: dict[str, int]) -> list[split_files.SplitRow]:
+def subset_split_file(
+    shipped: pathlib.Path, dest: pathlib.Path, per_split: dict[str, int]
+) -> list[split_files.SplitRow]:
     """Writes the first `per_split[split]` rows of each split of `shipped` to `dest`; returns them."""
     classes, rows = split_files.read(shipped)
     chosen = [row for split, n in per_split.items() for row in [r for r in rows if r.split == split][:n]]
@@ -47,10 +48,7 @@ def write_cinc(path: pathlib.Path, signal_mv: np.ndarray, fs: float, gain: float
     scipy.io.savemat(path.with_suffix(".mat"), {"val": digital}, format="4")
     name = path.name
     lines = [f"{name} {len(digital)} {fs:g} {digital.shape[1]}"]
-    lines += [
-        f"{name}.mat 16+24 {gain:g}/mV 16 0 {digital[i, 0]} 0 0 {lead}"
-        for i, lead in enumerate(STANDARD_LEADS)
-    ]
+    lines += [f"{name}.mat 16+24 {gain:g}/mV 16 0 {digital[i, 0]} 0 0 {lead}" for i, lead in enumerate(STANDARD_LEADS)]
     path.with_suffix(".hea").write_text("\n".join(lines + ["#Age: 56", "#Sex: Male", "#Dx: 426783006"]) + "\n")
 
 

@@ -40,8 +40,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "heartlang_jax" / "data" / "ptbxl_mini"
 
 # Tiny shapes for the committed fixture; the released sizes are the released factories'.
-TINY = dict(max_len=48, hidden=32, mlp=48, heads=2, head_dim=8, layers=2, num_codes=64, code_dim=8,
-            vocab=64, num_classes=5)
+TINY = dict(
+    max_len=48, hidden=32, mlp=48, heads=2, head_dim=8, layers=2, num_codes=64, code_dim=8, vocab=64, num_classes=5
+)
 
 
 def _stub_plotting_modules() -> None:
@@ -61,8 +62,13 @@ def _stub_plotting_modules() -> None:
             module = sys.modules.setdefault(name, types.ModuleType(name))
             for attr in attrs:
                 setattr(module, attr, sys.modules.get(f"{name}.{attr}", object))
-    for parent, child in (("matplotlib", "pyplot"), ("matplotlib", "colors"), ("matplotlib", "patches"),
-                          ("matplotlib", "offsetbox"), ("sklearn", "manifold")):
+    for parent, child in (
+        ("matplotlib", "pyplot"),
+        ("matplotlib", "colors"),
+        ("matplotlib", "patches"),
+        ("matplotlib", "offsetbox"),
+        ("sklearn", "manifold"),
+    ):
         setattr(sys.modules[parent], child, sys.modules[f"{parent}.{child}"])
 
 
@@ -86,8 +92,11 @@ def real_sentences(num: int, max_len: int, leads=None) -> dict[str, np.ndarray]:
         times.append(sentence.time_ids)
         if len(words) == num:
             break
-    return {"words": np.stack(words).astype(np.float32), "lead_ids": np.stack(leads).astype(np.int64),
-            "time_ids": np.stack(times).astype(np.int64)}
+    return {
+        "words": np.stack(words).astype(np.float32),
+        "lead_ids": np.stack(leads).astype(np.int64),
+        "time_ids": np.stack(times).astype(np.int64),
+    }
 
 
 def _perturb_norms(model, torch, generator) -> None:
@@ -110,13 +119,31 @@ def build_models(released_sizes: bool, torch):
         classifier = modeling_finetune.HeartLang_finetune_base(num_classes=5)
         return vqhbr, pretrain, classifier, 64
     t = TINY
-    backbone = dict(seq_len=t["max_len"], time_window=96, embed_dim=t["hidden"], depth=t["layers"],
-                    heads=t["heads"], mlp_dim=t["mlp"], dim_head=t["head_dim"], dropout=0.0, emb_dropout=0.0)
+    backbone = dict(
+        seq_len=t["max_len"],
+        time_window=96,
+        embed_dim=t["hidden"],
+        depth=t["layers"],
+        heads=t["heads"],
+        mlp_dim=t["mlp"],
+        dim_head=t["head_dim"],
+        dropout=0.0,
+        emb_dropout=0.0,
+    )
     encoder = dict(backbone, Encoder=True)
     decoder = dict(backbone, depth=1, code_dim=t["code_dim"], Encoder=False)
     vqhbr = modeling_vqhbr.VQHBR(encoder, decoder, t["num_codes"], t["code_dim"], decoder_out_dim=96, model="vqhbr")
-    common = dict(seq_len=t["max_len"], time_window=96, depth=t["layers"], embed_dim=t["hidden"], heads=t["heads"],
-                  mlp_dim=t["mlp"], dim_head=t["head_dim"], dropout=0.1, emb_dropout=0.1)
+    common = dict(
+        seq_len=t["max_len"],
+        time_window=96,
+        depth=t["layers"],
+        embed_dim=t["hidden"],
+        heads=t["heads"],
+        mlp_dim=t["mlp"],
+        dim_head=t["head_dim"],
+        dropout=0.1,
+        emb_dropout=0.1,
+    )
     pretrain = modeling_pretrain.ST_ECGFormer(vocab_size=t["vocab"], **common)
     classifier = modeling_finetune.ST_ECGFormerClassifier(num_classes=t["num_classes"], **common)
     return vqhbr, pretrain, classifier, t["head_dim"]
@@ -174,11 +201,19 @@ def main() -> None:
         mlm_logits = pretrain(x, mask, chans, times)
         cls_logits = classifier(x, in_chan_matrix=chans, in_time_matrix=times)
 
-    arrays = {**data, "head_dim": np.asarray(head_dim), "mask": mask.numpy(),
-              "vqhbr_features": features.numpy(), "vqhbr_z": z.numpy(), "vqhbr_ids": ids_api.numpy(),
-              "vqhbr_loss": np.asarray(vq_loss.item(), np.float32), "vqhbr_reconstruction": reconstruction.numpy(),
-              "pretrain_hidden": hidden.numpy(), "pretrain_logits": mlm_logits.numpy(),
-              "finetune_logits": cls_logits.numpy()}
+    arrays = {
+        **data,
+        "head_dim": np.asarray(head_dim),
+        "mask": mask.numpy(),
+        "vqhbr_features": features.numpy(),
+        "vqhbr_z": z.numpy(),
+        "vqhbr_ids": ids_api.numpy(),
+        "vqhbr_loss": np.asarray(vq_loss.item(), np.float32),
+        "vqhbr_reconstruction": reconstruction.numpy(),
+        "pretrain_hidden": hidden.numpy(),
+        "pretrain_logits": mlm_logits.numpy(),
+        "finetune_logits": cls_logits.numpy(),
+    }
     for prefix, model in (("vqhbr", vqhbr), ("pretrain", pretrain)):
         for name, tensor in model.state_dict().items():
             arrays[f"{prefix}/{name}"] = tensor.detach().numpy()
@@ -189,8 +224,10 @@ def main() -> None:
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
     (np.savez if args.released_sizes else np.savez_compressed)(out_path, **arrays)
     real = data["lead_ids"] != 0
-    print(f"wrote {out_path}: {len(data['words'])} sentences, {int(real.sum())} real words, "
-          f"{sum(v.size for k, v in arrays.items() if '/' in k)} weights, {os.path.getsize(out_path)} bytes")
+    print(
+        f"wrote {out_path}: {len(data['words'])} sentences, {int(real.sum())} real words, "
+        f"{sum(v.size for k, v in arrays.items() if '/' in k)} weights, {os.path.getsize(out_path)} bytes"
+    )
 
 
 if __name__ == "__main__":

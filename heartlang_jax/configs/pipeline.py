@@ -14,10 +14,7 @@ the linear probing of its scripts (`configs/sweep.py:released`).
 
 import ml_collections
 
-from heartlang_jax.configs import common
-from heartlang_jax.configs import pretrain_common
-from heartlang_jax.configs import sweep
-from heartlang_jax.configs import vqhbr
+from heartlang_jax.configs import common, pretrain_common, sweep, vqhbr
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

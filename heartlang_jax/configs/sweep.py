@@ -10,8 +10,7 @@ label fraction, seed, initialization and data.
 
 import ml_collections
 
-from heartlang_jax.configs import common
-from heartlang_jax.configs import finetune
+from heartlang_jax.configs import common, finetune
 
 # Set per cell by the sweep, so they are not fields of the `finetune` sub-config.
 PER_CELL_FIELDS = ("stage", "data", "task", "mode", "label_fraction", "seed", "init_workdir")

@@ -17,19 +17,16 @@ from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig, dense
 class EcgClassifier(nnx.Module):
     """One logit per class; apply sigmoid + BCE for the multi-label tasks."""
 
-    def __init__(self, encoder_config: ECGFormerConfig, num_classes: int, *,
-                 rngs: nnx.Rngs):
+    def __init__(self, encoder_config: ECGFormerConfig, num_classes: int, *, rngs: nnx.Rngs):
         self.encoder = ECGFormer(encoder_config, rngs=rngs)
         if encoder_config.use_released_init:  # released: PyTorch's nn.Linear init
-            self.head = dense(encoder_config.hidden_dim, num_classes, encoder_config, rngs,
-                              dtype=jnp.float32)
+            self.head = dense(encoder_config.hidden_dim, num_classes, encoder_config, rngs, dtype=jnp.float32)
         else:
-            self.head = nnx.Linear(encoder_config.hidden_dim, num_classes,
-                                   kernel_init=nnx.initializers.truncated_normal(0.02),
-                                   rngs=rngs)
+            self.head = nnx.Linear(
+                encoder_config.hidden_dim, num_classes, kernel_init=nnx.initializers.truncated_normal(0.02), rngs=rngs
+            )
 
-    def features(self, words: jax.Array, lead_ids: jax.Array,
-                 time_ids: jax.Array) -> jax.Array:
+    def features(self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array) -> jax.Array:
         """Sentence representation [B, D] float32 fed to the head."""
         hidden = self.encoder(words, lead_ids, time_ids)  # [B, L(+1), D]
         if self.encoder.has_cls:
@@ -37,8 +34,7 @@ class EcgClassifier(nnx.Module):
         real = (lead_ids != 0).astype(hidden.dtype)[..., None]  # [B, L, 1]
         return jnp.sum(hidden * real, axis=1) / jnp.maximum(jnp.sum(real, axis=1), 1.0)
 
-    def __call__(self, words: jax.Array, lead_ids: jax.Array,
-                 time_ids: jax.Array) -> jax.Array:
+    def __call__(self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array) -> jax.Array:
         """words [B, L, T], ids [B, L] -> logits [B, C] float32."""
         return self.head(self.features(words, lead_ids, time_ids))
 

@@ -18,7 +18,6 @@ Embedding and encoding are separate methods because masked pre-training swaps
 words for a mask token in between (SPEC §5).
 """
 
-import dataclasses
 import math
 from typing import ClassVar, Literal
 
@@ -28,8 +27,8 @@ from flax import nnx
 
 from heartlang_jax import typed_config
 from heartlang_jax.models.dropout import Dropout
-from heartlang_jax.typed_config import POSITIVE, RATE, field
 from heartlang_jax.models.rope import apply_rope
+from heartlang_jax.typed_config import POSITIVE, RATE, field
 
 _EMBED_INIT = nnx.initializers.normal(stddev=0.02)
 _DENSE_INIT = nnx.initializers.truncated_normal(stddev=0.02)
@@ -125,20 +124,20 @@ class ECGFormerConfig:
         return _TORCH_EMBED_INIT if self.use_released_init else _EMBED_INIT
 
 
-def dense(din: int, dout: int, config: ECGFormerConfig, rngs: nnx.Rngs,
-          use_bias: bool = True, dtype=None) -> nnx.Linear:
+def dense(
+    din: int, dout: int, config: ECGFormerConfig, rngs: nnx.Rngs, use_bias: bool = True, dtype=None
+) -> nnx.Linear:
     """A Linear layer with the config's initialisation (0.02 truncated normal or PyTorch's)."""
     if config.use_released_init:
         inits = dict(kernel_init=_TORCH_KERNEL_INIT, bias_init=torch_bias_init(din))
     else:
         inits = dict(kernel_init=_DENSE_INIT)
-    return nnx.Linear(din, dout, use_bias=use_bias,
-                      dtype=config.compute_dtype if dtype is None else dtype,
-                      rngs=rngs, **inits)
+    return nnx.Linear(
+        din, dout, use_bias=use_bias, dtype=config.compute_dtype if dtype is None else dtype, rngs=rngs, **inits
+    )
 
 
-def _layer_norm(dim: int, config: ECGFormerConfig, dtype: jnp.dtype,
-                rngs: nnx.Rngs) -> nnx.LayerNorm:
+def _layer_norm(dim: int, config: ECGFormerConfig, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # Flax computes LayerNorm statistics in float32 whatever `dtype` is.
     return nnx.LayerNorm(dim, epsilon=config.ln_epsilon, dtype=dtype, rngs=rngs)
 
@@ -146,8 +145,12 @@ def _layer_norm(dim: int, config: ECGFormerConfig, dtype: jnp.dtype,
 def _use_cudnn(config: ECGFormerConfig) -> bool:
     if config.attention_implementation != "auto":
         return config.attention_implementation == "cudnn"
-    return (jax.default_backend() == "gpu" and config.dtype in ("bfloat16", "float16")
-            and config.head_dim % 8 == 0 and config.head_dim <= 128)
+    return (
+        jax.default_backend() == "gpu"
+        and config.dtype in ("bfloat16", "float16")
+        and config.head_dim % 8 == 0
+        and config.head_dim <= 128
+    )
 
 
 class Attention(nnx.Module):
@@ -192,16 +195,14 @@ class Attention(nnx.Module):
             bias = None
             if mask is not None:  # [B, 1, L, L]: cuDNN wants the full query and key lengths
                 neg = jnp.asarray(-0.7 * float(jnp.finfo(q.dtype).max), q.dtype)
-                bias = jnp.broadcast_to(jnp.where(mask, jnp.zeros((), q.dtype), neg),
-                                        (batch, 1, length, length))
+                bias = jnp.broadcast_to(jnp.where(mask, jnp.zeros((), q.dtype), neg), (batch, 1, length, length))
             out = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
         return self.out(out.reshape(batch, length, -1))  # [B, L, D]
 
     def _attend_with_dropout(self, q, k, v, mask):
-        logits = jnp.einsum("btnh,bsnh->bnts", q, k,
-                            preferred_element_type=jnp.float32)  # [B, N, L, L]
+        logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)  # [B, N, L, L]
         logits = logits / jnp.sqrt(jnp.float32(self.head_dim))
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
@@ -210,7 +211,6 @@ class Attention(nnx.Module):
 
 
 class Mlp(nnx.Module):
-
     def __init__(self, config: ECGFormerConfig, *, rngs: nnx.Rngs):
         self.fc1 = dense(config.hidden_dim, config.mlp_dim, config, rngs)
         self.fc2 = dense(config.mlp_dim, config.hidden_dim, config, rngs)
@@ -272,17 +272,20 @@ class ECGFormer(nnx.Module):
         dim, dtype = config.hidden_dim, config.compute_dtype
         # Informer TokenEmbedding: Conv1d(T -> D, kernel 3, circular, no bias).
         self.token_embed = nnx.Conv(
-            config.token_len, dim, kernel_size=3, padding="CIRCULAR",
-            use_bias=False, dtype=dtype,
-            kernel_init=nnx.initializers.kaiming_normal(), rngs=rngs)
-        self.lead_embed = nnx.Embed(config.num_lead_ids, dim, dtype=dtype,
-                                    embedding_init=config.embed_init, rngs=rngs)
-        self.time_embed = nnx.Embed(config.num_time_ids, dim, dtype=dtype,
-                                    embedding_init=config.embed_init, rngs=rngs)
+            config.token_len,
+            dim,
+            kernel_size=3,
+            padding="CIRCULAR",
+            use_bias=False,
+            dtype=dtype,
+            kernel_init=nnx.initializers.kaiming_normal(),
+            rngs=rngs,
+        )
+        self.lead_embed = nnx.Embed(config.num_lead_ids, dim, dtype=dtype, embedding_init=config.embed_init, rngs=rngs)
+        self.time_embed = nnx.Embed(config.num_time_ids, dim, dtype=dtype, embedding_init=config.embed_init, rngs=rngs)
         if self.has_cls:
             self.cls_token = nnx.Param(config.embed_init(rngs.params(), (dim,)))
-            self.pos_embed = nnx.Param(
-                config.embed_init(rngs.params(), (config.max_len + 1, dim)))
+            self.pos_embed = nnx.Param(config.embed_init(rngs.params(), (config.max_len + 1, dim)))
         self.embed_dropout = Dropout(config.dropout_rate, rngs=rngs)
         self.blocks = stacked_blocks(config, rngs)
         # The final norm outputs float32 so every head starts from float32.
@@ -306,13 +309,11 @@ class ECGFormer(nnx.Module):
         """words [B, L, T] -> [B, L, D]; each output mixes a word and its neighbours."""
         return self.token_embed(words.astype(self.config.compute_dtype))
 
-    def encode(self, x: jax.Array, lead_ids: jax.Array,
-               time_ids: jax.Array) -> jax.Array:
+    def encode(self, x: jax.Array, lead_ids: jax.Array, time_ids: jax.Array) -> jax.Array:
         """x [B, L, D] word embeddings -> [B, L + num_prefix_tokens, D] float32."""
         batch, length, dim = x.shape
         if length > self.config.max_len:
-            raise ValueError(f"Sentence length {length} exceeds max_len "
-                             f"{self.config.max_len}.")
+            raise ValueError(f"Sentence length {length} exceeds max_len {self.config.max_len}.")
         dtype = self.config.compute_dtype
         x = x.astype(dtype) + self.lead_embed(lead_ids) + self.time_embed(time_ids)
         key_mask = lead_ids != 0  # [B, L]
@@ -327,7 +328,6 @@ class ECGFormer(nnx.Module):
         x = _apply_blocks(x, self.blocks, key_mask)
         return self.final_norm(x)
 
-    def __call__(self, words: jax.Array, lead_ids: jax.Array,
-                 time_ids: jax.Array) -> jax.Array:
+    def __call__(self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array) -> jax.Array:
         """words [B, L, T], ids [B, L] -> [B, L + num_prefix_tokens, D] float32."""
         return self.encode(self.embed_words(words), lead_ids, time_ids)

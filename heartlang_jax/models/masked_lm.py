@@ -26,8 +26,7 @@ from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig, dense
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
 
-def sample_mask(rng: jax.Array, lead_ids: jax.Array,
-                ratio: float = 0.5) -> jax.Array:
+def sample_mask(rng: jax.Array, lead_ids: jax.Array, ratio: float = 0.5) -> jax.Array:
     """Chooses exactly round(ratio * num_real) real words per sentence.
 
     Rounding is half-to-even (as numpy.round). Padding is never chosen.
@@ -47,8 +46,7 @@ def sample_mask(rng: jax.Array, lead_ids: jax.Array,
     return ranks < num_mask[:, None]
 
 
-def masked_positions(mask: jax.Array,
-                     num_positions: int) -> tuple[jax.Array, jax.Array]:
+def masked_positions(mask: jax.Array, num_positions: int) -> tuple[jax.Array, jax.Array]:
     """The first `num_positions` masked indices of each sentence, in order.
 
     Args:
@@ -68,8 +66,7 @@ def masked_positions(mask: jax.Array,
 class MaskedEcgModel(nnx.Module):
     """ECGFormer + mask token + LM head over the codebook vocabulary."""
 
-    def __init__(self, encoder_config: ECGFormerConfig, vocab_size: int, *,
-                 rngs: nnx.Rngs):
+    def __init__(self, encoder_config: ECGFormerConfig, vocab_size: int, *, rngs: nnx.Rngs):
         dim = encoder_config.hidden_dim
         self.encoder = ECGFormer(encoder_config, rngs=rngs)
         if encoder_config.use_released_init:  # released: zeros, PyTorch's nn.Linear head
@@ -77,12 +74,9 @@ class MaskedEcgModel(nnx.Module):
             self.lm_head = dense(dim, vocab_size, encoder_config, rngs)
         else:
             self.mask_token = nnx.Param(_INIT(rngs.params(), (dim,)))  # [D]
-            self.lm_head = nnx.Linear(dim, vocab_size,
-                                      dtype=encoder_config.compute_dtype,
-                                      kernel_init=_INIT, rngs=rngs)
+            self.lm_head = nnx.Linear(dim, vocab_size, dtype=encoder_config.compute_dtype, kernel_init=_INIT, rngs=rngs)
 
-    def __call__(self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array,
-                 mask: jax.Array) -> jax.Array:
+    def __call__(self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array, mask: jax.Array) -> jax.Array:
         """words [B, L, T], ids [B, L], mask [B, L] bool -> hidden [B, L, D].
 
         CLS (learned-position mode) is stripped from the output.
@@ -91,7 +85,7 @@ class MaskedEcgModel(nnx.Module):
         token = self.mask_token[...].astype(x.dtype)
         x = jnp.where(mask[..., None], token, x)
         hidden = self.encoder.encode(x, lead_ids, time_ids)
-        return hidden[:, self.encoder.num_prefix_tokens:]
+        return hidden[:, self.encoder.num_prefix_tokens :]
 
     def logits_at(self, hidden: jax.Array, positions: jax.Array) -> jax.Array:
         """hidden [B, L, D], positions [B, M] -> float32 logits [B, M, V]."""

@@ -23,8 +23,7 @@ sharded batch they are cross-device sums by construction.
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
-from flax import struct
+from flax import nnx, struct
 
 
 class CodebookVariable(nnx.Variable):
@@ -57,21 +56,21 @@ def _assign(vectors: jax.Array, codebook: jax.Array) -> jax.Array:
     return jnp.argmax(sims, axis=-1).astype(jnp.int32)
 
 
-def _code_stats(vectors: jax.Array, indices: jax.Array, weights: jax.Array,
-                num_codes: int, eps: float) -> tuple[jax.Array, jax.Array]:
+def _code_stats(
+    vectors: jax.Array, indices: jax.Array, weights: jax.Array, num_codes: int, eps: float
+) -> tuple[jax.Array, jax.Array]:
     """Per-code weighted count [K] and l2-normalized mean [K, d] of its vectors.
 
     The mean of a code with count 0 is 0; callers keep the old vector there.
     """
     counts = jax.ops.segment_sum(weights, indices, num_segments=num_codes)  # [K]
-    sums = jax.ops.segment_sum(vectors * weights[:, None], indices,
-                               num_segments=num_codes)  # [K, d]
+    sums = jax.ops.segment_sum(vectors * weights[:, None], indices, num_segments=num_codes)  # [K, d]
     return counts, l2_normalize(sums / jnp.maximum(counts, 1.0)[:, None], eps)
 
 
-def spherical_kmeans(key: jax.Array, vectors: jax.Array, mask: jax.Array,
-                     num_codes: int, num_iters: int,
-                     eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
+def spherical_kmeans(
+    key: jax.Array, vectors: jax.Array, mask: jax.Array, num_codes: int, num_iters: int, eps: float = 1e-6
+) -> tuple[jax.Array, jax.Array]:
     """k-means with cosine similarity over the rows of `vectors` where `mask`.
 
     Starts from randomly chosen real vectors (cycled if there are fewer real
@@ -102,8 +101,7 @@ def spherical_kmeans(key: jax.Array, vectors: jax.Array, mask: jax.Array,
         means = jnp.where(counts[:, None] > 0, new, means)
         return means, counts
 
-    return jax.lax.fori_loop(0, num_iters, step,
-                             (means, jnp.zeros((num_codes,), jnp.float32)))
+    return jax.lax.fori_loop(0, num_iters, step, (means, jnp.zeros((num_codes,), jnp.float32)))
 
 
 LOSS_WEIGHTINGS = ("mean", "sum")
@@ -118,9 +116,18 @@ class EmaCodebookQuantizer(nnx.Module):
     the terms are averaged over the real words.
     """
 
-    def __init__(self, num_codes: int, code_dim: int, *, decay: float = 0.99,
-                 kmeans_iters: int = 10, dead_code_patience: int = 0,
-                 loss_weighting: str = "mean", eps: float = 1e-6, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_codes: int,
+        code_dim: int,
+        *,
+        decay: float = 0.99,
+        kmeans_iters: int = 10,
+        dead_code_patience: int = 0,
+        loss_weighting: str = "mean",
+        eps: float = 1e-6,
+        rngs: nnx.Rngs,
+    ):
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}.")
         self.loss_weighting = loss_weighting
@@ -149,8 +156,7 @@ class EmaCodebookQuantizer(nnx.Module):
         """indices [...] -> unit-norm codes [..., d]."""
         return jnp.take(self.codebook[...], indices, axis=0)
 
-    def __call__(self, z: jax.Array, mask: jax.Array, *,
-                 update: bool) -> QuantizerOutput:
+    def __call__(self, z: jax.Array, mask: jax.Array, *, update: bool) -> QuantizerOutput:
         """Quantizes z [..., d] (raw encoder output); mask [...] marks real words.
 
         With update=True the codebook is first initialized by k-means on this
@@ -169,8 +175,7 @@ class EmaCodebookQuantizer(nnx.Module):
         codebook = self.codebook[...]  # [K, d]
         indices = _assign(flat_sg, codebook)  # [N]
         codes = jnp.take(codebook, indices, axis=0)  # [N, d]
-        counts, means = _code_stats(flat_sg, indices, weights, self.num_codes,
-                                     self.eps)
+        counts, means = _code_stats(flat_sg, indices, weights, self.num_codes, self.eps)
         if update:
             self._ema_update(counts, means)
             if self.dead_code_patience > 0:
@@ -178,11 +183,12 @@ class EmaCodebookQuantizer(nnx.Module):
 
         num_real = jnp.maximum(jnp.sum(weights), 1.0)
         reduce = jnp.mean if self.loss_weighting == "mean" else jnp.sum
+
         def masked_mean(per_word):  # [N] -> []
             return jnp.sum(per_word * weights) / num_real
+
         codebook_loss = masked_mean(reduce(jnp.square(flat_sg - codes), axis=-1))
-        commitment_loss = masked_mean(
-            reduce(jnp.square(flat - jax.lax.stop_gradient(codes)), axis=-1))
+        commitment_loss = masked_mean(reduce(jnp.square(flat - jax.lax.stop_gradient(codes)), axis=-1))
 
         probs = counts / num_real  # [K]
         entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(probs), 0.0))
@@ -202,14 +208,12 @@ class EmaCodebookQuantizer(nnx.Module):
         key = jax.random.wrap_key_data(self.codebook_key[...])
 
         def kmeans_init(_):
-            return spherical_kmeans(key, vectors, real, self.num_codes,
-                                    self.kmeans_iters, self.eps)
+            return spherical_kmeans(key, vectors, real, self.num_codes, self.kmeans_iters, self.eps)
 
         def keep(_):
             return self.codebook[...], self.cluster_size[...]
 
-        codebook, cluster_size = jax.lax.cond(self.initialized[...], keep,
-                                              kmeans_init, None)
+        codebook, cluster_size = jax.lax.cond(self.initialized[...], keep, kmeans_init, None)
         self.codebook[...] = codebook
         self.cluster_size[...] = cluster_size
         self.initialized[...] = jnp.array(True)
@@ -220,8 +224,7 @@ class EmaCodebookQuantizer(nnx.Module):
         target = jnp.where(counts[:, None] > 0, means, old)
         new = self.decay * old + (1.0 - self.decay) * target
         self.codebook[...] = l2_normalize(new, self.eps)
-        self.cluster_size[...] = (self.decay * self.cluster_size[...]
-                                  + (1.0 - self.decay) * counts)
+        self.cluster_size[...] = self.decay * self.cluster_size[...] + (1.0 - self.decay) * counts
 
     def _restart_dead_codes(self, counts: jax.Array, vectors: jax.Array, real: jax.Array):
         """Moves each code unused for `dead_code_patience` updates onto a random real vector."""

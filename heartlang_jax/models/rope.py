@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 
 
-def rope_angles(positions: jax.Array, head_dim: int,
-                max_wavelength: float = 10_000.0) -> jax.Array:
+def rope_angles(positions: jax.Array, head_dim: int, max_wavelength: float = 10_000.0) -> jax.Array:
     """theta_{i,j} = i / max_wavelength^(2j/H) for j < H/2, in float32.
 
     Args:
@@ -26,12 +25,11 @@ def rope_angles(positions: jax.Array, head_dim: int,
         [..., L, H/2] float32 angles.
     """
     fraction = 2.0 * jnp.arange(head_dim // 2, dtype=jnp.float32) / head_dim
-    inv_freq = 1.0 / (max_wavelength ** fraction)  # [H/2]
+    inv_freq = 1.0 / (max_wavelength**fraction)  # [H/2]
     return positions.astype(jnp.float32)[..., None] * inv_freq
 
 
-def apply_rope(x: jax.Array, positions: jax.Array,
-               max_wavelength: float = 10_000.0) -> jax.Array:
+def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_000.0) -> jax.Array:
     """Rotates queries or keys by their sequence position.
 
     Args:

@@ -5,18 +5,16 @@ decoder ECGFormer fed the unit-norm codes -> head back to T samples per word.
 Its frozen `word_ids` gives the targets of masked pre-training.
 """
 
-import dataclasses
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
-from flax import struct
+from flax import nnx, struct
 
 from heartlang_jax import typed_config
-from heartlang_jax.typed_config import NON_NEGATIVE, POSITIVE, RATE, field
 from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
 from heartlang_jax.models.quantizer import EmaCodebookQuantizer, QuantizerOutput
+from heartlang_jax.typed_config import NON_NEGATIVE, POSITIVE, RATE, field
 
 _DENSE_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -47,10 +45,8 @@ class TaskHead(nnx.Module):
     """Linear -> Tanh -> Linear, as the released encode/decode task layers."""
 
     def __init__(self, din: int, dout: int, dtype: jnp.dtype, *, rngs: nnx.Rngs):
-        self.fc1 = nnx.Linear(din, din, dtype=dtype, kernel_init=_DENSE_INIT,
-                              rngs=rngs)
-        self.fc2 = nnx.Linear(din, dout, dtype=dtype, kernel_init=_DENSE_INIT,
-                              rngs=rngs)
+        self.fc1 = nnx.Linear(din, din, dtype=dtype, kernel_init=_DENSE_INIT, rngs=rngs)
+        self.fc2 = nnx.Linear(din, dout, dtype=dtype, kernel_init=_DENSE_INIT, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.fc2(jnp.tanh(self.fc1(x))).astype(jnp.float32)
@@ -78,47 +74,45 @@ class VQHBR(nnx.Module):
         self.config = config
         enc, dec = config.encoder, config.decoder
         self.encoder = ECGFormer(enc, rngs=rngs)
-        self.encode_head = TaskHead(enc.hidden_dim, config.code_dim,
-                                    enc.compute_dtype, rngs=rngs)
+        self.encode_head = TaskHead(enc.hidden_dim, config.code_dim, enc.compute_dtype, rngs=rngs)
         self.quantizer = EmaCodebookQuantizer(
-            config.num_codes, config.code_dim, decay=config.decay,
+            config.num_codes,
+            config.code_dim,
+            decay=config.decay,
             kmeans_iters=config.kmeans_iters,
             dead_code_patience=config.dead_code_patience,
-            loss_weighting=config.commitment_weighting, rngs=rngs)
+            loss_weighting=config.commitment_weighting,
+            rngs=rngs,
+        )
         self.decoder = ECGFormer(dec, rngs=rngs)
-        self.decode_head = TaskHead(dec.hidden_dim, enc.token_len,
-                                    dec.compute_dtype, rngs=rngs)
+        self.decode_head = TaskHead(dec.hidden_dim, enc.token_len, dec.compute_dtype, rngs=rngs)
 
-    def encode(self, words: jax.Array, lead_ids: jax.Array,
-               time_ids: jax.Array) -> jax.Array:
+    def encode(self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array) -> jax.Array:
         """words [B, L, T] -> pre-quantization vectors [B, L, d], 0 at padding."""
         h = self.encoder(words, lead_ids, time_ids)
-        h = h[:, self.encoder.num_prefix_tokens:]  # [B, L, D]
+        h = h[:, self.encoder.num_prefix_tokens :]  # [B, L, D]
         z = self.encode_head(h)  # [B, L, d]
         return jnp.where((lead_ids != 0)[..., None], z, 0.0)
 
-    def decode(self, codes: jax.Array, lead_ids: jax.Array,
-               time_ids: jax.Array) -> jax.Array:
+    def decode(self, codes: jax.Array, lead_ids: jax.Array, time_ids: jax.Array) -> jax.Array:
         """Unit-norm codes [B, L, d] -> reconstructed words [B, L, T] float32."""
         h = self.decoder(codes, lead_ids, time_ids)
-        return self.decode_head(h[:, self.decoder.num_prefix_tokens:])
+        return self.decode_head(h[:, self.decoder.num_prefix_tokens :])
 
-    def word_ids(self, words: jax.Array, lead_ids: jax.Array,
-                 time_ids: jax.Array) -> jax.Array:
+    def word_ids(self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array) -> jax.Array:
         """Codebook indices [B, L] int32 without updating anything (call eval())."""
         return self.quantizer.encode(self.encode(words, lead_ids, time_ids))
 
-    def __call__(self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array,
-                 *, update_codebook: bool) -> VQHBROutput:
+    def __call__(
+        self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array, *, update_codebook: bool
+    ) -> VQHBROutput:
         z = self.encode(words, lead_ids, time_ids)  # [B, L, d]
         quantized = self.quantizer(z, lead_ids != 0, update=update_codebook)
         reconstruction = self.decode(quantized.quantized, lead_ids, time_ids)
-        return VQHBROutput(reconstruction=reconstruction,
-                           indices=quantized.indices, quantizer=quantized)
+        return VQHBROutput(reconstruction=reconstruction, indices=quantized.indices, quantizer=quantized)
 
 
-def vqhbr_loss(output: VQHBROutput, words: jax.Array,
-               lead_ids: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+def vqhbr_loss(output: VQHBROutput, words: jax.Array, lead_ids: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L_V = MSE over real words' samples + codebook + commitment terms.
 
     Returns the scalar loss and metrics to log (loss, rec_loss, codebook_loss,

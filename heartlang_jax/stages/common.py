@@ -19,18 +19,12 @@ import ml_collections
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import checkpointing
-from heartlang_jax import errors
-from heartlang_jax import input_pipeline
-from heartlang_jax import optim
-from heartlang_jax import parallel
-from heartlang_jax import run_info
-from heartlang_jax import train_loop
+from heartlang_jax import checkpointing, errors, input_pipeline, optim, parallel, run_info, train_loop
 from heartlang_jax.models import ECGFormerConfig
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> str:
-    """"auto" = bfloat16 on GPU/TPU, float32 on CPU (where bf16 matmuls are emulated)."""
+    """ "auto" = bfloat16 on GPU/TPU, float32 on CPU (where bf16 matmuls are emulated)."""
     if config.dtype != "auto":
         return config.dtype
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
@@ -106,7 +100,9 @@ class StageContext:
     mixture: tuple[MixtureMember, ...] = ()
 
 
-def open_mixture(config: ml_collections.ConfigDict, workdir, primary: tuple[DatasetInfo, dict]) -> tuple[MixtureMember, ...]:
+def open_mixture(
+    config: ml_collections.ConfigDict, workdir, primary: tuple[DatasetInfo, dict]
+) -> tuple[MixtureMember, ...]:
     """The datasets of `config.data.mixture`, each built if needed and checked to cut sentences
     as `primary` (`config.data.dataset`, whose validation split and amplitude the run keeps) does."""
     ref = primary[0]
@@ -117,7 +113,9 @@ def open_mixture(config: ml_collections.ConfigDict, workdir, primary: tuple[Data
         else:
             builder, sources = open_dataset(config, workdir, name)
             info = DatasetInfo.of(builder)
-        differ = sorted(k for k in info.sentence.keys() | ref.sentence.keys() if info.sentence.get(k) != ref.sentence.get(k))
+        differ = sorted(
+            k for k in info.sentence.keys() | ref.sentence.keys() if info.sentence.get(k) != ref.sentence.get(k)
+        )
         if differ:
             details = "; ".join(f"{k}: {info.sentence.get(k)!r} vs {ref.sentence.get(k)!r}" for k in differ)
             raise errors.ConfigError(

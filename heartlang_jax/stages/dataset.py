@@ -9,8 +9,7 @@ import os
 
 import ml_collections
 
-from heartlang_jax import input_pipeline
-from heartlang_jax import stage_configs
+from heartlang_jax import input_pipeline, stage_configs
 from heartlang_jax.stages import common
 
 

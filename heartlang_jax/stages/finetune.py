@@ -25,29 +25,29 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import checkpointing
-from heartlang_jax import errors
-from heartlang_jax import input_pipeline
+from heartlang_jax import checkpointing, errors, input_pipeline, optim, parallel, run_info, stage_configs
 from heartlang_jax import metrics as metrics_lib
-from heartlang_jax import optim
-from heartlang_jax import parallel
-from heartlang_jax import run_info
-from heartlang_jax import stage_configs
 from heartlang_jax.models import EcgClassifier, MaskedEcgModel, classifier_bce_loss
-from heartlang_jax.stages import common
-from heartlang_jax.stages import pretrain
+from heartlang_jax.stages import common, pretrain
 
 STAGE = "finetune"
 MODES = ("linear", "full")
 IDENTITY_FIELDS = (
-    "stage", "task", "mode", "label_fraction", "seed", "init_workdir", "encoder", "data.dataset", "data.builder_config"
+    "stage",
+    "task",
+    "mode",
+    "label_fraction",
+    "seed",
+    "init_workdir",
+    "encoder",
+    "data.dataset",
+    "data.builder_config",
 )
 RESULT_FILE = "result.json"
 TEST_SCORES_FILE = "test_scores.npz"
@@ -73,7 +73,9 @@ def transfer_encoder(source: Any, target: Any) -> None:
     have = nnx.state(source.encoder, nnx.Param)
     have_shapes, want_shapes = _shapes(have), _shapes(nnx.state(target.encoder, nnx.Param))
     if have_shapes != want_shapes:
-        differing = sorted(k for k in have_shapes.keys() | want_shapes.keys() if have_shapes.get(k) != want_shapes.get(k))
+        differing = sorted(
+            k for k in have_shapes.keys() | want_shapes.keys() if have_shapes.get(k) != want_shapes.get(k)
+        )
         raise checkpointing.CheckpointError(
             f"the pre-trained encoder does not match the classifier's encoder at {len(differing)} parameter(s), "
             f"e.g. {differing[:3]}: {[have_shapes.get(k) for k in differing[:3]]} vs "
@@ -142,7 +144,9 @@ def _head_logits(model: EcgClassifier, features):
     return model.head(features)  # [N, C]
 
 
-def predict(model: EcgClassifier, fn, source, task: str, global_batch: int, mesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(
+    model: EcgClassifier, fn, source, task: str, global_batch: int, mesh
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(source indices [N], labels [N, C], fn outputs [N, ...]) over a split's labelled records, eval mode.
 
     Each host runs its rows; outputs and rows are gathered from all hosts, in the split's order.
@@ -214,7 +218,13 @@ def _global_batch(config: ml_collections.ConfigDict, num_examples: int) -> int:
             f"{config.task}, fewer than the {devices} devices"
         )
     if batch < config.batch_size:
-        logging.warning("[%s] only %d training records: global batch lowered from %d to %d", STAGE, num_examples, config.batch_size, batch)
+        logging.warning(
+            "[%s] only %d training records: global batch lowered from %d to %d",
+            STAGE,
+            num_examples,
+            config.batch_size,
+            batch,
+        )
     return batch
 
 
@@ -222,7 +232,9 @@ def task_classes(builder, task: str) -> list[str]:
     """The class names of a task the dataset declares; a one-line error naming the field otherwise."""
     classes = builder.info.metadata["classes"]
     if task not in classes:
-        raise errors.ConfigError(f"config.task={task!r} is not a task of {builder.name}; its tasks are {sorted(classes)}")
+        raise errors.ConfigError(
+            f"config.task={task!r} is not a task of {builder.name}; its tasks are {sorted(classes)}"
+        )
     return list(classes[task])
 
 
@@ -242,18 +254,32 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
     """Trains and evaluates on `sources` ({split: indexable examples}); writes and returns the result."""
     task, seed = config.task, config.seed
     num_train = len(
-        input_pipeline.label_fraction_subset(input_pipeline.labelled_indices(sources["train"], task), config.label_fraction, seed)
+        input_pipeline.label_fraction_subset(
+            input_pipeline.labelled_indices(sources["train"], task), config.label_fraction, seed
+        )
     )
-    ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS, global_batch=_global_batch(config, num_train), data=(dataset, sources))
+    ctx = common.prepare(
+        STAGE, config, workdir, IDENTITY_FIELDS, global_batch=_global_batch(config, num_train), data=(dataset, sources)
+    )
     train_data = input_pipeline.train_dataset(
         sources["train"], global_batch=ctx.global_batch, seed=seed, task=task, label_fraction=config.label_fraction
     )
-    logging.info("[%s] %s, %s, label fraction %g: %d training records", STAGE, task, config.mode, config.label_fraction, num_train)
+    logging.info(
+        "[%s] %s, %s, label fraction %g: %d training records",
+        STAGE,
+        task,
+        config.mode,
+        config.label_fraction,
+        num_train,
+    )
 
     model = build_model(config, len(class_names))
     common.write_run_info(
-        ctx, STAGE, {"encoder": common.encoder_fields(model.encoder.config), "num_classes": len(class_names)},
-        task=task, class_names=tuple(class_names),
+        ctx,
+        STAGE,
+        {"encoder": common.encoder_fields(model.encoder.config), "num_classes": len(class_names)},
+        task=task,
+        class_names=tuple(class_names),
     )
     parallel.replicate_module(model, ctx.mesh)
     opt_cfg = config.optimizer[config.mode]
@@ -330,6 +356,9 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
     checkpointing.atomic_write_text(ctx.workdir / RESULT_FILE, json.dumps(summary, indent=2, sort_keys=True))
     logging.info(
         "[%s] best validation macro AUC %s at epoch %s; test macro AUC of those weights %s",
-        STAGE, summary["val_auc"], summary["best_epoch"], summary["test_auc"],
+        STAGE,
+        summary["val_auc"],
+        summary["best_epoch"],
+        summary["test_auc"],
     )
     return summary

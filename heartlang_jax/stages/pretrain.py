@@ -18,22 +18,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 
-from etils import epath
-
-from heartlang_jax import checkpointing
-from heartlang_jax import errors
-from heartlang_jax import input_pipeline
-from heartlang_jax import parallel
-from heartlang_jax import run_info
-from heartlang_jax import stage_configs
+from heartlang_jax import checkpointing, errors, input_pipeline, parallel, run_info, stage_configs
 from heartlang_jax.models import VQHBR, MaskedEcgModel, masked_lm_loss
-from heartlang_jax.stages import common
-from heartlang_jax.stages import vqhbr
+from heartlang_jax.stages import common, vqhbr
 
 STAGE = "pretrain"
-IDENTITY_FIELDS = ("stage", "model", "data.dataset", "data.builder_config", "data.mixture", "vqhbr_workdir", "train_splits")
+IDENTITY_FIELDS = (
+    "stage",
+    "model",
+    "data.dataset",
+    "data.builder_config",
+    "data.mixture",
+    "vqhbr_workdir",
+    "train_splits",
+)
 TARGETS_DIR = "targets"
 # The evaluation masks' own stream: never a key that initialization or training draws.
 EVAL_MASK_STREAM = zlib.crc32(b"heartlang_jax.pretrain.eval_mask")
@@ -142,7 +143,9 @@ def evaluate(model, source, targets, global_batch, mesh, seed: int, mask_ratio: 
     eval_key = jax.random.fold_in(jax.random.key(seed), EVAL_MASK_STREAM)
     for i, batch in enumerate(input_pipeline.eval_batches(source, global_batch=global_batch)):
         batch["targets"] = targets[batch["index"]]
-        out = parallel.to_host(_eval_step(model, parallel.shard_batch(batch, mesh), jax.random.fold_in(eval_key, i), mask_ratio))
+        out = parallel.to_host(
+            _eval_step(model, parallel.shard_batch(batch, mesh), jax.random.fold_in(eval_key, i), mask_ratio)
+        )
         totals = out if totals is None else jax.tree.map(np.add, totals, out)
     model.train()
     if totals is None:
@@ -176,7 +179,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     train_targets, validation_targets = targets.values()
     vocab_size = vocabulary.config.num_codes
     model = build_model(config, vocab_size)
-    common.write_run_info(ctx, STAGE, {"encoder": common.encoder_fields(model.encoder.config), "vocab_size": vocab_size})
+    common.write_run_info(
+        ctx, STAGE, {"encoder": common.encoder_fields(model.encoder.config), "vocab_size": vocab_size}
+    )
     ratio = config.model.mask_ratio
 
     def prepare(batch):

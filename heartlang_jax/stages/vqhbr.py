@@ -20,12 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from heartlang_jax import errors
-from heartlang_jax import input_pipeline
-from heartlang_jax import parallel
-from heartlang_jax import run_info
-from heartlang_jax import train_loop
-from heartlang_jax import stage_configs
+from heartlang_jax import errors, input_pipeline, parallel, run_info, stage_configs, train_loop
 from heartlang_jax.models import VQHBR, VQHBRConfig, vqhbr_loss
 from heartlang_jax.stages import common
 

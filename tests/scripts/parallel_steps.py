@@ -9,11 +9,12 @@ import sys
 
 import jax
 import numpy as np
+import synthetic
 from flax import nnx
 
-import synthetic
-from heartlang_jax.configs import pretrain_base, vqhbr as vqhbr_config
 from heartlang_jax import input_pipeline, optim, parallel
+from heartlang_jax.configs import pretrain_base
+from heartlang_jax.configs import vqhbr as vqhbr_config
 from heartlang_jax.stages import pretrain, vqhbr
 
 
@@ -35,7 +36,9 @@ def main(out_path: str) -> None:
     config = vqhbr_config.get_config("tiny")
     config.dtype = "float32"
     model = vqhbr.build_model(config)
-    optimizer = nnx.Optimizer(model, optim.make_optimizer(config.optimizer, num_train_steps=10, warmup_steps=1), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(
+        model, optim.make_optimizer(config.optimizer, num_train_steps=10, warmup_steps=1), wrt=nnx.Param
+    )
     parallel.replicate_module(model, mesh)
     parallel.replicate_module(optimizer, mesh)
     for i, batch in enumerate(batches):
@@ -45,7 +48,9 @@ def main(out_path: str) -> None:
     config = pretrain_base.get_config("tiny")
     config.dtype = "float32"
     model = pretrain.build_model(config, vocab_size=64)
-    optimizer = nnx.Optimizer(model, optim.make_optimizer(config.optimizer, num_train_steps=10, warmup_steps=1), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(
+        model, optim.make_optimizer(config.optimizer, num_train_steps=10, warmup_steps=1), wrt=nnx.Param
+    )
     parallel.replicate_module(model, mesh)
     parallel.replicate_module(optimizer, mesh)
     step = pretrain.make_train_step(config.model.mask_ratio)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from heartlang_jax import records
-from heartlang_jax import sentence_corpus
-from tfds_ptbxl import labelled
-from tfds_ptbxl import testing
+from heartlang_jax import records, sentence_corpus
+from tfds_ptbxl import labelled, testing
 from tfds_ptbxl.cpsc2018 import cpsc2018_dataset_builder
 
 PER_SPLIT = {"train": 4, "validation": 2, "test": 2}
@@ -70,8 +66,10 @@ def test_long_and_short_records_follow_the_tokenizers_duration_rule(built, folde
     amp = built.info.metadata["amplitude"]
     record = records.load_record(tmp / "cpsc2018" / "TrainingSet3" / rows[2].record)
     assert record.fs == 500 and record.signal.shape == (12, 7500)
-    expected = sentence_corpus.SentenceSpec().make_tokenizer().tokenize(
-        (record.signal - amp["mean"]) / amp["std"], record.fs, lead_names=record.lead_names
+    expected = (
+        sentence_corpus.SentenceSpec()
+        .make_tokenizer()
+        .tokenize((record.signal - amp["mean"]) / amp["std"], record.fs, lead_names=record.lead_names)
     )
     np.testing.assert_array_equal(long["time_ids"], expected.time_ids)
     np.testing.assert_allclose(long["words"].astype(np.float32), expected.words, rtol=1e-3, atol=1e-3)
@@ -97,6 +95,8 @@ def test_a_foreign_mat_is_a_record_error_naming_it(tmp_path):
 def test_missing_records_are_named_in_one_line(tmp_path, folder):
     tmp, _ = folder
     builder = tfds.builder("cpsc2018", data_dir=str(tmp_path), split_file=str(tmp / "splits.csv.gz"), num_workers=1)
-    with pytest.raises(labelled.DatasetLayoutError, match=r"lacks 8 of the 8 records .*e\.g\. A\d{4}, .*Put the CPSC 2018") as e:
+    with pytest.raises(
+        labelled.DatasetLayoutError, match=r"lacks 8 of the 8 records .*e\.g\. A\d{4}, .*Put the CPSC 2018"
+    ) as e:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path)))
     assert "\n" not in str(e.value)

@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from heartlang_jax import records
-from heartlang_jax import sentence_corpus
+from heartlang_jax import records, sentence_corpus
 from heartlang_jax.records import STANDARD_LEADS
-from tfds_ptbxl import labelled
-from tfds_ptbxl import testing
+from tfds_ptbxl import labelled, testing
 from tfds_ptbxl.csn import csn_dataset_builder
 
 PER_SPLIT = {"train": 5, "validation": 2, "test": 2}
@@ -62,7 +60,7 @@ def test_splits_labels_and_sentence_shapes(built, folder):
     assert meta["classes"]["diagnosis"][:3] == ["AQW", "UW", "SR"]
     assert meta["sentence"]["max_len"] == 256 and meta["sentence"]["token_len"] == 96 and meta["sentence"]["fs"] == 100
     labels = {labelled.record_number(row.record): row.labels for row in rows}
-    for split, source in built.as_data_source().items():
+    for source in built.as_data_source().values():
         for example in source:
             assert example["words"].shape == (256, 96)
             assert example["lead_ids"].shape == example["time_ids"].shape == (256,)
@@ -73,7 +71,7 @@ def test_splits_labels_and_sentence_shapes(built, folder):
 def test_flat_leads_are_left_out_and_an_all_flat_record_is_skipped(built, folder):
     _, rows = folder
     meta = built.info.metadata
-    assert meta["flat_leads"]["by_lead"] == {lead: 1 for lead in FLAT}
+    assert meta["flat_leads"]["by_lead"] == dict.fromkeys(FLAT, 1)
     assert meta["flat_leads"]["records"] == [{"record": rows[1].record, "leads": list(FLAT)}]
     assert meta["skipped"]["total"] == 1
     (skip,) = meta["skipped"]["records"]
@@ -89,8 +87,10 @@ def test_stored_sentence_is_the_tokenizers(built, folder):
     amp = built.info.metadata["amplitude"]
     record = records.load_record(tmp / "ecg-arrhythmia" / rows[0].record)
     assert record.fs == 500
-    expected = sentence_corpus.SentenceSpec().make_tokenizer().tokenize(
-        (record.signal - amp["mean"]) / amp["std"], record.fs, lead_names=record.lead_names
+    expected = (
+        sentence_corpus.SentenceSpec()
+        .make_tokenizer()
+        .tokenize((record.signal - amp["mean"]) / amp["std"], record.fs, lead_names=record.lead_names)
     )
     stored = {int(e["record_id"]): e for e in built.as_data_source()["train"]}[labelled.record_number(rows[0].record)]
     np.testing.assert_array_equal(stored["lead_ids"], expected.lead_ids)
@@ -124,6 +124,8 @@ def test_missing_folder_and_records_are_named_in_one_line(tmp_path, folder):
 
 def test_a_folder_that_does_not_exist_is_named_in_one_line(tmp_path, folder):
     tmp, _ = folder
-    with pytest.raises(labelled.DatasetLayoutError, match=r"CSN folder .*nowhere does not exist\. Put the extracted") as e:
+    with pytest.raises(
+        labelled.DatasetLayoutError, match=r"CSN folder .*nowhere does not exist\. Put the extracted"
+    ) as e:
         _build(tmp_path, tmp_path / "nowhere", tmp / "splits.csv.gz")
     assert "\n" not in str(e.value)

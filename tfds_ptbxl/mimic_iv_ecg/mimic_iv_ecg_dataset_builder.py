@@ -39,8 +39,8 @@ import logging
 import math
 import os
 import pathlib
-from typing import Any
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -88,7 +88,9 @@ def read_record_list(root: pathlib.Path) -> RecordList:
         reader = csv.DictReader(f)
         missing = {"subject_id", "study_id", "path"} - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}; is this MIMIC-IV-ECG's record_list.csv?")
+            raise ValueError(
+                f"{path}: missing column(s) {', '.join(sorted(missing))}; is this MIMIC-IV-ECG's record_list.csv?"
+            )
         for line_no, row in enumerate(reader, start=2):
             try:
                 subjects.append(int(row["subject_id"]))
@@ -99,8 +101,6 @@ def read_record_list(root: pathlib.Path) -> RecordList:
     if not paths:
         raise ValueError(f"{path} lists no record")
     return RecordList(np.asarray(subjects, np.int64), np.asarray(studies, np.int64), paths)
-
-
 
 
 def _tokenize(items, spec, mean, std, num_workers) -> Iterator:
@@ -116,7 +116,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         BuilderConfig(name="leads12", description="All 12 standard leads, resampled from 500 to 100 Hz."),
         BuilderConfig(
-            name="leads12_xqrs", detector="xqrs", description="All 12 leads, beats found by XQRS on lead I (the paper's)."
+            name="leads12_xqrs",
+            detector="xqrs",
+            description="All 12 leads, beats found by XQRS on lead I (the paper's).",
         ),
     ]
     DEFAULT_CONFIG_NAME = "leads12"
@@ -184,7 +186,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             amplitude = json.loads(fit_file.read_text())
         else:
             train = members["train"]
-            sample = np.sort(np.random.RandomState(RELEASED_SEED).permutation(len(train))[: self._amplitude_fit_records])
+            sample = np.sort(
+                np.random.RandomState(RELEASED_SEED).permutation(len(train))[: self._amplitude_fit_records]
+            )
             paths = [root / listing.path[i] for i in train[sample]]
             mean, std = sentence_corpus.amplitude_moments(paths, spec, self._num_workers)
             amplitude = {"mean": mean, "std": std, "fitted_on": f"train, a seeded sample of {len(paths)} records"}
@@ -226,7 +230,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         root, listing = plan["root"], plan["listing"]
         todo = [c for c in chunks if not self._chunk_path(plan, c[0], c[1]).is_file()]
         if len(todo) < len(chunks):
-            logging.info("Resuming: %d of %d chunks already tokenized in %s", len(chunks) - len(todo), len(chunks), plan["chunk_dir"])
+            logging.info(
+                "Resuming: %d of %d chunks already tokenized in %s",
+                len(chunks) - len(todo),
+                len(chunks),
+                plan["chunk_dir"],
+            )
         items = ((int(i), root / listing.path[i]) for _, _, idx in todo for i in idx)
         amp = plan["amplitude"]
         results = _tokenize(items, plan["spec"], amp["mean"], amp["std"], self._num_workers) if todo else iter(())
@@ -261,22 +270,27 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for chunk in self._chunks(plan, [c for c in plan["chunks"] if c[0] == split]):
             for study, reason in chunk["skipped"]:
                 self._log.skip(study, sentence_corpus.SkipReason(**reason))
-            flat = dict((study, leads) for study, leads in chunk["flat"])
+            flat = dict(chunk["flat"])  # [(study, leads), ...]
             for row, study in enumerate(chunk["study_id"]):
                 study = int(study)
                 if study in flat:
                     self._log.merge([], [(study, flat[study])])
                 kept += 1
-                yield study, {
-                    "words": chunk["words"][row],
-                    "lead_ids": chunk["lead_ids"][row],
-                    "time_ids": chunk["time_ids"][row],
-                    "num_words": int(chunk["num_words"][row]),
-                    "subject_id": int(chunk["subject_id"][row]),
-                    "study_id": study,
-                }
+                yield (
+                    study,
+                    {
+                        "words": chunk["words"][row],
+                        "lead_ids": chunk["lead_ids"][row],
+                        "time_ids": chunk["time_ids"][row],
+                        "num_words": int(chunk["num_words"][row]),
+                        "subject_id": int(chunk["subject_id"][row]),
+                        "study_id": study,
+                    },
+                )
         if not kept:
-            raise ValueError(f"all {len(plan['members'][split])} records of the {split} split were skipped (see the warnings above)")
+            raise ValueError(
+                f"all {len(plan['members'][split])} records of the {split} split were skipped (see the warnings above)"
+            )
 
 
 def _collect(results: Iterator, count: int, spec: sentence_corpus.SentenceSpec, listing: RecordList) -> dict:

@@ -11,8 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 import wfdb
 
-from heartlang_jax import records
-from heartlang_jax import sentence_corpus
+from heartlang_jax import records, sentence_corpus
 from heartlang_jax.records import STANDARD_LEADS
 from tfds_ptbxl import testing
 from tfds_ptbxl.mimic_iv_ecg import mimic_iv_ecg_dataset_builder as mimic
@@ -27,7 +26,15 @@ def _write_folder(root: pathlib.Path) -> list[dict]:
     for i in range(NUM_RECORDS):
         subject, study = 10000032 + i, 40000000 + 17 * i
         path = f"files/p{subject // 10000:04d}/p{subject}/s{study}/{study}"
-        rows.append({"subject_id": subject, "study_id": study, "file_name": study, "ecg_time": "2180-07-23 08:44:00", "path": path})
+        rows.append(
+            {
+                "subject_id": subject,
+                "study_id": study,
+                "file_name": study,
+                "ecg_time": "2180-07-23 08:44:00",
+                "path": path,
+            }
+        )
         signal = testing.ptbxl_signal(i + 1)
         if i == 4:
             signal[:] = 0.0  # every lead dead: skipped and named
@@ -76,7 +83,9 @@ def test_released_split_is_sklearns_train_test_split_per_batch():
             ids = np.arange(start, min(start + batch, n))
             _, expected = sklearn.train_test_split(ids, test_size=0.1, random_state=0)
             assert sorted(np.flatnonzero(validation[start : start + batch]) + start) == sorted(expected)
-    assert mimic.released_split(800_035).sum() == sum(math.ceil(0.1 * min(100_100, 800_035 - s)) for s in range(0, 800_035, 100_100))
+    assert mimic.released_split(800_035).sum() == sum(
+        math.ceil(0.1 * min(100_100, 800_035 - s)) for s in range(0, 800_035, 100_100)
+    )
 
 
 def test_splits_sentences_and_info(built, folder):
@@ -104,8 +113,10 @@ def test_stored_sentence_is_the_tokenizers_with_leads_by_name(built, folder):
     amp = built.info.metadata["amplitude"]
     record = records.load_record(root / rows[0]["path"])
     assert record.lead_names == MIMIC_LEADS
-    expected = sentence_corpus.SentenceSpec().make_tokenizer().tokenize(
-        (record.signal - amp["mean"]) / amp["std"], record.fs, lead_names=record.lead_names
+    expected = (
+        sentence_corpus.SentenceSpec()
+        .make_tokenizer()
+        .tokenize((record.signal - amp["mean"]) / amp["std"], record.fs, lead_names=record.lead_names)
     )
     stored = {int(e["study_id"]): e for e in built.as_data_source()["train"]}[rows[0]["study_id"]]
     np.testing.assert_array_equal(stored["lead_ids"], expected.lead_ids)

@@ -25,7 +25,9 @@ def main() -> None:
     parser.add_argument("--num_workers", type=int, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    builder = mimic_iv_ecg_dataset_builder.Builder(config=args.config, data_dir=args.data_dir, num_workers=args.num_workers)
+    builder = mimic_iv_ecg_dataset_builder.Builder(
+        config=args.config, data_dir=args.data_dir, num_workers=args.num_workers
+    )
     written = builder.prepare_chunks(args.manual_dir, part=args.part, num_parts=args.num_parts)
     print(f"part {args.part} of {args.num_parts}: {written} chunks ready")
 

@@ -93,9 +93,7 @@ def download_ptbxl(
 
 def _fetch_all(base, dest, names: Iterable[str], expected, max_workers, timeout_s) -> None:
     with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
-        futures = [
-            pool.submit(_fetch, urllib.parse.urljoin(base, n), dest / n, expected(n), timeout_s) for n in names
-        ]
+        futures = [pool.submit(_fetch, urllib.parse.urljoin(base, n), dest / n, expected(n), timeout_s) for n in names]
         for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
             future.result()
             if done % 2000 == 0:

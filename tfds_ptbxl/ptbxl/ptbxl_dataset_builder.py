@@ -18,8 +18,7 @@ from typing import Literal
 import numpy as np
 import tensorflow_datasets as tfds
 
-from heartlang_jax import ptbxl
-from heartlang_jax import sentence_corpus
+from heartlang_jax import ptbxl, sentence_corpus
 from heartlang_jax.records import STANDARD_LEADS
 from tfds_ptbxl import sentences
 from tfds_ptbxl.ptbxl import physionet
@@ -53,6 +52,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     @classmethod
     def tasks(cls) -> tuple[str, ...]:
         return ptbxl.TASKS
+
     BUILDER_CONFIGS = [
         BuilderConfig(name="leads12", description="All 12 standard leads, from the 100 Hz files."),
         BuilderConfig(name="leads1", leads=("I",), description="Lead I only (released code's 1-lead subset)."),
@@ -133,7 +133,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         )
         self.info.metadata["amplitude"] = {"mean": mean, "std": std, "fitted_on": "train (folds 1-8)"}
         self._log = sentences.BuildLog(self.info.metadata, id_field="ecg_id")
-        logging.info("Amplitude standardization fitted on %d training records: mean=%.5f std=%.5f", len(train), mean, std)
+        logging.info(
+            "Amplitude standardization fitted on %d training records: mean=%.5f std=%.5f", len(train), mean, std
+        )
         return {
             split: self._generate_examples(root, ptbxl.fold_rows(rows, split), labels, spec, mean, std)
             for split in ptbxl.SPLIT_FOLDS

@@ -16,11 +16,9 @@ import threading
 import numpy as np
 import pytest
 
-from heartlang_jax import ptbxl
-from heartlang_jax import sentence_corpus
+from heartlang_jax import ptbxl, sentence_corpus
 from heartlang_jax.records import load_record
-from tfds_ptbxl.ptbxl import physionet
-from tfds_ptbxl.ptbxl import ptbxl_dataset_builder
+from tfds_ptbxl.ptbxl import physionet, ptbxl_dataset_builder
 
 DUMMY = pathlib.Path(__file__).parent / "dummy_data"
 EXPECTED_SPLITS = {"train": 5, "validation": 1, "test": 1}
@@ -80,7 +78,12 @@ def test_amplitude_fit_uses_training_records_only(built):
 def test_labels_follow_scp_statements(built):
     labels = ptbxl.LabelSpace.from_statements(DUMMY / "scp_statements.csv")
     classes = built.info.metadata["classes"]
-    assert {t: len(c) for t, c in classes.items()} == {"superdiagnostic": 5, "subdiagnostic": 23, "form": 19, "rhythm": 12}
+    assert {t: len(c) for t, c in classes.items()} == {
+        "superdiagnostic": 5,
+        "subdiagnostic": 23,
+        "form": 19,
+        "rhythm": 12,
+    }
     source = built.as_data_source()["train"]
     rows = {row.ecg_id: row for row in ptbxl.read_database(DUMMY)}
     for i in range(len(source)):
