@@ -154,12 +154,6 @@ class LabelSpace:
         return len(self.classes[task])
 
 
-def validate_task(task: str | None) -> str | None:
-    if task is not None and task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS} or None, got {task!r}")
-    return task
-
-
 def fold_rows(rows: Sequence[EcgRow], split: str) -> list[EcgRow]:
     folds = SPLIT_FOLDS[split]
     return [row for row in rows if row.strat_fold in folds]
