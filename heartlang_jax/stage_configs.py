@@ -147,12 +147,19 @@ class DatasetStage:
 
 
 @checked(kw_only=True)
-class VQHBRFields(LoopFields):
-    stage: Literal["vqhbr"]
+class UnsupervisedFields(LoopFields):
+    """What VQ-HBR and pre-training share beside their model."""
+
     seed: int
+    # The dataset splits trained on (the others stay unseen; see configs/vqhbr.py).
     train_splits: tuple[Split, ...] = field(non_empty=True)
-    model: VQHBRModelBlock
     optimizer: OptimizerConfig
+
+
+@checked(kw_only=True)
+class VQHBRFields(UnsupervisedFields):
+    stage: Literal["vqhbr"]
+    model: VQHBRModelBlock
 
 
 @checked(kw_only=True)
@@ -161,12 +168,9 @@ class VQHBRStage(VQHBRFields):
 
 
 @checked(kw_only=True)
-class PretrainFields(LoopFields):
+class PretrainFields(UnsupervisedFields):
     stage: Literal["pretrain"]
-    seed: int
-    train_splits: tuple[Split, ...] = field(non_empty=True)
     model: PretrainModelBlock
-    optimizer: OptimizerConfig
 
 
 @checked(kw_only=True)

@@ -28,6 +28,7 @@ from etils import epath
 
 from heartlang_jax import checkpointing, parallel, run_info, stage_configs
 from heartlang_jax import metrics as metrics_lib
+from heartlang_jax.models import ECGFormerConfig
 from heartlang_jax.stages import common, finetune
 
 CELLS_DIR = "cells"
@@ -144,9 +145,9 @@ def _random_init_encoder(config: ml_collections.ConfigDict):
     """
     if not config.init_workdir:
         return None
-    encoder = ml_collections.ConfigDict(
-        dict(run_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"])
-    )
+    fields = dict(run_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"])
+    # The cell's stage derives these from the dataset and config.dtype.
+    encoder = ml_collections.ConfigDict({k: v for k, v in fields.items() if k not in ECGFormerConfig.DERIVED})
     for name in finetune.REGULARIZATION_FIELDS:
         encoder[name] = config.finetune.encoder[name]
     return encoder

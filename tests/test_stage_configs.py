@@ -108,6 +108,7 @@ def test_wrong_type_is_named(name, path, value, expected):
         ("vqhbr", "model.encoder.num_heads", 0, "model.encoder.num_heads: must be positive, got 0"),
         ("finetune", "data.builder_config", "leads13", "data.builder_config: must be one of ('leads12'"),
         ("pipeline", "vqhbr.stage", "pretrain", "vqhbr.stage: must be 'vqhbr' here, got 'pretrain'"),
+        ("finetune", "encoder.max_len", 128, "encoder.max_len: set by the program (from the dataset or config.dtype)"),
         (
             "finetune",
             "data.dataset",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import grain
 import jax
@@ -30,9 +30,16 @@ def compute_dtype(config: ml_collections.ConfigDict) -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
-def ecgformer_config(encoder: ml_collections.ConfigDict, dtype: str, **overrides) -> ECGFormerConfig:
-    """The model dataclass from a config block (its fields were checked by config validation)."""
-    return ECGFormerConfig(**{**encoder.to_dict(), **overrides, "dtype": dtype})
+def ecgformer_config(
+    encoder: ml_collections.ConfigDict, dtype: str, sentence: Mapping | None = None, **overrides
+) -> ECGFormerConfig:
+    """The model dataclass from a config block (checked by the stage's typed config), with what
+    the config does not set: the compute dtype, and the sentence length and word length of the
+    dataset's `sentence` spec (ECGFormerConfig's defaults, 256 x 96, when None). `overrides` win."""
+    derived: dict = {"dtype": dtype}
+    if sentence is not None:
+        derived.update(max_len=int(sentence["max_len"]), token_len=int(sentence["token_len"]))
+    return ECGFormerConfig(**{**encoder.to_dict(), **derived, **overrides})
 
 
 def tfds_dir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epath.Path:

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -88,13 +88,20 @@ def _shapes(state) -> dict[str, tuple]:
     return {jax.tree_util.keystr(p): (x.shape, x.dtype) for p, x in jax.tree_util.tree_leaves_with_path(state)}
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> EcgClassifier:
-    """The classifier; its encoder pre-trained (config.init_workdir) or random."""
+def build_model(config: ml_collections.ConfigDict, num_classes: int, sentence: Mapping | None = None) -> EcgClassifier:
+    """The classifier; its encoder pre-trained (config.init_workdir) or random, for sentences of
+    the dataset's `sentence` spec (None = the 256 x 96 default)."""
     dtype = common.compute_dtype(config)
     if not config.init_workdir:
-        encoder = common.ecgformer_config(config.encoder, dtype)
+        encoder = common.ecgformer_config(config.encoder, dtype, sentence)
         return EcgClassifier(encoder, num_classes, rngs=nnx.Rngs(config.seed))
     pretrained = load_pretrained(os.fspath(checkpointing.absolute(config.init_workdir)), dtype)
+    have = pretrained.encoder.config
+    if sentence is not None and (have.max_len, have.token_len) != (sentence["max_len"], sentence["token_len"]):
+        raise errors.CheckpointError(
+            f"config.init_workdir: its encoder reads sentences of {have.max_len} words x {have.token_len} samples, "
+            f"the dataset's are {sentence['max_len']} x {sentence['token_len']}"
+        )
     encoder = dataclasses.replace(
         pretrained.encoder.config, **{name: config.encoder[name] for name in REGULARIZATION_FIELDS}
     )
@@ -273,7 +280,7 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
         num_train,
     )
 
-    model = build_model(config, len(class_names))
+    model = build_model(config, len(class_names), dataset.sentence)
     common.write_run_info(
         ctx,
         STAGE,

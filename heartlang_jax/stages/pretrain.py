@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import zlib
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +41,8 @@ TARGETS_DIR = "targets"
 EVAL_MASK_STREAM = zlib.crc32(b"heartlang_jax.pretrain.eval_mask")
 
 
-def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> MaskedEcgModel:
-    encoder = common.ecgformer_config(config.model.encoder, common.compute_dtype(config))
+def build_model(config: ml_collections.ConfigDict, vocab_size: int, sentence: Mapping | None = None) -> MaskedEcgModel:
+    encoder = common.ecgformer_config(config.model.encoder, common.compute_dtype(config), sentence)
     return MaskedEcgModel(encoder, vocab_size, rngs=nnx.Rngs(config.seed))
 
 
@@ -178,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     }
     train_targets, validation_targets = targets.values()
     vocab_size = vocabulary.config.num_codes
-    model = build_model(config, vocab_size)
+    model = build_model(config, vocab_size, ctx.dataset.sentence)
     common.write_run_info(
         ctx, STAGE, {"encoder": common.encoder_fields(model.encoder.config), "vocab_size": vocab_size}
     )

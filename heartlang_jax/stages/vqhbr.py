@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import logging
 import os
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -29,12 +30,13 @@ STAGE = "vqhbr"
 IDENTITY_FIELDS = ("stage", "model", "data.dataset", "data.builder_config", "data.mixture", "train_splits")
 
 
-def model_config(config: ml_collections.ConfigDict) -> VQHBRConfig:
+def model_config(config: ml_collections.ConfigDict, sentence: Mapping | None = None) -> VQHBRConfig:
+    """`sentence`: the dataset's sentence spec (max_len, token_len); None = the 256 x 96 default."""
     dtype = common.compute_dtype(config)
     model = config.model
     return VQHBRConfig(
-        encoder=common.ecgformer_config(model.encoder, dtype),
-        decoder=common.ecgformer_config(model.decoder, dtype, token_len=model.code_dim),
+        encoder=common.ecgformer_config(model.encoder, dtype, sentence),
+        decoder=common.ecgformer_config(model.decoder, dtype, sentence, token_len=model.code_dim),
         num_codes=model.num_codes,
         code_dim=model.code_dim,
         decay=model.decay,
@@ -44,8 +46,8 @@ def model_config(config: ml_collections.ConfigDict) -> VQHBRConfig:
     )
 
 
-def build_model(config: ml_collections.ConfigDict, seed: int | None = None) -> VQHBR:
-    return VQHBR(model_config(config), rngs=nnx.Rngs(config.seed if seed is None else seed))
+def build_model(config: ml_collections.ConfigDict, seed: int | None = None, sentence: Mapping | None = None) -> VQHBR:
+    return VQHBR(model_config(config, sentence), rngs=nnx.Rngs(config.seed if seed is None else seed))
 
 
 def _real(batch) -> jax.Array:
@@ -145,7 +147,7 @@ def evaluate(model: VQHBR, source, global_batch: int, mesh, example: dict | None
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
     stage_configs.validate(config)  # every field judged before any data is read or workdir claimed
     ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS)
-    model = build_model(config)
+    model = build_model(config, sentence=ctx.dataset.sentence)
     common.write_run_info(ctx, STAGE, run_info_model(model.config))
     source = common.train_source(ctx, config.train_splits)
     example: dict = {}
