@@ -173,7 +173,7 @@ class RunCheckpoints:
             "data": ocp.args.JsonSave(data_state or {}),
             "meta": ocp.args.JsonSave({"step": int(step), **(meta or {})}),
         }
-        if optimizer is not None:  # a model-only checkpoint (e.g. an exported tokenizer) has none
+        if optimizer is not None:  # a model-only checkpoint (e.g. a carried vocabulary) has none
             args["optimizer"] = ocp.args.StandardSave(_saveable(nnx.state(optimizer)))
         if metrics is not None:  # a NaN score (e.g. AUC without positives) ranks last
             metrics = {k: float(v) if math.isfinite(float(v)) else -math.inf for k, v in metrics.items()}

@@ -60,7 +60,7 @@ def _where(workdir, tfds_dir: str, dirs: dict) -> str:
         [
             f"Pipeline finished in {workdir}",
             f"  dataset:     {tfds_dir}",
-            f"  checkpoints: {dirs['vqhbr'] / checkpointing.CHECKPOINT_DIR} (tokenizer), "
+            f"  checkpoints: {dirs['vqhbr'] / checkpointing.CHECKPOINT_DIR} (vocabulary), "
             f"{dirs['pretrain'] / checkpointing.CHECKPOINT_DIR} (pre-trained encoder)",
             f"  logs:        tensorboard --logdir {workdir}   (and metrics.jsonl in each stage's folder)",
             f"  results:     {dirs['sweep'] / sweep.RESULTS_MD}, {dirs['sweep'] / sweep.RESULTS_JSON}, "

@@ -6,7 +6,7 @@
 
 Default: the paper's sizes (released VQ-HBR, HeartLang-Base, the full grid of Tables 1-2).
 `:demo`: tiny models on the bundled 500-record sample, linear probing of two tasks, pre-trained vs
-random init, three seeds; about ten minutes on 2 CPU cores. Set `data` here: every stage reads the same dataset.
+random init, three seeds; about 6 minutes on 2 CPU cores. Set `data` here: every stage reads the same dataset.
 `:released`: the released code's recipe end to end (README, "Paper, released code and this
 project"): XQRS on lead I, `configs/vqhbr.py:released`, `configs/pretrain_base.py:released`, and
 the linear probing of its scripts (`configs/sweep.py:released`).
