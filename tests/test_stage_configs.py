@@ -11,7 +11,7 @@ import sys
 import ml_collections
 import pytest
 
-from heartlang_jax import stage_configs
+from heartlang_jax import configs, stage_configs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Every config file and its variants (`--config=configs/<name>.py:<variant>`).
@@ -174,5 +174,23 @@ def test_main_names_an_override_of_no_field(tmp_path):
     result = _main(tmp_path, "--config=configs/vqhbr.py:tiny", "--config.model.num_codez=64")
     assert result.returncode == 1
     assert "--config.model.num_codez: unknown field; did you mean model.num_codes?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_configs_resolve_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the package's own files are found
+    resolved = configs.resolve_config_path("configs/vqhbr.py:tiny")
+    assert resolved == f"{configs.PACKAGE_DIR / 'vqhbr.py'}:tiny"
+    (tmp_path / "configs").mkdir()  # a file that exists as given wins over the package's
+    (tmp_path / "configs" / "vqhbr.py").write_text("")
+    assert configs.resolve_config_path("configs/vqhbr.py") == "configs/vqhbr.py"
+
+
+def test_main_names_a_config_file_that_does_not_exist(tmp_path):
+    result = _main(tmp_path, "--config=configs/vqhbrr.py:tiny")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "configs/vqhbrr.py" in line]
+    assert len(errors) == 1 and "no such config file here or in the package; shipped: " in errors[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
