@@ -22,6 +22,49 @@ def _scalar(value) -> float:
     return float(np.asarray(value))
 
 
+class JsonLines:
+    """An append-only JSON-lines file that also works where files cannot be appended to.
+
+    A local file is opened in append mode and flushed after every line. An object store
+    (`gs://...`) has no append: there the file's earlier lines (a resumed run's) are read once,
+    new lines are kept in memory, and the whole object is rewritten, at most every
+    `rewrite_every_s` seconds and on `close`. An object is replaced whole, so a reader never sees
+    a torn line; a hard kill loses at most the last interval's lines (the checkpoint it resumes
+    from is older than them anyway, so they are re-run).
+    """
+
+    def __init__(self, path: epath.Path, *, rewrite_every_s: float = 60.0, appendable: bool | None = None):
+        """`appendable`: None = a local path is, a URL-style one is not (a seam for tests)."""
+        self._path = path
+        self._appendable = "://" not in os.fspath(path) if appendable is None else appendable
+        self._rewrite_every_s = rewrite_every_s
+        if self._appendable:
+            self._file: Any = path.open("a")
+        else:
+            self._lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+            self._written_at = -math.inf
+
+    def write(self, record: Mapping) -> None:
+        line = json.dumps(record) + "\n"
+        if self._appendable:
+            self._file.write(line)
+            self._file.flush()
+            return
+        self._lines.append(line)
+        if time.monotonic() - self._written_at >= self._rewrite_every_s:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        self._path.write_text("".join(self._lines))
+        self._written_at = time.monotonic()
+
+    def close(self) -> None:
+        if self._appendable:
+            self._file.close()
+        else:
+            self._rewrite()
+
+
 class MetricWriter:
     """Writes `{name: scalar}` per step to `<workdir>/tensorboard/` and `<workdir>/metrics.jsonl`,
     and images (TensorBoard only)."""
@@ -38,15 +81,14 @@ class MetricWriter:
             workdir = epath.Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
             self._tb = SummaryWriter(logdir=os.fspath(workdir / "tensorboard"))
-            self._jsonl = (workdir / "metrics.jsonl").open("a")
+            self._jsonl = JsonLines(workdir / "metrics.jsonl")
 
     def write_hparams(self, hparams: Mapping[str, object]) -> None:
         if not self._enabled:
             return
         flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
         self._tb.add_text("hparams", "\n".join(f"    {k} = {v}" for k, v in sorted(flat.items())), 0)
-        self._jsonl.write(json.dumps({"step": 0, "hparams": flat}) + "\n")
-        self._jsonl.flush()
+        self._jsonl.write({"step": 0, "hparams": flat})
 
     def write_scalars(self, step: int, scalars: Mapping[str, object]) -> None:
         if not self._enabled or not scalars:
@@ -54,8 +96,7 @@ class MetricWriter:
         values = {k: _scalar(v) for k, v in scalars.items()}
         for name, value in values.items():
             self._tb.add_scalar(name, value, step)
-        self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
-        self._jsonl.flush()
+        self._jsonl.write({"step": int(step), **values})
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         """RGB uint8 images [H, W, 3] (e.g. `plots.figure_to_image`) to TensorBoard's Images tab."""
