@@ -10,6 +10,15 @@ shaped like PTB-XL sentences (about 12 leads x 12 beats real words, the rest pad
 
 The last line is `samples_per_s=<x> step_ms=<y> params=<n> mfu=<m>`; MFU counts the model's
 matmul FLOPs (forward + backward = 3x forward), not recomputation or elementwise work.
+
+With `--compare_released` it first times the released PyTorch step (`released_throughput.py`, in a
+subprocess of `--torch_python`, once per `--released_precisions`, at the same batch and steps,
+before JAX takes the device), then ours as above, and ends with the side-by-side figures and
+`<device> | pretrain base bfloat16 batch 256 | mfu=0.43 | vs_released=2.7x`, where vs_released is
+our samples/s over the fastest released precision measured (issue 12):
+
+    python benchmarks/pretrain_throughput.py --batch=256 --steps=20 --peak_tflops=790 --compare_released \
+        --torch_python=python3
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -30,11 +40,13 @@ from heartlang_jax import optim, parallel
 from heartlang_jax.models import num_mask_positions
 from heartlang_jax.stages import common, pretrain
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from synthetic import synthetic_batch  # compile_time.py imports it from here
+
 # The released PyTorch code's base model (SPEC §3): 12 layers, 8 heads of 64, MLP 1024, learned
 # positions + CLS, vocabulary 8192.
 RELEASED_BASE = dict(num_layers=12, hidden_dim=768, mlp_dim=1024, num_heads=8, head_dim=64, position="learned")
 RELEASED_VOCAB = 8192
-REAL_WORDS = 144  # 12 leads x ~12 beats in 10 s
 
 
 def load_config(path: str):
@@ -60,18 +72,7 @@ def model_flops_per_sample(enc, vocab: int, max_len: int, masked: int, token_len
     return 3.0 * (enc.num_layers * per_layer + embed + head)
 
 
-def synthetic_batch(batch: int, max_len: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    real = np.arange(max_len) < REAL_WORDS
-    return {
-        "words": (rng.standard_normal((batch, max_len, 96)) * real[:, None]).astype(np.float32),
-        "lead_ids": np.where(real, np.arange(max_len) // 12 % 12 + 1, 0).astype(np.int32)[None].repeat(batch, 0),
-        "time_ids": np.where(real, np.arange(max_len) % 10 + 1, 0).astype(np.int32)[None].repeat(batch, 0),
-        "targets": rng.integers(0, vocab, (batch, max_len)).astype(np.int32),
-    }
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--config", default="heartlang_jax/configs/pretrain_base.py", help="pre-training config file[:variant]"
@@ -82,9 +83,36 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="compute dtype override (float32, bfloat16)")
     parser.add_argument("--vocab", type=int, default=RELEASED_VOCAB, help="codebook size (VQ-HBR num_codes)")
     parser.add_argument("--peak_tflops", type=float, default=0.0, help="device peak for MFU (0: skip MFU)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--compare_released",
+        action="store_true",
+        help="also time the released PyTorch step (benchmarks/released_throughput.py) at the same batch and steps",
+    )
+    parser.add_argument("--torch_python", default=sys.executable, help="interpreter with torch for the released step")
+    parser.add_argument(
+        "--released_precisions", default="amp,bf16", help="comma-separated released_throughput.py --precision values"
+    )
+    return parser.parse_args()
 
-    config = load_config(args.config)
+
+def run_released(args: argparse.Namespace) -> dict[str, float]:
+    """Released samples/s per precision, each in its own subprocess (before JAX takes the device)."""
+    figures = {}
+    for precision in args.released_precisions.split(","):
+        command = [args.torch_python, str(pathlib.Path(__file__).with_name("released_throughput.py"))]
+        command += [f"--precision={precision}", f"--batch={args.batch}", f"--steps={args.steps}"]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode:
+            raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        print(result.stdout, end="", flush=True)
+        fields = dict(item.split("=", 1) for item in result.stdout.strip().splitlines()[-1].split()[1:])
+        figures[precision] = float(fields["samples_per_s"])
+    return figures
+
+
+def measure(args: argparse.Namespace, config) -> dict:
+    """Our jitted pre-training step, as this benchmark has always timed it."""
+
     if args.shape == "released_base":
         config.model.encoder.update(RELEASED_BASE)
     if args.dtype:
@@ -124,6 +152,28 @@ def main() -> None:
         f"model_tflops_per_step={flops / 1e12:.3f} achieved_tflops={achieved_tflops:.2f} peak_tflops={args.peak_tflops}"
     )
     print(f"samples_per_s={args.batch / seconds:.3f} step_ms={seconds * 1e3:.1f} params={params} mfu={mfu:.3f}")
+    return dict(samples_per_s=args.batch / seconds, step_ms=seconds * 1e3, mfu=mfu, dtype=enc.dtype)
+
+
+def main() -> None:
+    args = parse_args()
+    config = load_config(args.config)
+    released = run_released(args) if args.compare_released else {}
+    ours = measure(args, config)
+    if not released:
+        return
+    device = jax.devices()[0].device_kind.removeprefix("NVIDIA ")
+    name = pathlib.Path(args.config.partition(":")[0]).stem.replace("_", " ")
+    if args.shape != "config":
+        name += f" ({args.shape})"
+    print(f"side_by_side batch={args.batch} steps={args.steps} device={device}")
+    print(f"  ours {ours['dtype']}: samples_per_s={ours['samples_per_s']:.3f} step_ms={ours['step_ms']:.1f}")
+    for precision, samples_per_s in released.items():
+        ratio = ours["samples_per_s"] / samples_per_s
+        print(f"  released {precision}: samples_per_s={samples_per_s:.3f} ours/released={ratio:.2f}x")
+    # Conservative: against the fastest released precision measured.
+    ratio = ours["samples_per_s"] / max(released.values())
+    print(f"{device} | {name} {ours['dtype']} batch {args.batch} | mfu={ours['mfu']:.2f} | vs_released={ratio:.1f}x")
 
 
 if __name__ == "__main__":
