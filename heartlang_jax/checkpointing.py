@@ -139,12 +139,15 @@ class RunCheckpoints:
         best_metric: str | None = None,
     ):
         self.directory = absolute(workdir) / CHECKPOINT_DIR
-        if read_only and not self.directory.is_dir():
-            raise CheckpointError(f"no checkpoints in {self.directory}")
-        policy = None
-        if best_metric is not None and not read_only:
+        if read_only:
+            if not self.directory.is_dir():
+                raise CheckpointError(f"no checkpoints in {self.directory}")
+            options = ocp.CheckpointManagerOptions(create=False, read_only=True, cleanup_tmp_directories=False)
+        elif best_metric is None:
+            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
+        else:
             policies = ocp.checkpoint_managers
-            policy = policies.AnyPreservationPolicy(
+            keep = policies.AnyPreservationPolicy(
                 [
                     policies.LatestN(n=max_to_keep),
                     # BestN keeps the last of equal keys; -step makes that the earliest step.
@@ -155,11 +158,7 @@ class RunCheckpoints:
                     ),
                 ]
             )
-        options = ocp.CheckpointManagerOptions(
-            create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only, preservation_policy=policy
-        )
-        if policy is None and not read_only:
-            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
+            options = ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=True, preservation_policy=keep)
         self._manager = ocp.CheckpointManager(self.directory, item_names=_ITEMS, options=options)
 
     def steps(self) -> list[int]:
@@ -204,7 +203,7 @@ class RunCheckpoints:
         for step in reversed(self.steps()):
             try:
                 data_state, meta = self.restore(step, model, optimizer)
-            except Exception as e:
+            except Exception as e:  # any failure to read means "not a usable checkpoint"
                 logging.warning(
                     "Checkpoint step %d in %s is unreadable (%s); trying an older one", step, self.directory, e
                 )

@@ -39,7 +39,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
     data = ml_collections.ConfigDict(config.data.to_dict())
     data.tfds_dir = os.fspath(common.tfds_dir(config, workdir).absolute())
     sweep_config = stage_config(config.sweep, data, init_workdir=os.fspath(dirs["pretrain"]))
-    sweep.cells(sweep_config)
     builder, _ = common.open_dataset(ml_collections.ConfigDict({"data": data}), workdir)
     print(input_pipeline.summarize(builder), flush=True)
 

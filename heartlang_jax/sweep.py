@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from heartlang_jax import checkpointing, parallel, run_info, stage_configs
+from heartlang_jax import checkpointing, input_pipeline, parallel, run_info, stage_configs
 from heartlang_jax import metrics as metrics_lib
 from heartlang_jax.models import ECGFormerConfig
 from heartlang_jax.stages import common, finetune
@@ -115,8 +115,7 @@ class Cell:
 def cells(config: ml_collections.ConfigDict) -> list[Cell]:
     """The grid, in the order it runs (all cheap linear cells of a task before its full ones).
 
-    Field values were checked by config validation; the tasks are checked against the dataset
-    when it is open (`finetune.task_classes`).
+    Its values were checked by the typed sweep config (`stage_configs.SweepStage`).
     """
     grid = itertools.product(config.tasks, config.modes, config.label_fractions, config.inits, config.seeds)
     return [Cell(task, float(f), mode, init, int(seed)) for task, mode, f, init, seed in grid]
@@ -287,7 +286,7 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
                 f"| {paper_label} | " + " | ".join(f"{paper[c]:.2f}" if c in paper else "–" for c in columns) + " |"
             )
     seeds = sorted({seed for s in summary for seed in s["seeds"]})
-    bundled = ptbxl and config.data.manual_dirs.ptbxl == "bundled"
+    bundled = ptbxl and config.data.manual_dirs.ptbxl == input_pipeline.BUNDLED
     data = "the bundled 500-record PTB-XL sample" if bundled else config.data.dataset
     notes = [
         "Test macro AUC (%) at the epoch with the best validation macro AUC.",
