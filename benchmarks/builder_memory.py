@@ -35,7 +35,8 @@ import threading
 import time
 import tracemalloc
 
-from heartlang_jax import ptbxl
+from heartlang_jax.data import bundled_sample_dir
+from tfds_ptbxl.ptbxl import metadata as ptbxl
 
 FULL_RECORDS = 21_837  # PTB-XL as described in the paper (release 1.0.3 has 21,799 rows)
 TRAIN_SHARE = 0.8  # folds 1-8 of the 10 near-equal strat_folds
@@ -141,7 +142,7 @@ def build(ptbxl_dir: pathlib.Path, data_dir: pathlib.Path, num_workers: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ptbxl_dir", default=str(ptbxl.bundled_sample_dir()))
+    parser.add_argument("--ptbxl_dir", default=str(bundled_sample_dir()))
     parser.add_argument("--num_workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--projected_records", type=int, default=FULL_RECORDS)
     args = parser.parse_args()

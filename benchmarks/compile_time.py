@@ -26,9 +26,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from flax import nnx
 
-from heartlang_jax import optim, parallel
 from heartlang_jax.configs import pretrain_common
 from heartlang_jax.stages import common, pretrain
+from heartlang_jax.training import optim, parallel
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from pretrain_throughput import RELEASED_VOCAB, synthetic_batch

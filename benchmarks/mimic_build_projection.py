@@ -65,7 +65,7 @@ def main() -> None:
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import shuffle
 
-    from heartlang_jax import sentence_corpus
+    from heartlang_jax.ecg import sentence_corpus
     from tfds_ptbxl.mimic_iv_ecg import mimic_iv_ecg_dataset_builder as mimic
 
     with tempfile.TemporaryDirectory() as tmp:

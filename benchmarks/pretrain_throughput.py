@@ -36,9 +36,9 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from heartlang_jax import optim, parallel
 from heartlang_jax.models import num_mask_positions
 from heartlang_jax.stages import common, pretrain
+from heartlang_jax.training import optim, parallel
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from synthetic import synthetic_batch  # compile_time.py imports it from here

@@ -20,9 +20,11 @@ import time
 
 import numpy as np
 
-from heartlang_jax import ptbxl, records
-from heartlang_jax.synthetic_ecg import match_beats, synthetic_ecg
-from heartlang_jax.tokenizer import detect_qrs
+from benchmarks.synthetic_ecg import match_beats, synthetic_ecg
+from heartlang_jax.data import bundled_sample_dir
+from heartlang_jax.ecg import records
+from heartlang_jax.ecg.tokenizer import detect_qrs
+from tfds_ptbxl.ptbxl import metadata as ptbxl
 
 DETECTORS = ("multilead", "xqrs")
 # Heart rate ranges (bpm) consistent with each rhythm statement.
@@ -78,7 +80,7 @@ def synthetic_figures(records_per_rhythm: int = 60) -> dict[str, dict[str, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=str(ptbxl.bundled_sample_dir()))
+    parser.add_argument("--data_dir", default=str(bundled_sample_dir()))
     args = parser.parse_args()
 
     real = real_data_figures(args.data_dir)

@@ -21,8 +21,10 @@ import resource
 import time
 from collections.abc import Callable
 
-from heartlang_jax import ptbxl, records, sentence_corpus
-from heartlang_jax.tokenizer import QRSTokenizer, TokenizerError
+from heartlang_jax.data import bundled_sample_dir
+from heartlang_jax.ecg import records, sentence_corpus
+from heartlang_jax.ecg.tokenizer import QRSTokenizer, TokenizerError
+from tfds_ptbxl.ptbxl import metadata as ptbxl
 
 
 def _cpu_seconds() -> float:
@@ -49,7 +51,7 @@ def best_figures(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=str(ptbxl.bundled_sample_dir()))
+    parser.add_argument("--data_dir", default=str(bundled_sample_dir()))
     parser.add_argument("--num_workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()

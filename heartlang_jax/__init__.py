@@ -15,7 +15,7 @@ __all__ = ["load"]
 
 def __getattr__(name: str):
     if name == "load":
-        from heartlang_jax.inference import load
+        from heartlang_jax.inference.model import load
 
         return load
     raise AttributeError(f"module 'heartlang_jax' has no attribute {name!r}")

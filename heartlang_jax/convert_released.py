@@ -42,6 +42,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from heartlang_jax import errors
+
 RELEASED_HEAD_DIM = 64
 # The released tokenization (QRSTokenizer.py): XQRS on lead I at 100 Hz, 256 words x 96 samples.
 RELEASED_SENTENCE = {
@@ -66,7 +68,7 @@ RELEASED_DROPOUT = {"vqhbr": 0.0, "pretrain": 0.1, "finetune": 0.1}
 StateDict = Mapping[str, np.ndarray]
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.HeartLangError, ValueError):
     """A state dict that does not look like the released model it was given as."""
 
 
@@ -367,7 +369,8 @@ def write_run(
     class_names: Sequence[str] | None = None,
 ) -> None:
     """One run folder: model.json (RunInfo) and checkpoints/0 with the converted weights."""
-    from heartlang_jax import checkpointing, run_info
+    from heartlang_jax.inference import run_info
+    from heartlang_jax.training import checkpointing
 
     encoder = model.config.encoder if kind == "vqhbr" else model.encoder.config
     # The released sentence facts, with the model's own sentence length (256 when released).

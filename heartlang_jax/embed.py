@@ -30,6 +30,8 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
+from heartlang_jax import errors
+
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run folder (vqhbr, pretrain or finetune), local or gs://.")
 _RECORDS = flags.DEFINE_string("records", None, "A folder of records, a glob, or one record.")
 _OUT = flags.DEFINE_string("out", None, "Output .npz file (local or gs://).")
@@ -40,7 +42,7 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar with the ET
 _GLOB_CHARS = frozenset("*?[")
 
 
-class NoRecordsError(ValueError):
+class NoRecordsError(errors.HeartLangError, ValueError):
     """`--records` names nothing that looks like a record."""
 
 
@@ -51,7 +53,7 @@ def find_records(spec: str | os.PathLike) -> list[tuple[str, pathlib.Path]]:
     2018 files), ids relative to the folder; a glob gives the records of the files it matches; any
     other path is one record (which may then fail to load, and is reported as skipped).
     """
-    from heartlang_jax import inference
+    from heartlang_jax.inference import model as inference
 
     text = os.fspath(spec)
     path = pathlib.Path(text)
@@ -93,7 +95,7 @@ def run(
     progress: bool = True,
 ) -> dict:
     """Embeds every record `records` names and writes `out`; returns a summary dict."""
-    from heartlang_jax import inference
+    from heartlang_jax.inference import model as inference
 
     start = time.time()
     found = find_records(records)
@@ -137,7 +139,7 @@ def run(
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from heartlang_jax import checkpointing
+    from heartlang_jax.training import checkpointing
 
     try:
         summary = run(

@@ -1,7 +1,8 @@
 """The project's own error types: raised where the input is judged, shown to users as one line.
 
-`main.py` prints these (and the data layer's `DatasetLayoutError`, `DownloadError` and
-`TokenizerError`) without a traceback; every other exception is a bug and keeps its traceback.
+Every error a user can cause derives from `HeartLangError` (the signal layer's `RecordError` and
+`TokenizerError`, the builders' `DownloadError`, ...), so `main.py` catches that one class and prints
+it as one line without a traceback; every other exception is a bug and keeps its traceback.
 """
 
 
@@ -11,6 +12,10 @@ class HeartLangError(Exception):
 
 class ConfigError(HeartLangError, ValueError):
     """A config field that is unknown, missing, of the wrong type or out of range; names the field."""
+
+
+class DatasetLayoutError(HeartLangError, FileNotFoundError):
+    """A dataset folder is missing or incomplete; the message says what to put where."""
 
 
 class CheckpointError(HeartLangError, RuntimeError):

@@ -19,7 +19,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from heartlang_jax import cli_flags, errors
+from heartlang_jax import errors
+from heartlang_jax.configs import command_line as cli_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
@@ -34,8 +35,8 @@ STAGES = {
     "vqhbr": "heartlang_jax.stages.vqhbr:train_and_evaluate",
     "pretrain": "heartlang_jax.stages.pretrain:train_and_evaluate",
     "finetune": "heartlang_jax.stages.finetune:train_and_evaluate",
-    "sweep": "heartlang_jax.sweep:run",
-    "pipeline": "heartlang_jax.pipeline:run",
+    "sweep": "heartlang_jax.stages.sweep:run",
+    "pipeline": "heartlang_jax.stages.pipeline:run",
 }
 
 
@@ -44,14 +45,6 @@ def stage_function(stage: str):
         raise errors.ConfigError(f"config.stage must be one of {sorted(STAGES)}, got {stage!r}")
     module, function = STAGES[stage].split(":")
     return getattr(importlib.import_module(module), function)
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """The project's own error types, raised where the input is judged: one line, no traceback."""
-    from heartlang_jax import errors, ptbxl, tokenizer
-    from tfds_ptbxl.ptbxl import physionet
-
-    return (errors.HeartLangError, ptbxl.DatasetLayoutError, physionet.DownloadError, tokenizer.TokenizerError)
 
 
 class _QuietLibraries(logging.Filter):
@@ -65,7 +58,7 @@ def main(argv):
     del argv
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietLibraries())
-    from heartlang_jax import parallel, train_loop
+    from heartlang_jax.training import parallel, train_loop
 
     try:
         parallel.initialize_distributed(
@@ -83,7 +76,7 @@ def main(argv):
         stage_function(config.stage)(config, _WORKDIR.value)
     except train_loop.Preempted as e:
         logging.warning("%s", e)
-    except _user_errors() as e:
+    except errors.HeartLangError as e:
         logging.error("%s: %s", type(e).__name__, e)
         sys.exit(2)
 

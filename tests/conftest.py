@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def bundled_tfds_dir(tmp_path_factory):
     """TFDS data_dir holding `ptbxl/leads12` built from the 500-record sample shipped with the package."""
-    from heartlang_jax import input_pipeline
+    from heartlang_jax.data import input_pipeline
 
     root = tmp_path_factory.mktemp("tfds")
     input_pipeline.prepare_dataset(root, manual_dir="bundled", num_workers=2)
@@ -17,7 +17,7 @@ def bundled_tfds_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bundled_builder(bundled_tfds_dir):
-    from heartlang_jax import input_pipeline
+    from heartlang_jax.data import input_pipeline
 
     return input_pipeline.load_builder(bundled_tfds_dir)
 
@@ -53,10 +53,11 @@ def make_pretrain_run(tmp_path):
     import synthetic
     from flax import nnx
 
-    from heartlang_jax import checkpointing, run_info
     from heartlang_jax.configs import pretrain_common
     from heartlang_jax.configs import vqhbr as vqhbr_config
+    from heartlang_jax.inference import run_info
     from heartlang_jax.stages import common, pretrain, vqhbr
+    from heartlang_jax.training import checkpointing
 
     def make(**encoder_overrides):
         vq = vqhbr_config.get_config("tiny")
@@ -101,7 +102,7 @@ def csn_tfds_dir(tmp_path_factory):
     """TFDS data_dir holding `csn/leads12` built from 24 records (12/6/6) that the test writes in
     PhysioNet's ecg-arrhythmia layout (bundled PTB-XL signals at 500 Hz, the shipped split's
     records and labels); about 5 s on 2 cores."""
-    from heartlang_jax import input_pipeline
+    from heartlang_jax.data import input_pipeline
     from tfds_ptbxl import testing
     from tfds_ptbxl.csn import csn_dataset_builder
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from heartlang_jax.records import STANDARD_LEADS
+from heartlang_jax.ecg.records import STANDARD_LEADS
 from heartlang_jax.stages.common import DatasetInfo
 
 TASK_DIMS = {"superdiagnostic": 5, "subdiagnostic": 23, "form": 19, "rhythm": 12}

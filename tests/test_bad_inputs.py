@@ -20,9 +20,10 @@ import scipy.io
 import scipy.signal
 import wfdb
 
-from heartlang_jax import ptbxl, records
-from heartlang_jax import tokenizer as tok
-from heartlang_jax.records import STANDARD_LEADS
+from heartlang_jax.data import bundled_sample_dir
+from heartlang_jax.ecg import records
+from heartlang_jax.ecg import tokenizer as tok
+from heartlang_jax.ecg.records import STANDARD_LEADS
 
 SOURCE_ID = 1  # bundled record every case is made from
 # ecg_id -> case; ids are rows of the bundled database (their labels), the files are ours.
@@ -126,7 +127,7 @@ def _write_case(folder: pathlib.Path, ecg_id: int, case: str, source: records.Re
 
 @pytest.fixture(scope="module")
 def source() -> records.Record:
-    return records.load_record(_path(ptbxl.bundled_sample_dir(), SOURCE_ID))
+    return records.load_record(_path(bundled_sample_dir(), SOURCE_ID))
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def ptbxl_dir(tmp_path_factory, source) -> pathlib.Path:
     root = tmp_path_factory.mktemp("bad_ptbxl")
     folder = root / "records100" / "00000"
     folder.mkdir(parents=True)
-    bundled = ptbxl.bundled_sample_dir()
+    bundled = bundled_sample_dir()
     shutil.copy(bundled / "scp_statements.csv", root)
     with open(bundled / "ptbxl_database.csv", newline="") as f:
         reader = csv.DictReader(f)

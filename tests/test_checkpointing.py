@@ -3,7 +3,7 @@
 import numpy as np
 from flax import nnx
 
-from heartlang_jax import checkpointing
+from heartlang_jax.training import checkpointing
 
 
 class _Tiny(nnx.Module):

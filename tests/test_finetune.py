@@ -9,10 +9,12 @@ import pytest
 import synthetic
 from flax import nnx
 
-from heartlang_jax import checkpointing, input_pipeline, optim, stage_configs
 from heartlang_jax.configs import finetune as finetune_config
 from heartlang_jax.configs import pretrain_common
+from heartlang_jax.configs import schema as stage_configs
+from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import finetune
+from heartlang_jax.training import checkpointing, optim
 
 NUM_CLASSES = {"superdiagnostic": 5, "subdiagnostic": 23, "form": 19, "rhythm": 12}
 TINY_ENCODER = dict(num_layers=2, hidden_dim=16, mlp_dim=32, num_heads=2, head_dim=8)
@@ -98,7 +100,7 @@ def test_linear_probing_trains_only_the_head(sources, tmp_path, make_pretrain_ru
 
 def check_test_scores(workdir, result, sources, task="superdiagnostic"):
     """test_scores.npz holds, per test record, the labels and scores whose macro AUC is the result's."""
-    from heartlang_jax import metrics
+    from heartlang_jax.evaluation import metrics
 
     assert not list(workdir.glob("*.tmp"))
     with np.load(workdir / finetune.TEST_SCORES_FILE) as saved:

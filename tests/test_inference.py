@@ -16,11 +16,15 @@ import wfdb
 from flax import nnx
 
 import heartlang_jax
-from heartlang_jax import checkpointing, inference, ptbxl, records, run_info, sentence_corpus
-from heartlang_jax import tokenizer as tokenizer_lib
+from heartlang_jax.data import bundled_sample_dir
+from heartlang_jax.ecg import records, sentence_corpus
+from heartlang_jax.ecg import tokenizer as tokenizer_lib
+from heartlang_jax.inference import model as inference
+from heartlang_jax.inference import run_info
 from heartlang_jax.models import VQHBR, EcgClassifier, ECGFormerConfig, MaskedEcgModel, VQHBRConfig
+from heartlang_jax.training import checkpointing
 
-SAMPLE = ptbxl.bundled_sample_dir() / "records100" / "00000"
+SAMPLE = bundled_sample_dir() / "records100" / "00000"
 RECORDS = [SAMPLE / f"{i:05d}_lr" for i in range(1, 6)]
 SHARED_500HZ = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "ptbxl-mini" / "records500" / "00000"
 AMPLITUDE = {"mean": -0.0021, "std": 0.2317}  # any fixed standardization will do for these tests

@@ -7,7 +7,8 @@ import csv
 import numpy as np
 import pytest
 
-from heartlang_jax import input_pipeline, ptbxl
+from heartlang_jax.data import bundled_sample_dir, input_pipeline
+from tfds_ptbxl.ptbxl import metadata as ptbxl
 
 
 def test_bundled_sample_splits_and_label_dims(bundled_builder):
@@ -21,7 +22,7 @@ def test_bundled_sample_splits_and_label_dims(bundled_builder):
 
 
 def _rhythm_codes_from_csv():
-    with open(ptbxl.bundled_sample_dir() / "scp_statements.csv", newline="") as f:
+    with open(bundled_sample_dir() / "scp_statements.csv", newline="") as f:
         rows = list(csv.reader(f))
     column = rows[0].index("rhythm")
     return {row[0] for row in rows[1:] if row[column] == "1.0"}
@@ -30,9 +31,7 @@ def _rhythm_codes_from_csv():
 def test_task_filter_keeps_exactly_the_labelled_records(bundled_sources):
     rhythm = _rhythm_codes_from_csv()
     expected = sum(
-        1
-        for row in ptbxl.read_database(ptbxl.bundled_sample_dir())
-        if row.strat_fold <= 8 and rhythm & set(row.scp_codes)
+        1 for row in ptbxl.read_database(bundled_sample_dir()) if row.strat_fold <= 8 and rhythm & set(row.scp_codes)
     )
     kept = input_pipeline.labelled_indices(bundled_sources["train"], "rhythm")
     assert len(kept) == expected

@@ -25,9 +25,10 @@ import pytest
 import synthetic
 from flax import nnx
 
-from heartlang_jax import checkpointing, input_pipeline, train_loop
 from heartlang_jax.configs import finetune as finetune_config
+from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import finetune, pretrain
+from heartlang_jax.training import checkpointing, train_loop
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ import json
 
 from etils import epath
 
-from heartlang_jax.metric_writer import JsonLines
+from heartlang_jax.training.metric_writer import JsonLines
 
 
 def _steps(path) -> list[int]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from heartlang_jax import metrics
+from heartlang_jax.evaluation import metrics
 
 
 def _labels(rng, n, c, p=0.3):

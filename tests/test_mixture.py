@@ -9,8 +9,10 @@ import types
 import numpy as np
 import pytest
 
-from heartlang_jax import errors, input_pipeline, stage_configs
+from heartlang_jax import errors
+from heartlang_jax.configs import schema as stage_configs
 from heartlang_jax.configs import vqhbr as vqhbr_config
+from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import common
 
 
@@ -195,9 +197,10 @@ def test_pretraining_reads_a_mixture_with_each_examples_own_targets(
     the vocabulary's word ids of that row (the targets are cached by index in the mixture)."""
     import jax.numpy as jnp
 
-    from heartlang_jax import checkpointing, run_info
     from heartlang_jax.configs import pretrain_base
+    from heartlang_jax.inference import run_info
     from heartlang_jax.stages import pretrain, vqhbr
+    from heartlang_jax.training import checkpointing
 
     vq = vqhbr_config.get_config("tiny")
     vq.dtype = "float32"

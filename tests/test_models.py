@@ -175,7 +175,7 @@ def test_commitment_weighting_mean_is_released_sum_is_paper():
 
 def test_layer_decay_scales_stacked_blocks():
     """Block i gets decay^(L - i) through a [L, 1, ...] scale that broadcasts on its stack."""
-    from heartlang_jax import optim
+    from heartlang_jax.training import optim
 
     config = dataclasses.replace(ENC, num_layers=3)
     model = EcgClassifier(config, num_classes=3, rngs=nnx.Rngs(0))

@@ -35,7 +35,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from heartlang_jax import checkpointing, run_info
+from heartlang_jax.inference import run_info
+from heartlang_jax.training import checkpointing
 
 pytestmark = pytest.mark.slow
 
@@ -460,9 +461,10 @@ def _tiny_model(seed: int = 0) -> nnx.Module:
 def test_gs_workdir_stays_a_url(fake_bucket):
     import optax
 
-    from heartlang_jax import metric_writer, sweep
     from heartlang_jax.configs import sweep as sweep_configs
     from heartlang_jax.errors import CheckpointError
+    from heartlang_jax.stages import sweep
+    from heartlang_jax.training import metric_writer
 
     root, backend = fake_bucket
     url = "gs://bucket/runs/pretrain"

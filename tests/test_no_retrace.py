@@ -9,10 +9,11 @@ import pytest
 import synthetic
 from flax import nnx
 
-from heartlang_jax import input_pipeline, optim, parallel
 from heartlang_jax.configs import pretrain_base
 from heartlang_jax.configs import vqhbr as vqhbr_config
+from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import pretrain, vqhbr
+from heartlang_jax.training import optim, parallel
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from heartlang_jax import input_pipeline, ptbxl
+from heartlang_jax import errors
 from heartlang_jax.configs import dataset as dataset_config
+from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import dataset as dataset_stage
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ def test_the_config_names_the_dataset_and_its_folder(tmp_path):
     config = dataset_config.get_config()
     config.data.dataset = "cpsc2018"
     config.data.manual_dirs.cpsc2018 = str(tmp_path / "no-such-folder")
-    with pytest.raises(ptbxl.DatasetLayoutError, match=rf"CPSC 2018 folder {tmp_path}/no-such-folder does not exist"):
+    with pytest.raises(errors.DatasetLayoutError, match=rf"CPSC 2018 folder {tmp_path}/no-such-folder does not exist"):
         dataset_stage.build_and_summarize(config, tmp_path / "run")
     assert (tmp_path / "run" / "tfds").is_dir()  # built under <workdir>/tfds, as ptbxl is
 

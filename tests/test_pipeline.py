@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from heartlang_jax import pipeline, sweep
 from heartlang_jax.configs import pipeline as pipeline_config
+from heartlang_jax.stages import pipeline, sweep
 
 
 def tiny_pipeline_config(tfds_dir):

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from test_inference import RECORDS, write_run  # tiny run folders, see the note there
 
 import heartlang_jax
-from heartlang_jax import plots
+from heartlang_jax.evaluation import plots
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def _tensorboard_images(logdir) -> list[tuple[str, int, np.ndarray]]:
 
 
 def test_metric_writer_writes_images_that_read_back(tmp_path):
-    from heartlang_jax import metric_writer
+    from heartlang_jax.training import metric_writer
 
     image = np.zeros((30, 40, 3), np.uint8)
     image[5:10, :, 0], image[:, 20:, 2] = 255, 128

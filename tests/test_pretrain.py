@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import synthetic
 
-from heartlang_jax import checkpointing, parallel
 from heartlang_jax.configs import pretrain_base
+from heartlang_jax.data import bundled_sample_dir
 from heartlang_jax.models import masked_lm_loss, sample_mask
 from heartlang_jax.stages import pretrain, vqhbr
+from heartlang_jax.training import checkpointing, parallel
 
 
 def _batch(vocab: int = 32):
@@ -111,9 +112,9 @@ def test_pretraining_run_folder_carries_its_vocabulary(tmp_path, bundled_tfds_di
     import shutil
 
     import heartlang_jax
-    from heartlang_jax import ptbxl, run_info
+    from heartlang_jax.inference import run_info
 
-    record = ptbxl.bundled_sample_dir() / "records100" / "00000" / "00001_lr"
+    record = bundled_sample_dir() / "records100" / "00000" / "00001_lr"
     shutil.copytree(tiny_vqhbr_workdir, tmp_path / "vqhbr")  # the session's fixture must survive
     config = pretrain_base.get_config("tiny")
     config.data.tfds_dir = str(bundled_tfds_dir)

@@ -1,4 +1,4 @@
-"""Tests for heartlang_jax.records: loading WFDB and CinC `.mat` records, and clear errors."""
+"""Tests for heartlang_jax.ecg.records: loading WFDB and CinC `.mat` records, and clear errors."""
 
 import pathlib
 import shutil
@@ -8,7 +8,7 @@ import pytest
 import scipy.io
 import wfdb
 
-from heartlang_jax import records
+from heartlang_jax.ecg import records
 
 _MINI = pathlib.Path(__file__).resolve().parents[1] / "heartlang_jax" / "data" / "ptbxl_mini"
 _RECORD = _MINI / "records100" / "00000" / "00001_lr"

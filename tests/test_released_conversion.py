@@ -6,7 +6,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from heartlang_jax import convert_released, run_info
+from heartlang_jax import convert_released
+from heartlang_jax.inference import run_info
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "released" / "tiny.npz"
 

@@ -11,7 +11,8 @@ import sys
 import ml_collections
 import pytest
 
-from heartlang_jax import configs, stage_configs
+from heartlang_jax import configs
+from heartlang_jax.configs import schema as stage_configs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Every config file and its variants (`--config=configs/<name>.py:<variant>`).

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from heartlang_jax import stage_configs, sweep
+from heartlang_jax.configs import schema as stage_configs
 from heartlang_jax.configs import sweep as sweep_config
-from heartlang_jax.stages import finetune
+from heartlang_jax.stages import finetune, sweep
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_missing_settings_say_not_run(config):
 
 
 def test_results_carry_a_bootstrap_interval_over_the_test_records(config, tmp_path):
-    from heartlang_jax import metrics
+    from heartlang_jax.evaluation import metrics
 
     config.tasks = ("superdiagnostic",)
     config.label_fractions = (1.0,)

@@ -1,6 +1,6 @@
-"""Tests for heartlang_jax.tokenizer: QRS detection quality, SPEC §2 segmentation, clear errors.
+"""Tests for heartlang_jax.ecg.tokenizer: QRS detection quality, SPEC §2 segmentation, clear errors.
 
-Synthetic signals with known beat times come from `heartlang_jax.synthetic_ecg`.
+Synthetic signals with known beat times come from `benchmarks.synthetic_ecg`.
 """
 
 import logging
@@ -9,10 +9,11 @@ import pathlib
 import numpy as np
 import pytest
 
-from heartlang_jax import ptbxl, records, sentence_corpus
-from heartlang_jax import tokenizer as tok
-from heartlang_jax.records import STANDARD_LEADS
-from heartlang_jax.synthetic_ecg import match_beats, synthetic_ecg
+from benchmarks.synthetic_ecg import match_beats, synthetic_ecg
+from heartlang_jax.ecg import records, sentence_corpus
+from heartlang_jax.ecg import tokenizer as tok
+from heartlang_jax.ecg.records import STANDARD_LEADS
+from tfds_ptbxl.ptbxl import metadata as ptbxl
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _MINI = _ROOT / "heartlang_jax" / "data" / "ptbxl_mini" / "records100" / "00000"

@@ -13,9 +13,10 @@ import pytest
 import synthetic
 from flax import nnx
 
-from heartlang_jax import checkpointing, input_pipeline, optim, parallel, train_loop
 from heartlang_jax.configs import vqhbr as vqhbr_config
+from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import vqhbr
+from heartlang_jax.training import checkpointing, optim, parallel, train_loop
 
 SOURCE = synthetic.sentences(48, seed=0)
 

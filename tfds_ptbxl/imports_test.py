@@ -1,5 +1,6 @@
-"""Issue 14: imports flow one way (records -> tokenizer -> builders -> loader -> stages), and
-importing a builder's package registers it with TFDS."""
+"""Imports flow one way (issue 17): the builders use the signal layer (`heartlang_jax.ecg`, the
+bundled sample's location, the error types), and nothing they import, directly or transitively,
+imports `tfds_ptbxl` back. Importing a builder's package registers it with TFDS."""
 
 from __future__ import annotations
 
@@ -15,37 +16,68 @@ BUILDERS = {
     "csn": "tfds_ptbxl.csn",
     "mimic_iv_ecg": "tfds_ptbxl.mimic_iv_ecg",
 }
-# The low-level data modules a builder may use; everything else of heartlang_jax is downstream.
-DATA_MODULES = {"heartlang_jax", "heartlang_jax.records", "heartlang_jax.tokenizer", "heartlang_jax.sentence_corpus",
-                "heartlang_jax.ptbxl", "heartlang_jax.synthetic_ecg"}  # fmt: skip
+FIRST_PARTY = ("heartlang_jax", "tfds_ptbxl")
 
 
-def _imports(path: pathlib.Path) -> set[str]:
+def _module_file(name: str) -> pathlib.Path | None:
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _first_party_imports(path: pathlib.Path) -> set[str]:
+    """Modules of this project a file imports (every package on the way counts: importing
+    `a.b.c` runs `a/__init__.py` and `a/b/__init__.py`)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            found = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for name in found:
+            parts = name.split(".")
+            if parts[0] in FIRST_PARTY:
+                names.update(
+                    ".".join(parts[: i + 1]) for i in range(len(parts)) if _module_file(".".join(parts[: i + 1]))
+                )
     return names
 
 
-def test_builders_and_data_modules_import_no_loader_stage_or_training_module():
-    files = [
-        *(ROOT / "tfds_ptbxl").rglob("*.py"),
-        *(ROOT / "heartlang_jax" / f"{m.split('.')[-1]}.py" for m in DATA_MODULES if "." in m),
-    ]
+def _closure(start: set[str]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(start)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_file(name)
+        if path is not None:
+            todo.extend(_first_party_imports(path) - seen)
+    return seen
+
+
+def test_nothing_a_builder_imports_imports_tfds_ptbxl_back():
     offending = {}
-    for path in files:
-        downstream = {
-            name for name in _imports(path)
-            if name.startswith("heartlang_jax") and name not in DATA_MODULES
-            and not any(name.startswith(f"{m}.") for m in DATA_MODULES - {"heartlang_jax"})
-        }  # fmt: skip
-        if downstream:
-            offending[str(path.relative_to(ROOT))] = sorted(downstream)
-    assert not offending, f"downstream imports in the data layer: {offending}"
+    for path in (ROOT / "tfds_ptbxl").rglob("*.py"):
+        used = {name for name in _closure(_first_party_imports(path)) if name.startswith("heartlang_jax")}
+        back = {
+            name for name in used if any(i.startswith("tfds_ptbxl") for i in _first_party_imports(_module_file(name)))
+        }  # type: ignore[arg-type]
+        if back:
+            offending[str(path.relative_to(ROOT))] = sorted(back)
+    assert not offending, f"builder modules reach modules that import tfds_ptbxl: {offending}"
+
+
+def test_the_import_check_sees_a_module_that_imports_tfds_ptbxl():
+    """The walk above finds the loader, which imports tfds_ptbxl (so the check can fail)."""
+    loader = "heartlang_jax.data.input_pipeline"
+    assert any(i.startswith("tfds_ptbxl") for i in _first_party_imports(_module_file(loader)))  # type: ignore[arg-type]
+    assert loader in _closure({"heartlang_jax.stages.common"})
 
 
 def test_importing_each_builder_package_registers_it_and_loads_nothing_downstream():
@@ -60,8 +92,8 @@ for name, package in {BUILDERS!r}.items():
     meta = builder.info.metadata
     assert set(meta["sentence"]) >= {{"leads", "max_len", "token_len", "fs", "detector"}}, name
     assert all(task in builder.info.features for task in meta["classes"]), name
-bad = sorted(m for m in sys.modules if m.startswith(("heartlang_jax.input_pipeline", "heartlang_jax.stages",
-             "heartlang_jax.train_loop", "heartlang_jax.models", "jax", "flax", "tensorflow.")) or m == "tensorflow")
+bad = sorted(m for m in sys.modules if m.startswith(("heartlang_jax.data.input_pipeline", "heartlang_jax.stages",
+             "heartlang_jax.training.train_loop", "heartlang_jax.models", "jax", "flax", "tensorflow.")) or m == "tensorflow")
 assert not bad, bad
 print("ok")
 """

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from heartlang_jax import sentence_corpus
-from heartlang_jax.ptbxl import DatasetLayoutError  # the one main.py prints as one line
+from heartlang_jax.ecg import sentence_corpus
+from heartlang_jax.errors import DatasetLayoutError
 from tfds_ptbxl import sentences, split_files
 from tfds_ptbxl.sentences import BuilderConfig
 

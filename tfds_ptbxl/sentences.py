@@ -12,7 +12,7 @@ loader and a model read any of them alike, plus its own label tasks. Its info me
   - `flat_leads`: {"total", "by_lead", "records"}, records kept without their flat (dead) leads.
 
 Data flows one way: records -> tokenizer -> sentence_corpus -> these builders -> the loader
-(`heartlang_jax.input_pipeline`) -> the stages. Nothing here imports the loader or a stage.
+(`heartlang_jax.data.input_pipeline`) -> the stages. Nothing here imports the loader or a stage.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Literal
 import numpy as np
 import tensorflow_datasets as tfds
 
-from heartlang_jax import sentence_corpus
-from heartlang_jax import tokenizer as tokenizer_lib
-from heartlang_jax.records import STANDARD_LEADS
+from heartlang_jax.ecg import sentence_corpus
+from heartlang_jax.ecg import tokenizer as tokenizer_lib
+from heartlang_jax.ecg.records import STANDARD_LEADS
 
 # Examples kept in `metadata["flat_leads"]["records"]`; the counts cover every record.
 MAX_LISTED_FLAT_RECORDS = 1000

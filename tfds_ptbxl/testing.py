@@ -16,14 +16,15 @@ import scipy.io
 import scipy.signal
 import wfdb
 
-from heartlang_jax import ptbxl, records
-from heartlang_jax.records import STANDARD_LEADS
+from heartlang_jax.data import bundled_sample_dir
+from heartlang_jax.ecg import records
+from heartlang_jax.ecg.records import STANDARD_LEADS
 from tfds_ptbxl import split_files
 
 
 def ptbxl_signal(ecg_id: int, fs: int = 500) -> np.ndarray:
     """[12, 10 * fs] mV: a bundled PTB-XL record at `fs`."""
-    path = ptbxl.bundled_sample_dir() / "records100" / "00000" / f"{ecg_id:05d}_lr"
+    path = bundled_sample_dir() / "records100" / "00000" / f"{ecg_id:05d}_lr"
     x = records.load_record(path).signal.astype(np.float64)
     return scipy.signal.resample_poly(x, fs, 100, axis=1) if fs != 100 else x
 

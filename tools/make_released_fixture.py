@@ -20,7 +20,7 @@ Needs torch, einops, numpy, scipy and wfdb (not the project's venv), e.g.
     PYTHONPATH=... /tmp/torch-ref/bin/python tools/make_released_fixture.py --released_sizes \
         --num_sentences=16 --out=/tmp/released_sizes.npz
 
-`heartlang_jax.records` and `heartlang_jax.tokenizer` import without JAX, so this script uses
+`heartlang_jax.ecg.records` and `heartlang_jax.ecg.tokenizer` import without JAX, so this script uses
 them directly. matplotlib and scikit-learn, imported by the released modeling_vqhbr.py for its
 figures only, are replaced by empty modules when they are not installed.
 """
@@ -75,8 +75,8 @@ def _stub_plotting_modules() -> None:
 def real_sentences(num: int, max_len: int, leads=None) -> dict[str, np.ndarray]:
     """Sentences of the first `num` tokenizable records of the bundled sample, raw mV."""
     sys.path.insert(0, str(REPO))
-    from heartlang_jax.records import load_record
-    from heartlang_jax.tokenizer import QRSTokenizer
+    from heartlang_jax.ecg.records import load_record
+    from heartlang_jax.ecg.tokenizer import QRSTokenizer
 
     kwargs = {"leads": tuple(leads)} if leads else {}
     tokenizer = QRSTokenizer(fs=100.0, max_len=max_len, token_len=96, detector="xqrs", **kwargs)

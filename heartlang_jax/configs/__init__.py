@@ -9,11 +9,19 @@ from __future__ import annotations
 import os
 import pathlib
 
+from heartlang_jax import errors
+
 PACKAGE_DIR = pathlib.Path(__file__).parent
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(errors.HeartLangError, ValueError):
     """A `--config` path that names no config file."""
+
+
+def shipped_config_files() -> list[pathlib.Path]:
+    """The config files of the package (those with a `get_config`; `typed`, `schema` and the
+    shared blocks beside them are the code that reads them)."""
+    return sorted(p for p in PACKAGE_DIR.glob("*.py") if "\ndef get_config(" in p.read_text())
 
 
 def resolve_config_path(argument: str) -> str:
@@ -31,5 +39,5 @@ def resolve_config_path(argument: str) -> str:
     for candidate in candidates:
         if candidate.is_file() and candidate.suffix == ".py":
             return os.fspath(candidate) + sep + variant
-    shipped = ", ".join(sorted(f"configs/{p.name}" for p in PACKAGE_DIR.glob("*.py") if p.name != "__init__.py"))
+    shipped = ", ".join(f"configs/{p.name}" for p in shipped_config_files())
     raise ConfigFileError(f"--config={argument}: no such config file here or in the package; shipped: {shipped}")

@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from heartlang_jax import typed_config
+from heartlang_jax.configs import typed as typed_config
+from heartlang_jax.configs.typed import POSITIVE, RATE, field
 from heartlang_jax.models.dropout import Dropout
 from heartlang_jax.models.rope import apply_rope
-from heartlang_jax.typed_config import POSITIVE, RATE, field
 
 _EMBED_INIT = nnx.initializers.normal(stddev=0.02)
 _DENSE_INIT = nnx.initializers.truncated_normal(stddev=0.02)

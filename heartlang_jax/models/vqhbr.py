@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from heartlang_jax import typed_config
+from heartlang_jax.configs import typed as typed_config
+from heartlang_jax.configs.typed import NON_NEGATIVE, POSITIVE, RATE, field
 from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
 from heartlang_jax.models.quantizer import EmaCodebookQuantizer, QuantizerOutput
-from heartlang_jax.typed_config import NON_NEGATIVE, POSITIVE, RATE, field
 
 _DENSE_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 

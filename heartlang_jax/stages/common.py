@@ -19,8 +19,11 @@ import ml_collections
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import checkpointing, errors, input_pipeline, optim, parallel, run_info, train_loop
+from heartlang_jax import errors
+from heartlang_jax.data import input_pipeline
+from heartlang_jax.inference import run_info
 from heartlang_jax.models import ECGFormerConfig
+from heartlang_jax.training import checkpointing, optim, parallel, train_loop
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> str:

@@ -9,7 +9,8 @@ import os
 
 import ml_collections
 
-from heartlang_jax import input_pipeline, stage_configs
+from heartlang_jax.configs import schema as stage_configs
+from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import common
 
 

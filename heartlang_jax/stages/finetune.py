@@ -31,10 +31,14 @@ import optax
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import checkpointing, errors, input_pipeline, optim, parallel, run_info, stage_configs
-from heartlang_jax import metrics as metrics_lib
+from heartlang_jax import errors
+from heartlang_jax.configs import schema as stage_configs
+from heartlang_jax.data import input_pipeline
+from heartlang_jax.evaluation import metrics as metrics_lib
+from heartlang_jax.inference import run_info
 from heartlang_jax.models import EcgClassifier, MaskedEcgModel, classifier_bce_loss
 from heartlang_jax.stages import common, pretrain
+from heartlang_jax.training import checkpointing, optim, parallel
 
 STAGE = "finetune"
 MODES = ("linear", "full")

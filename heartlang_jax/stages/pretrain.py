@@ -22,9 +22,13 @@ import optax
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import checkpointing, errors, input_pipeline, parallel, run_info, stage_configs
+from heartlang_jax import errors
+from heartlang_jax.configs import schema as stage_configs
+from heartlang_jax.data import input_pipeline
+from heartlang_jax.inference import run_info
 from heartlang_jax.models import VQHBR, MaskedEcgModel, masked_lm_loss
 from heartlang_jax.stages import common, vqhbr
+from heartlang_jax.training import checkpointing, parallel
 
 STAGE = "pretrain"
 IDENTITY_FIELDS = (

@@ -21,9 +21,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from heartlang_jax import errors, input_pipeline, parallel, run_info, stage_configs, train_loop
+from heartlang_jax import errors
+from heartlang_jax.configs import schema as stage_configs
+from heartlang_jax.data import input_pipeline
+from heartlang_jax.inference import run_info
 from heartlang_jax.models import VQHBR, VQHBRConfig, vqhbr_loss
 from heartlang_jax.stages import common
+from heartlang_jax.training import parallel, train_loop
 
 STAGE = "vqhbr"
 # Fields that must match for a workdir's checkpoints to be resumed by this config.
@@ -172,7 +176,7 @@ def reconstruction_images(example: dict) -> dict[str, np.ndarray]:
     if not example or jax.process_index() != 0:
         return {}
     try:
-        from heartlang_jax import plots
+        from heartlang_jax.evaluation import plots
 
         image = plots.reconstruction_figure_image(
             example["words"], example["reconstruction"], lead_ids=example["lead_ids"], word_ids=example["word_ids"]

@@ -11,6 +11,7 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
+from heartlang_jax import errors
 from tfds_ptbxl import labelled
 
 
@@ -34,7 +35,7 @@ class Builder(labelled.SplitFileBuilder, tfds.core.GeneratorBasedBuilder):
 
     def _check_layout(self, root: pathlib.Path) -> None:
         if not root.is_dir():
-            raise labelled.DatasetLayoutError(
+            raise errors.DatasetLayoutError(
                 f"CPSC 2018 folder {root} does not exist. {labelled.one_line(self.MANUAL_DOWNLOAD_INSTRUCTIONS)}"
             )
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from heartlang_jax import records, sentence_corpus
+from heartlang_jax import errors
+from heartlang_jax.ecg import records, sentence_corpus
 from tfds_ptbxl import labelled, testing
 from tfds_ptbxl.cpsc2018 import cpsc2018_dataset_builder
 
@@ -96,7 +97,7 @@ def test_missing_records_are_named_in_one_line(tmp_path, folder):
     tmp, _ = folder
     builder = tfds.builder("cpsc2018", data_dir=str(tmp_path), split_file=str(tmp / "splits.csv.gz"), num_workers=1)
     with pytest.raises(
-        labelled.DatasetLayoutError, match=r"lacks 8 of the 8 records .*e\.g\. A\d{4}, .*Put the CPSC 2018"
+        errors.DatasetLayoutError, match=r"lacks 8 of the 8 records .*e\.g\. A\d{4}, .*Put the CPSC 2018"
     ) as e:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path)))
     assert "\n" not in str(e.value)

@@ -12,6 +12,7 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
+from heartlang_jax import errors
 from tfds_ptbxl import labelled
 
 
@@ -35,9 +36,9 @@ class Builder(labelled.SplitFileBuilder, tfds.core.GeneratorBasedBuilder):
     def _check_layout(self, root: pathlib.Path) -> None:
         how = labelled.one_line(self.MANUAL_DOWNLOAD_INSTRUCTIONS)
         if not root.is_dir():
-            raise labelled.DatasetLayoutError(f"CSN folder {root} does not exist. {how}")
+            raise errors.DatasetLayoutError(f"CSN folder {root} does not exist. {how}")
         if not (root / "WFDBRecords").is_dir():
-            raise labelled.DatasetLayoutError(f"CSN folder {root} is incomplete: missing WFDBRecords/. {how}")
+            raise errors.DatasetLayoutError(f"CSN folder {root} is incomplete: missing WFDBRecords/. {how}")
 
     def _record_paths(self, root: pathlib.Path, records: list[str]) -> dict[str, pathlib.Path]:
         paths = {record: root / record for record in records}

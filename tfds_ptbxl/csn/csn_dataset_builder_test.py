@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from heartlang_jax import records, sentence_corpus
-from heartlang_jax.records import STANDARD_LEADS
+from heartlang_jax import errors
+from heartlang_jax.ecg import records, sentence_corpus
+from heartlang_jax.ecg.records import STANDARD_LEADS
 from tfds_ptbxl import labelled, testing
 from tfds_ptbxl.csn import csn_dataset_builder
 
@@ -113,11 +114,11 @@ def test_mat_record_and_the_same_signal_as_wfdb_dat_give_the_same_sentence(tmp_p
 
 def test_missing_folder_and_records_are_named_in_one_line(tmp_path, folder):
     tmp, _ = folder
-    with pytest.raises(labelled.DatasetLayoutError, match=r"missing WFDBRecords/\. Put the extracted PhysioNet") as e:
+    with pytest.raises(errors.DatasetLayoutError, match=r"missing WFDBRecords/\. Put the extracted PhysioNet") as e:
         _build(tmp_path, tmp_path, tmp / "splits.csv.gz")
     assert "\n" not in str(e.value)
     (tmp_path / "WFDBRecords").mkdir()
-    with pytest.raises(labelled.DatasetLayoutError, match=r"lacks 10 of the 10 records .*e\.g\. WFDBRecords/") as e:
+    with pytest.raises(errors.DatasetLayoutError, match=r"lacks 10 of the 10 records .*e\.g\. WFDBRecords/") as e:
         _build(tmp_path, tmp_path, tmp / "splits.csv.gz")
     assert "\n" not in str(e.value)
 
@@ -125,7 +126,7 @@ def test_missing_folder_and_records_are_named_in_one_line(tmp_path, folder):
 def test_a_folder_that_does_not_exist_is_named_in_one_line(tmp_path, folder):
     tmp, _ = folder
     with pytest.raises(
-        labelled.DatasetLayoutError, match=r"CSN folder .*nowhere does not exist\. Put the extracted"
+        errors.DatasetLayoutError, match=r"CSN folder .*nowhere does not exist\. Put the extracted"
     ) as e:
         _build(tmp_path, tmp_path / "nowhere", tmp / "splits.csv.gz")
     assert "\n" not in str(e.value)

@@ -11,8 +11,9 @@ import pytest
 import tensorflow_datasets as tfds
 import wfdb
 
-from heartlang_jax import records, sentence_corpus
-from heartlang_jax.records import STANDARD_LEADS
+from heartlang_jax import errors
+from heartlang_jax.ecg import records, sentence_corpus
+from heartlang_jax.ecg.records import STANDARD_LEADS
 from tfds_ptbxl import testing
 from tfds_ptbxl.mimic_iv_ecg import mimic_iv_ecg_dataset_builder as mimic
 
@@ -171,9 +172,9 @@ def test_parts_prepared_apart_are_not_redone(tmp_path, folder, monkeypatch):
 
 
 def test_layout_errors_name_what_is_missing(tmp_path):
-    with pytest.raises(mimic.DatasetLayoutError, match=r"does not exist\. Put the extracted PhysioNet MIMIC-IV-ECG"):
+    with pytest.raises(errors.DatasetLayoutError, match=r"does not exist\. Put the extracted PhysioNet MIMIC-IV-ECG"):
         _build(tmp_path / "tfds", tmp_path / "nowhere")
     (tmp_path / "files").mkdir()
-    with pytest.raises(mimic.DatasetLayoutError, match=r"incomplete: missing record_list.csv\. Put") as e:
+    with pytest.raises(errors.DatasetLayoutError, match=r"incomplete: missing record_list.csv\. Put") as e:
         _build(tmp_path / "tfds", tmp_path)
     assert "\n" not in str(e.value)

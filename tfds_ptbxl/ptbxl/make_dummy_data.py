@@ -18,7 +18,8 @@ import shutil
 import numpy as np
 import wfdb
 
-from heartlang_jax import ptbxl
+from heartlang_jax.data import bundled_sample_dir
+from tfds_ptbxl.ptbxl import metadata as ptbxl
 
 OUT = pathlib.Path(__file__).parent / "dummy_data"
 # ecg_id -> fold: train (1-8) x4, validation (9) x2, test (10) x1, as in the real split.
@@ -47,7 +48,7 @@ def _write_signal(dest: pathlib.Path, name: str, signal_mv: np.ndarray) -> None:
 
 
 def main() -> None:
-    src = ptbxl.bundled_sample_dir()
+    src = bundled_sample_dir()
     if OUT.exists():
         shutil.rmtree(OUT)
     records = OUT / "records100" / "00000"

@@ -17,13 +17,14 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 
-from heartlang_jax import ptbxl
+from heartlang_jax import errors
+from tfds_ptbxl.ptbxl import metadata as ptbxl
 
 CHECKSUM_FILE = "SHA256SUMS.txt"
 _CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(errors.HeartLangError, RuntimeError):
     """A file could not be fetched or failed its checksum; names the file and the URL."""
 
 

@@ -18,9 +18,11 @@ from typing import Literal
 import numpy as np
 import tensorflow_datasets as tfds
 
-from heartlang_jax import ptbxl, sentence_corpus
-from heartlang_jax.records import STANDARD_LEADS
+from heartlang_jax.data import bundled_sample_dir
+from heartlang_jax.ecg import sentence_corpus
+from heartlang_jax.ecg.records import STANDARD_LEADS
 from tfds_ptbxl import sentences
+from tfds_ptbxl.ptbxl import metadata as ptbxl
 from tfds_ptbxl.ptbxl import physionet
 
 _MAX_LEN = 256
@@ -85,7 +87,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         super().__init__(**sentences.with_default_file_format(kwargs))
 
     def _info(self) -> tfds.core.DatasetInfo:
-        labels = ptbxl.LabelSpace.from_statements(ptbxl.bundled_sample_dir() / "scp_statements.csv")
+        labels = ptbxl.LabelSpace.from_statements(bundled_sample_dir() / "scp_statements.csv")
         classes = {t: labels.classes[t] for t in ptbxl.TASKS}
         features = {
             **sentences.sentence_features(self.builder_config.spec),

@@ -16,8 +16,11 @@ import threading
 import numpy as np
 import pytest
 
-from heartlang_jax import ptbxl, sentence_corpus
-from heartlang_jax.records import load_record
+from heartlang_jax import errors
+from heartlang_jax.data import bundled_sample_dir
+from heartlang_jax.ecg import sentence_corpus
+from heartlang_jax.ecg.records import load_record
+from tfds_ptbxl.ptbxl import metadata as ptbxl
 from tfds_ptbxl.ptbxl import physionet, ptbxl_dataset_builder
 
 DUMMY = pathlib.Path(__file__).parent / "dummy_data"
@@ -102,7 +105,7 @@ def served_copy(tmp_path):
     """dummy_data served over HTTP on loopback, with PhysioNet's SHA256SUMS.txt and LICENSE.txt."""
     root = tmp_path / "physionet"
     shutil.copytree(DUMMY, root)
-    shutil.copy(ptbxl.bundled_sample_dir() / "LICENSE.txt", root)
+    shutil.copy(bundled_sample_dir() / "LICENSE.txt", root)
     lines = [
         f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(root).as_posix()}"
         for p in sorted(root.rglob("*"))
@@ -140,12 +143,12 @@ def test_incomplete_folder_says_what_to_put_where(tmp_path, remove):
     shutil.copytree(DUMMY, folder)
     target = folder / remove
     shutil.rmtree(target) if target.is_dir() else target.unlink()
-    with pytest.raises(ptbxl.DatasetLayoutError, match=f"missing {remove}.*Put the extracted PTB-XL"):
+    with pytest.raises(errors.DatasetLayoutError, match=f"missing {remove}.*Put the extracted PTB-XL"):
         _build(tmp_path, manual_dir=str(folder))
 
 
 def test_missing_folder_is_named(tmp_path):
-    with pytest.raises(ptbxl.DatasetLayoutError, match="does not exist"):
+    with pytest.raises(errors.DatasetLayoutError, match="does not exist"):
         _build(tmp_path, manual_dir=str(tmp_path / "nowhere"))
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from heartlang_jax.records import STANDARD_LEADS
+from heartlang_jax.ecg.records import STANDARD_LEADS
 
 _INIT_COLORS = {"pretrained": "#1f77b4", "random": "#9a9a9a"}
 _INIT_LABELS = {"pretrained": "pre-trained", "random": "random init"}

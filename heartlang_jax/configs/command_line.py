@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import ml_collections
 from absl import app, flags
 
-from heartlang_jax.typed_config import unknown_field_message
+from heartlang_jax.configs.typed import unknown_field_message
 
 
 def parse_flags(argv: list[str], flag_name: str = "config") -> list[str]:

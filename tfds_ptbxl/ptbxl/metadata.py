@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from heartlang_jax.errors import DatasetLayoutError
+
 PTBXL_VERSION = "1.0.3"
 # PhysioNet's per-file tree; `SHA256SUMS.txt` there lists a checksum for every file.
 DOWNLOAD_URL = f"https://physionet.org/files/ptb-xl/{PTBXL_VERSION}/"
@@ -23,10 +25,6 @@ TASKS = ("superdiagnostic", "subdiagnostic", "form", "rhythm")
 SPLIT_FOLDS = {"train": tuple(range(1, 9)), "validation": (9,), "test": (10,)}
 METADATA_FILES = ("ptbxl_database.csv", "scp_statements.csv")
 SAMPLING_RATES = (100, 500)
-
-
-class DatasetLayoutError(FileNotFoundError):
-    """A PTB-XL folder is missing or incomplete; the message says what to put where."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +44,6 @@ class EcgRow:
     @property
     def split(self) -> str:
         return split_of_fold(self.strat_fold)
-
-
-def bundled_sample_dir() -> pathlib.Path:
-    """The first 500 PTB-XL records (100 Hz) shipped with the package, CC BY 4.0."""
-    return pathlib.Path(__file__).parent / "data" / "ptbxl_mini"
 
 
 def split_of_fold(fold: int) -> str:

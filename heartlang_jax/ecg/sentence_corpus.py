@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from heartlang_jax import records
-from heartlang_jax import tokenizer as tokenizer_lib
+from heartlang_jax.ecg import records
+from heartlang_jax.ecg import tokenizer as tokenizer_lib
 
 _CHUNKSIZE = 8
 _WINDOW_CHUNKS = 4

@@ -16,8 +16,10 @@ import os
 
 import ml_collections
 
-from heartlang_jax import checkpointing, input_pipeline, stage_configs, sweep
-from heartlang_jax.stages import common, pretrain, vqhbr
+from heartlang_jax.configs import schema as stage_configs
+from heartlang_jax.data import input_pipeline
+from heartlang_jax.stages import common, pretrain, sweep, vqhbr
+from heartlang_jax.training import checkpointing
 
 
 def stage_config(

@@ -24,7 +24,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from heartlang_jax import parallel, ptbxl
+from heartlang_jax.data import bundled_sample_dir
+from heartlang_jax.training import parallel
 
 SENTENCE_FIELDS = ("words", "lead_ids", "time_ids")
 BUNDLED = "bundled"  # the manual_dir of ptbxl that names the 500-record sample in the package
@@ -52,7 +53,7 @@ def prepare_dataset(
     if manual_dir == BUNDLED:
         if dataset != "ptbxl":
             raise ValueError(f"manual_dir='bundled' names the PTB-XL sample; {dataset} needs its own folder")
-        manual_dir = ptbxl.bundled_sample_dir()
+        manual_dir = bundled_sample_dir()
     builder_class = catalog.builder_class(dataset)
 
     def build() -> tfds.core.DatasetBuilder:

@@ -30,7 +30,8 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from heartlang_jax import checkpointing, errors, metric_writer, parallel
+from heartlang_jax import errors
+from heartlang_jax.training import checkpointing, metric_writer, parallel
 
 # Folded into the seed before the step, so per-step keys never equal the keys that
 # `nnx.Rngs(seed)` hands out at initialization (those fold the draw count into key(seed)).

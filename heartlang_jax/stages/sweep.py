@@ -26,10 +26,13 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from heartlang_jax import checkpointing, input_pipeline, parallel, run_info, stage_configs
-from heartlang_jax import metrics as metrics_lib
+from heartlang_jax.configs import schema as stage_configs
+from heartlang_jax.data import input_pipeline
+from heartlang_jax.evaluation import metrics as metrics_lib
+from heartlang_jax.inference import run_info
 from heartlang_jax.models import ECGFormerConfig
 from heartlang_jax.stages import common, finetune
+from heartlang_jax.training import checkpointing, parallel
 
 CELLS_DIR = "cells"
 RESULTS_JSON = "results.json"
@@ -173,7 +176,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
             logging.info("[sweep] cell %d/%d %s", i + 1, len(grid), cell.name)
             finetune.train_and_evaluate(configs[cell], cell_dir)
             if not config.keep_cell_checkpoints:
-                parallel.barrier(f"heartlang_jax.sweep.{cell.name}")
+                parallel.barrier(f"heartlang_jax.stages.sweep.{cell.name}")
                 if jax.process_index() == 0:
                     (cell_dir / checkpointing.CHECKPOINT_DIR).rmtree(missing_ok=True)
         result = {"cell": cell.name, "init_kind": cell.init, **json.loads(result_path.read_text())}

@@ -18,8 +18,8 @@ from typing import Any
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import checkpointing
 from heartlang_jax.models import VQHBR, EcgClassifier, ECGFormerConfig, MaskedEcgModel, VQHBRConfig
+from heartlang_jax.training import checkpointing
 
 RUN_INFO_FILE = "model.json"
 # A pre-training run carries the vocabulary it learned to predict in this subfolder, itself a

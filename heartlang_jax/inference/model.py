@@ -32,9 +32,12 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import checkpointing, records, run_info
-from heartlang_jax import tokenizer as tokenizer_lib
+from heartlang_jax import errors
+from heartlang_jax.ecg import records
+from heartlang_jax.ecg import tokenizer as tokenizer_lib
+from heartlang_jax.inference import run_info
 from heartlang_jax.models import EcgClassifier
+from heartlang_jax.training import checkpointing
 
 # A pre-training (or fine-tuning) run folder "carries its vocabulary" when this subfolder is a
 # complete VQ-HBR run folder (model.json + checkpoints/): then `word_ids` works on it. Pre-training
@@ -51,7 +54,7 @@ RECORD_ERRORS = (records.RecordError, tokenizer_lib.TokenizerError)
 EcgInput = Any  # a record path (str / PathLike), a records.Record, or an array [leads, samples]
 
 
-class NotSupportedError(ValueError):
+class NotSupportedError(errors.HeartLangError, ValueError):
     """The run folder's kind of model cannot do what was asked (e.g. `predict` on a VQ-HBR run)."""
 
 

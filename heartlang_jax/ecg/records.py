@@ -24,6 +24,8 @@ import numpy as np
 import scipy.io
 import wfdb
 
+from heartlang_jax import errors
+
 STANDARD_LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 # Bytes per sample of the WFDB storage formats, to tell a truncated `.dat` apart when wfdb fails
@@ -49,7 +51,7 @@ def canonical_lead_name(name: str) -> str | None:
     return upper if upper in STANDARD_LEADS else None
 
 
-class RecordError(ValueError):
+class RecordError(errors.HeartLangError, ValueError):
     """A record that cannot be read; the message names the record and what is wrong."""
 
 

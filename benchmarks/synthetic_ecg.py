@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from heartlang_jax.records import STANDARD_LEADS
+from heartlang_jax.ecg.records import STANDARD_LEADS
 
 _QRS_WAVES = ((-0.022, 0.008, -0.15), (0.0, 0.010, 1.0), (0.024, 0.009, -0.3))
 

@@ -22,7 +22,8 @@ import numpy as np
 import scipy.signal
 import wfdb.processing
 
-from heartlang_jax.records import STANDARD_LEADS, canonical_lead_name
+from heartlang_jax import errors
+from heartlang_jax.ecg.records import STANDARD_LEADS, canonical_lead_name
 
 Detector = Literal["multilead", "xqrs"]
 DEFAULT_DETECTOR: Detector = "multilead"
@@ -49,7 +50,7 @@ _MIN_BEAT_CONTRAST = 2.0
 log = logging.getLogger(__name__)
 
 
-class TokenizerError(ValueError):
+class TokenizerError(errors.HeartLangError, ValueError):
     """A record that cannot become a sentence; the message names the record (and the lead)."""
 
 

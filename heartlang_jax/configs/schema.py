@@ -18,10 +18,11 @@ from typing import Literal
 
 import ml_collections
 
-from heartlang_jax import input_pipeline, typed_config
+from heartlang_jax.configs import typed as typed_config
+from heartlang_jax.configs.typed import FRACTION, NON_NEGATIVE, POSITIVE, RATE, checked, field
+from heartlang_jax.data import input_pipeline
 from heartlang_jax.errors import ConfigError
 from heartlang_jax.models import ECGFormerConfig, VQHBRConfig
-from heartlang_jax.typed_config import FRACTION, NON_NEGATIVE, POSITIVE, RATE, checked, field
 from tfds_ptbxl import catalog
 
 Split = Literal["train", "validation", "test"]

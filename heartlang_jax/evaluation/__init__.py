@@ -1,0 +1,1 @@
+"""Scoring: macro AUC and per-record bootstrap intervals, the results report, figures."""

@@ -1,0 +1,1 @@
+"""Trained run folders as objects: load one, embed and predict raw ECGs; what model.json holds."""

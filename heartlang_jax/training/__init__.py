@@ -1,0 +1,1 @@
+"""The training machinery every stage shares: loop, optimizer, checkpoints, logs, devices."""
