@@ -26,7 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from flax import nnx
 
-from heartlang_jax.configs import pretrain_common
+from heartlang_jax.configs import pretrain_common, schema
 from heartlang_jax.stages import common, pretrain
 from heartlang_jax.training import optim, parallel
 
@@ -38,8 +38,8 @@ def time_size(size: str, batch: int, vocab: int) -> dict[str, float]:
     """Seconds to trace+lower, to compile (XLA), to run the first step and a later one."""
     config = pretrain_common.get_pretrain_config(size)
     mesh = parallel.make_mesh()
-    enc = common.ecgformer_config(config.model.encoder, common.compute_dtype(config))
-    model = pretrain.build_model(config, vocab)
+    enc = common.ecgformer_config(schema.validate(config).model.encoder, common.compute_dtype(config))
+    model = pretrain.build_model(schema.validate(config), vocab)
     tx = optim.make_optimizer(config.optimizer, num_train_steps=1000, warmup_steps=10)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     parallel.replicate_module(model, mesh)

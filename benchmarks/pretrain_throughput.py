@@ -36,6 +36,7 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from heartlang_jax.configs import schema
 from heartlang_jax.models import num_mask_positions
 from heartlang_jax.stages import common, pretrain
 from heartlang_jax.training import optim, parallel
@@ -120,8 +121,8 @@ def measure(args: argparse.Namespace, config) -> dict:
     mesh = parallel.make_mesh()
     if args.batch % jax.device_count():
         raise SystemExit(f"--batch={args.batch} must be divisible by the {jax.device_count()} devices")
-    enc = common.ecgformer_config(config.model.encoder, common.compute_dtype(config))
-    model = pretrain.build_model(config, args.vocab)
+    enc = common.ecgformer_config(schema.validate(config).model.encoder, common.compute_dtype(config))
+    model = pretrain.build_model(schema.validate(config), args.vocab)
     params = common.parameter_count(model)
     tx = optim.make_optimizer(config.optimizer, num_train_steps=1000, warmup_steps=10)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)

@@ -11,7 +11,6 @@ error types) print as one line and exit 2; anything else is a bug and keeps its 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 
@@ -29,23 +28,6 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# stage name -> "module:function(config, workdir)"
-STAGES = {
-    "dataset": "heartlang_jax.stages.dataset:build_and_summarize",
-    "vqhbr": "heartlang_jax.stages.vqhbr:train_and_evaluate",
-    "pretrain": "heartlang_jax.stages.pretrain:train_and_evaluate",
-    "finetune": "heartlang_jax.stages.finetune:train_and_evaluate",
-    "sweep": "heartlang_jax.stages.sweep:run",
-    "pipeline": "heartlang_jax.stages.pipeline:run",
-}
-
-
-def stage_function(stage: str):
-    if stage not in STAGES:
-        raise errors.ConfigError(f"config.stage must be one of {sorted(STAGES)}, got {stage!r}")
-    module, function = STAGES[stage].split(":")
-    return getattr(importlib.import_module(module), function)
-
 
 class _QuietLibraries(logging.Filter):
     """Orbax logs every file of every save at INFO; keep its warnings, drop the chatter."""
@@ -58,6 +40,7 @@ def main(argv):
     del argv
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietLibraries())
+    from heartlang_jax import stages
     from heartlang_jax.training import parallel, train_loop
 
     try:
@@ -73,7 +56,7 @@ def main(argv):
             jax.device_count(),
             jax.devices(),
         )
-        stage_function(config.stage)(config, _WORKDIR.value)
+        stages.run(config, _WORKDIR.value)
     except train_loop.Preempted as e:
         logging.warning("%s", e)
     except errors.HeartLangError as e:

@@ -53,16 +53,17 @@ def make_pretrain_run(tmp_path):
     import synthetic
     from flax import nnx
 
-    from heartlang_jax.configs import pretrain_common
+    from heartlang_jax.configs import pretrain_common, schema, typed
     from heartlang_jax.configs import vqhbr as vqhbr_config
     from heartlang_jax.inference import run_info
     from heartlang_jax.stages import common, pretrain, vqhbr
     from heartlang_jax.training import checkpointing
 
     def make(**encoder_overrides):
-        vq = vqhbr_config.get_config("tiny")
-        vq.model.num_codes = 7
-        checkpointing.claim_workdir(tmp_path / "vqhbr", vq, ())
+        vq_dict = vqhbr_config.get_config("tiny")
+        vq_dict.model.num_codes = 7
+        vq = schema.validate(vq_dict)
+        checkpointing.claim_workdir(tmp_path / "vqhbr", typed.as_dict(vq), ())
         vq_info = run_info.RunInfo(
             kind="vqhbr",
             model=vqhbr.run_info_model(vqhbr.model_config(vq)),
@@ -77,8 +78,9 @@ def make_pretrain_run(tmp_path):
         config.vqhbr_workdir = str(tmp_path / "vqhbr")
         config.seed = 3
         config.dtype = "float32"
+        config = schema.validate(config)
         workdir = tmp_path / "pretrain"
-        checkpointing.claim_workdir(workdir, config, ())
+        checkpointing.claim_workdir(workdir, typed.as_dict(config), ())
         model = pretrain.build_model(config, vq.model.num_codes)
         encoder = common.encoder_fields(model.encoder.config)
         info = run_info.RunInfo(

@@ -10,7 +10,7 @@ import synthetic
 from flax import nnx
 
 from heartlang_jax.configs import finetune as finetune_config
-from heartlang_jax.configs import pretrain_common
+from heartlang_jax.configs import pretrain_common, typed
 from heartlang_jax.configs import schema as stage_configs
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import finetune
@@ -65,7 +65,7 @@ def class_names(task):
 
 
 def restored_model(config, workdir, task="superdiagnostic"):
-    model = finetune.build_model(config, NUM_CLASSES[task])
+    model = finetune.build_model(stage_configs.validate(config), NUM_CLASSES[task])
     checkpoints = checkpointing.RunCheckpoints(workdir, read_only=True)
     checkpoints.restore(checkpoints.steps()[-1], model, None)
     checkpoints.close()
@@ -80,11 +80,13 @@ def test_linear_probing_trains_only_the_head(sources, tmp_path, make_pretrain_ru
     pretrain_dir, pretrained = make_pretrain_run()
     config = tiny_config("linear")
     config.init_workdir = str(pretrain_dir)
-    result = finetune.finetune(config, tmp_path / "ft", sources, class_names(config.task), synthetic.DATASET)
+    result = finetune.finetune(
+        stage_configs.validate(config), tmp_path / "ft", sources, class_names(config.task), synthetic.DATASET
+    )
     trained = restored_model(config, tmp_path / "ft")
     # Bitwise: the frozen encoder is the pre-trained one after training; only the head moved.
     jax.tree.map(np.testing.assert_array_equal, params(pretrained.encoder), params(trained.encoder))
-    initial_head = params(finetune.build_model(config, 5).head)
+    initial_head = params(finetune.build_model(stage_configs.validate(config), 5).head)
     assert not np.array_equal(initial_head["kernel"], params(trained.head)["kernel"])
     on_disk = json.loads((tmp_path / "ft" / finetune.RESULT_FILE).read_text())
     assert on_disk == result
@@ -118,7 +120,9 @@ def test_reported_auc_is_the_test_auc_of_the_best_validation_epoch(sources, tmp_
     """Every evaluation is in metrics.jsonl: the result must pick the max-validation one's test AUC."""
     config = tiny_config("linear", steps=6)
     config.eval_every_steps = 1
-    result = finetune.finetune(config, tmp_path, sources, class_names(config.task), synthetic.DATASET)
+    result = finetune.finetune(
+        stage_configs.validate(config), tmp_path, sources, class_names(config.task), synthetic.DATASET
+    )
     evals = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "eval_auc" in r]
     assert len(evals) == 6
     best = max(evals, key=lambda r: r["eval_auc"])  # first of equals, as the stage keeps the first
@@ -133,16 +137,22 @@ def test_reported_auc_is_the_test_auc_of_the_best_validation_epoch(sources, tmp_
 def test_best_epoch_survives_resume(sources, tmp_path):
     """Rerunning a finished run restores its final checkpoint: the best epoch comes from `meta`."""
     config = tiny_config("linear", task="rhythm")
-    first = finetune.finetune(config, tmp_path, sources, class_names("rhythm"), synthetic.DATASET)
+    first = finetune.finetune(
+        stage_configs.validate(config), tmp_path, sources, class_names("rhythm"), synthetic.DATASET
+    )
     assert first["num_train_records"] == 24 - 5  # records without a rhythm label are dropped
-    again = finetune.finetune(config, tmp_path, sources, class_names("rhythm"), synthetic.DATASET)
+    again = finetune.finetune(
+        stage_configs.validate(config), tmp_path, sources, class_names("rhythm"), synthetic.DATASET
+    )
     assert again == first
 
 
 def test_full_finetuning_trains_the_encoder(sources, tmp_path):
     config = tiny_config("full", steps=2)
-    result = finetune.finetune(config, tmp_path, sources, class_names(config.task), synthetic.DATASET)
-    initial = finetune.build_model(config, 5)
+    result = finetune.finetune(
+        stage_configs.validate(config), tmp_path, sources, class_names(config.task), synthetic.DATASET
+    )
+    initial = finetune.build_model(stage_configs.validate(config), 5)
     trained = restored_model(config, tmp_path)
     before, after = params(initial.encoder), params(trained.encoder)
     # Blocks are scanned: their parameters are stacked along a leading layer axis.
@@ -159,7 +169,7 @@ def test_layer_decay_factors_follow_beit(position):
     """decay^(L + 1 - layer_id): head and final norm 1, block i decay^(L - i), embeddings decay^(L + 1)."""
     config = tiny_config("full")
     config.encoder.position = position
-    model = finetune.build_model(config, 5)
+    model = finetune.build_model(stage_configs.validate(config), 5)
     scales = nnx.to_pure_dict(optim.layer_decay_scales(model, 0.9))
     assert jax.tree.structure(scales) == jax.tree.structure(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     assert scales["head"]["kernel"] == scales["head"]["bias"] == 1.0
@@ -181,7 +191,7 @@ def test_init_from_pretraining_copies_the_encoder(make_pretrain_run):
     pretrain_dir, pretrained = make_pretrain_run(num_layers=1, position="learned", dropout_rate=0.1)
     config = tiny_config()
     config.init_workdir = str(pretrain_dir)
-    model = finetune.build_model(config, 12)
+    model = finetune.build_model(stage_configs.validate(config), 12)
     assert model.encoder.config.num_layers == 1 and model.encoder.has_cls  # the run's own architecture
     assert model.encoder.config.dropout_rate == config.encoder.dropout_rate == 0.0  # this run's dropout
     jax.tree.map(np.testing.assert_array_equal, params(pretrained.encoder), params(model.encoder))
@@ -192,7 +202,7 @@ def test_mismatched_encoder_is_a_clear_error(make_pretrain_run):
     config = tiny_config()
     config.encoder.num_layers = 3
     with pytest.raises(checkpointing.CheckpointError, match="does not match"):
-        finetune.transfer_encoder(pretrained, finetune.build_model(config, 5))
+        finetune.transfer_encoder(pretrained, finetune.build_model(stage_configs.validate(config), 5))
 
 
 def test_init_from_a_non_pretraining_run_fails(make_pretrain_run):
@@ -200,7 +210,7 @@ def test_init_from_a_non_pretraining_run_fails(make_pretrain_run):
     config = tiny_config()
     config.init_workdir = str(pretrain_dir.parent / "vqhbr")
     with pytest.raises(checkpointing.CheckpointError, match="config.init_workdir: .*holds a 'vqhbr' run"):
-        finetune.build_model(config, 5)
+        finetune.build_model(stage_configs.validate(config), 5)
 
 
 def test_missing_init_checkpoint_fails_before_any_compute(tmp_path):
@@ -209,7 +219,7 @@ def test_missing_init_checkpoint_fails_before_any_compute(tmp_path):
     with pytest.raises(checkpointing.CheckpointError, match=r"^config.init_workdir: .*no_such_run.*not found"):
         finetune.train_and_evaluate(config, tmp_path / "ft")
     unfinished = pretrain_common.get_pretrain_config("small", "tiny")
-    checkpointing.claim_workdir(tmp_path / "unfinished", unfinished, ())
+    checkpointing.claim_workdir(tmp_path / "unfinished", typed.as_dict(stage_configs.validate(unfinished)), ())
     config.init_workdir = str(tmp_path / "unfinished")
     with pytest.raises(checkpointing.CheckpointError, match=r"^config.init_workdir: .*unfinished is not a finished"):
         finetune.train_and_evaluate(config, tmp_path / "ft")

@@ -16,6 +16,7 @@ import wfdb
 from flax import nnx
 
 import heartlang_jax
+from heartlang_jax import stages
 from heartlang_jax.data import bundled_sample_dir
 from heartlang_jax.ecg import records, sentence_corpus
 from heartlang_jax.ecg import tokenizer as tokenizer_lib
@@ -79,7 +80,7 @@ def write_run(
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    return {kind: write_run(root / kind, kind) for kind in run_info.KINDS}
+    return {kind: write_run(root / kind, kind) for kind in stages.MODEL_KINDS}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_import_stays_light_and_load_is_exported():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("kind", run_info.KINDS)
+@pytest.mark.parametrize("kind", stages.MODEL_KINDS)
 def test_embedding_is_deterministic_and_finite(models, kind):
     model = models[kind]
     first = model.embed(RECORDS[0])

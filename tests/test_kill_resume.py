@@ -26,6 +26,7 @@ import synthetic
 from flax import nnx
 
 from heartlang_jax.configs import finetune as finetune_config
+from heartlang_jax.configs import schema
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import finetune, pretrain
 from heartlang_jax.training import checkpointing, train_loop
@@ -98,7 +99,7 @@ def _final_params(workdir: pathlib.Path, vqhbr_workdir: pathlib.Path) -> tuple[i
     """The newest checkpoint's parameters, restored into a model rebuilt from the run's config."""
     config = checkpointing.load_run_config(workdir)
     vocab_size = checkpointing.load_run_config(vqhbr_workdir).model.num_codes
-    model = pretrain.build_model(config, vocab_size)
+    model = pretrain.build_model(schema.validate(config), vocab_size)
     store = checkpointing.RunCheckpoints(workdir, read_only=True)
     step = store.steps()[-1]
     store.restore(step, model, None)
@@ -176,13 +177,13 @@ def test_finetuning_preempted_then_rerun_ends_like_an_uninterrupted_run(tmp_path
     names = [f"c{i}" for i in range(synthetic.TASK_DIMS[config.task])]
 
     def trained_params(workdir):
-        model = finetune.build_model(config, len(names))
+        model = finetune.build_model(schema.validate(config), len(names))
         store = checkpointing.RunCheckpoints(workdir, read_only=True)
         store.restore(store.steps()[-1], model, None)
         store.close()
         return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
-    expected = finetune.finetune(config, tmp_path / "uninterrupted", sources, names, synthetic.DATASET)
+    expected = finetune.finetune(schema.validate(config), tmp_path / "uninterrupted", sources, names, synthetic.DATASET)
 
     def preempting_dataset(*args, **kwargs):
         def signal_at_third_batch(index, batch):
@@ -195,7 +196,7 @@ def test_finetuning_preempted_then_rerun_ends_like_an_uninterrupted_run(tmp_path
     train_dataset = input_pipeline.train_dataset
     monkeypatch.setattr(input_pipeline, "train_dataset", preempting_dataset)
     with pytest.raises(train_loop.Preempted) as info:
-        finetune.finetune(config, tmp_path / "run", sources, names, synthetic.DATASET)
+        finetune.finetune(schema.validate(config), tmp_path / "run", sources, names, synthetic.DATASET)
     monkeypatch.undo()
     assert 0 < info.value.step < config.num_train_steps
     store = checkpointing.RunCheckpoints(tmp_path / "run", read_only=True)
@@ -203,5 +204,5 @@ def test_finetuning_preempted_then_rerun_ends_like_an_uninterrupted_run(tmp_path
     assert store.steps()[-1] == info.value.step
     store.close()
 
-    assert finetune.finetune(config, tmp_path / "run", sources, names, synthetic.DATASET) == expected
+    assert finetune.finetune(schema.validate(config), tmp_path / "run", sources, names, synthetic.DATASET) == expected
     _assert_params_close(trained_params(tmp_path / "run"), trained_params(tmp_path / "uninterrupted"))

@@ -204,7 +204,9 @@ def test_pretraining_reads_a_mixture_with_each_examples_own_targets(
 
     vq = vqhbr_config.get_config("tiny")
     vq.dtype = "float32"
-    vocabulary = vqhbr.build_model(vq)  # untrained: its word ids are as good as any for the wiring
+    vocabulary = vqhbr.build_model(
+        stage_configs.validate(vq)
+    )  # untrained: its word ids are as good as any for the wiring
     vocabulary.eval()
     store = checkpointing.RunCheckpoints(tmp_path / "vqhbr")
     store.save(1, vocabulary, None, {}, {})

@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from heartlang_jax.configs import schema, typed
 from heartlang_jax.inference import run_info
 from heartlang_jax.training import checkpointing
 
@@ -475,11 +476,11 @@ def test_gs_workdir_stays_a_url(fake_bucket):
     assert os.fspath(checkpointing.absolute("local/run")) == os.path.join(os.getcwd(), "local/run")
 
     config = ml_collections.ConfigDict({"stage": "pretrain", "model": {"size": 1}})
-    checkpointing.claim_workdir(url, config, ("stage", "model"))
+    checkpointing.claim_workdir(url, typed.as_dict(schema.validate(config)), ("stage", "model"))
     assert json.loads((bucket / checkpointing.CONFIG_FILE).read_text())["model"] == {"size": 1}
     config.model.size = 2
     with pytest.raises(CheckpointError, match=re.escape(url)):  # read back through the URL
-        checkpointing.claim_workdir(url, config, ("stage", "model"))
+        checkpointing.claim_workdir(url, typed.as_dict(schema.validate(config)), ("stage", "model"))
     checkpointing.atomic_write_text(f"{url}/result.json", '{"auc": 1}')
     assert (bucket / "result.json").read_text() == '{"auc": 1}'
     assert not (bucket / "result.json.tmp").exists()

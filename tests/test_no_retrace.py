@@ -9,7 +9,7 @@ import pytest
 import synthetic
 from flax import nnx
 
-from heartlang_jax.configs import pretrain_base
+from heartlang_jax.configs import pretrain_base, schema
 from heartlang_jax.configs import vqhbr as vqhbr_config
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import pretrain, vqhbr
@@ -49,7 +49,7 @@ def test_vqhbr_step_compiles_once(compile_counter):
     mesh = parallel.make_mesh()
     config = vqhbr_config.get_config("tiny")
     config.dtype = "float32"
-    model = vqhbr.build_model(config)
+    model = vqhbr.build_model(schema.validate(config))
     optimizer = _optimizer(model, config, mesh)
     batches = _batches(4, mesh)
     vqhbr.train_step(model, optimizer, batches[0], jax.random.key(0))  # k-means init happens here
@@ -65,7 +65,7 @@ def test_pretrain_step_compiles_once(compile_counter):
     mesh = parallel.make_mesh()
     config = pretrain_base.get_config("tiny")
     config.dtype = "float32"
-    model = pretrain.build_model(config, vocab_size=32)
+    model = pretrain.build_model(schema.validate(config), vocab_size=32)
     optimizer = _optimizer(model, config, mesh)
     step = pretrain.make_train_step(config.model.mask_ratio)
     rng = np.random.default_rng(0)

@@ -6,6 +6,7 @@ import math
 import pytest
 
 from heartlang_jax.configs import pipeline as pipeline_config
+from heartlang_jax.evaluation import report
 from heartlang_jax.stages import pipeline, sweep
 
 
@@ -32,7 +33,7 @@ def test_pipeline_end_to_end_then_rerun_trains_nothing(bundled_tfds_dir, tmp_pat
     out = capsys.readouterr().out
     assert table in out and "tensorboard --logdir" in out
     assert "| **ours: pre-trained, linear** |" in table and "| **ours: random init, linear** |" in table
-    results = json.loads((tmp_path / "sweep" / sweep.RESULTS_JSON).read_text())["cells"]
+    results = json.loads((tmp_path / "sweep" / report.RESULTS_JSON).read_text())["cells"]
     assert {r["init_kind"] for r in results} == {"pretrained", "random"}
     for r in results:
         assert 0.0 <= r["val_auc"] <= 1.0 and 0.0 <= r["test_auc"] <= 1.0 and math.isfinite(r["test_auc"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import synthetic
 
-from heartlang_jax.configs import pretrain_base
+from heartlang_jax.configs import pretrain_base, schema
 from heartlang_jax.data import bundled_sample_dir
 from heartlang_jax.models import masked_lm_loss, sample_mask
 from heartlang_jax.stages import pretrain, vqhbr
@@ -32,7 +32,7 @@ def _batch(vocab: int = 32):
 def test_loss_counts_masked_real_words_only():
     config = pretrain_base.get_config("tiny")
     config.dtype = "float32"
-    model = pretrain.build_model(config, vocab_size=32)
+    model = pretrain.build_model(schema.validate(config), vocab_size=32)
     model.eval()
     batch = _batch()
     rng = jax.random.key(5)
@@ -59,7 +59,7 @@ def test_cached_targets_equal_the_tokenizers_word_ids(tmp_path):
 
     config = vqhbr_config.get_config("tiny")
     config.dtype = "float32"
-    tokenizer = vqhbr.build_model(config)
+    tokenizer = vqhbr.build_model(schema.validate(config))
     tokenizer.eval()
     tokenizer_dir = tmp_path / "vqhbr"
     store = checkpointing.RunCheckpoints(tokenizer_dir)

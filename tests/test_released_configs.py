@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from heartlang_jax import convert_released
-from heartlang_jax.configs import common, finetune, pipeline, pretrain_base, pretrain_small, sweep, vqhbr
+from heartlang_jax.configs import common, finetune, pipeline, pretrain_base, pretrain_small, schema, sweep, vqhbr
 from heartlang_jax.models import VQHBR, EcgClassifier, MaskedEcgModel
 from heartlang_jax.stages import common as stage_common
 from heartlang_jax.stages import vqhbr as vqhbr_stage
@@ -128,7 +128,7 @@ def _dtype_free(config):
 def test_released_vqhbr_config_is_the_released_vqhbr():
     sd = _zeros(vqhbr_shapes(dim=DIM, dim_head=DIM_HEAD, seq_len=SEQ_LEN, time_window=TIME_WINDOW, **VQ))
     config = vqhbr.get_config(common.RELEASED)
-    ours = vqhbr_stage.model_config(config)
+    ours = vqhbr_stage.model_config(schema.validate(config))
     ours = dataclasses.replace(ours, encoder=_dtype_free(ours.encoder), decoder=_dtype_free(ours.decoder))
     assert ours == convert_released.vqhbr_config(sd)
     _assert_converted_fits(lambda: VQHBR(ours, rngs=nnx.Rngs(0)), convert_released.vqhbr_state(sd))

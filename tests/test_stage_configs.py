@@ -11,7 +11,7 @@ import sys
 import ml_collections
 import pytest
 
-from heartlang_jax import configs
+from heartlang_jax import configs, stages
 from heartlang_jax.configs import schema as stage_configs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def test_shipped_configs_are_valid(name, variant):
     config = _config(name, variant)
     if name == "sweep":  # its pretrained cells need the run to start from (documented in the file)
         config.init_workdir = "runs/pretrain_base"
-    assert type(stage_configs.validate(config)) is stage_configs.STAGES[config.stage]
+    assert type(stage_configs.validate(config)) is stages.STAGES[config.stage].schema
 
 
 def test_a_sweep_of_pretrained_cells_needs_an_init_workdir():

@@ -7,6 +7,7 @@ import pytest
 
 from heartlang_jax.configs import schema as stage_configs
 from heartlang_jax.configs import sweep as sweep_config
+from heartlang_jax.evaluation import report
 from heartlang_jax.stages import finetune, sweep
 
 
@@ -23,13 +24,15 @@ def config(make_pretrain_run):
 
 
 def test_grid_and_cell_configs(config, tmp_path):
-    grid = sweep.cells(config)
+    grid = sweep.cells(stage_configs.validate(config))
     assert len(grid) == 2 * 2 * 1 * 2 * 2
     assert grid[0].name == "superdiagnostic_10pct_linear_pretrained_seed0"
     assert len({c.name for c in grid}) == len(grid)
-    encoder = sweep._random_init_encoder(config)
-    pretrained = sweep.cell_config(config, grid[0], "/data/tfds", None)
-    random = sweep.cell_config(config, sweep.Cell("rhythm", 1.0, "linear", "random", 1), "/data/tfds", encoder)
+    encoder = sweep._random_init_encoder(stage_configs.validate(config))
+    pretrained = sweep.cell_config(stage_configs.validate(config), grid[0], "/data/tfds", None)
+    random = sweep.cell_config(
+        stage_configs.validate(config), sweep.Cell("rhythm", 1.0, "linear", "random", 1), "/data/tfds", encoder
+    )
     assert pretrained.init_workdir == str(tmp_path / "pretrain") and pretrained.label_fraction == 0.1
     assert (random.init_workdir, random.task, random.seed, random.stage) == ("", "rhythm", 1, "finetune")
     assert random.encoder.num_layers == 3  # the pre-trained run's architecture, randomly initialized
@@ -53,7 +56,7 @@ def test_pretrained_cells_need_an_init_workdir(config):
     with pytest.raises(ValueError, match="\n  init_workdir: is empty but inits asks for pretrained cells"):
         stage_configs.validate(config)
     config.inits = ("random",)
-    assert {c.init for c in sweep.cells(config)} == {"random"}
+    assert {c.init for c in sweep.cells(stage_configs.validate(config))} == {"random"}
 
 
 def _finish(workdir, cell, test_auc):
@@ -74,7 +77,7 @@ def _finish(workdir, cell, test_auc):
 
 def test_finished_cells_are_skipped_and_summarized(config, tmp_path, capsys):
     workdir = tmp_path / "sweep"
-    grid = sweep.cells(config)
+    grid = sweep.cells(stage_configs.validate(config))
     aucs = {cell: 0.6 + 0.01 * i for i, cell in enumerate(grid)}
     for cell, auc in aucs.items():
         _finish(workdir, cell, auc)
@@ -119,7 +122,7 @@ def test_missing_settings_say_not_run(config):
             "test_auc_std": None,
         }
     ]
-    table = sweep.results_markdown(config, summary)
+    table = report.results_markdown(stage_configs.validate(config), summary)
     ours = next(line for line in table.splitlines() if line.startswith("| **ours: pre-trained, linear"))
     assert ours == "| **ours: pre-trained, linear** | not run | not run | not run | 80.00 |"
 
@@ -136,7 +139,7 @@ def test_results_carry_a_bootstrap_interval_over_the_test_records(config, tmp_pa
     labels[0], labels[1] = 1, 0
     index = np.arange(66)
     logits = {}
-    for cell in sweep.cells(config):
+    for cell in sweep.cells(stage_configs.validate(config)):
         if cell.init == "random" and cell.seed == 2:  # finished before cells saved their scores
             _finish(workdir, cell, 0.7)
             continue
@@ -154,7 +157,7 @@ def test_results_carry_a_bootstrap_interval_over_the_test_records(config, tmp_pa
     sweep.run(config, workdir)
     summary = {s["init"]: s for s in json.loads((workdir / "results.json").read_text())["summary"]}
     pretrained, random_init = summary["pretrained"], summary["random"]
-    seeds = np.stack([logits[c] for c in sweep.cells(config) if c.init == "pretrained"])
+    seeds = np.stack([logits[c] for c in sweep.cells(stage_configs.validate(config)) if c.init == "pretrained"])
     assert (pretrained["ci_low"], pretrained["ci_high"]) == pytest.approx(
         metrics.bootstrap_interval(labels, seeds), abs=1e-12
     )

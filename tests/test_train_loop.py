@@ -13,6 +13,7 @@ import pytest
 import synthetic
 from flax import nnx
 
+from heartlang_jax.configs import schema, typed
 from heartlang_jax.configs import vqhbr as vqhbr_config
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import vqhbr
@@ -33,7 +34,7 @@ def _config(steps: int):
 def _run(workdir, steps: int, prepare_batch=None, total_steps: int = 6):
     """Trains a tiny VQ-HBR for `steps` (of a `total_steps` schedule, so the lr is the same)."""
     config = _config(steps)
-    model = vqhbr.build_model(config)
+    model = vqhbr.build_model(schema.validate(config))
     tx = optim.make_optimizer(config.optimizer, num_train_steps=total_steps, warmup_steps=1)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     result = train_loop.run(
@@ -91,7 +92,7 @@ def test_nonfinite_loss_stops_at_its_step_and_keeps_good_checkpoints(tmp_path):
         _run(tmp_path, 6, prepare_batch=poison)
     store = checkpointing.RunCheckpoints(tmp_path)
     assert store.steps() == [2]
-    model = vqhbr.build_model(_config(6))
+    model = vqhbr.build_model(schema.validate(_config(6)))
     store.restore(2, model, None)
     store.close()
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -115,12 +116,14 @@ def test_sigterm_saves_then_resumes_identically(tmp_path, uninterrupted):
 
 def test_workdir_of_another_config_is_refused(tmp_path):
     config = _config(6)
-    checkpointing.claim_workdir(tmp_path, config, vqhbr.IDENTITY_FIELDS)
+    checkpointing.claim_workdir(tmp_path, typed.as_dict(schema.validate(config)), vqhbr.IDENTITY_FIELDS)
     other = _config(6)
     other.model.encoder.num_layers = 3
     with pytest.raises(checkpointing.CheckpointError, match="model.*different configuration|different configuration"):
-        checkpointing.claim_workdir(tmp_path, other, vqhbr.IDENTITY_FIELDS)
-    checkpointing.claim_workdir(tmp_path, config, vqhbr.IDENTITY_FIELDS)  # the same config resumes
+        checkpointing.claim_workdir(tmp_path, typed.as_dict(schema.validate(other)), vqhbr.IDENTITY_FIELDS)
+    checkpointing.claim_workdir(
+        tmp_path, typed.as_dict(schema.validate(config)), vqhbr.IDENTITY_FIELDS
+    )  # the same config resumes
 
 
 def test_partial_and_unreadable_checkpoints_are_never_loaded(tmp_path):
@@ -131,7 +134,7 @@ def test_partial_and_unreadable_checkpoints_are_never_loaded(tmp_path):
     # And a finalized step whose files were lost: restore falls back to the previous one.
     shutil.rmtree(directory / "4" / "model")
     store = checkpointing.RunCheckpoints(tmp_path)
-    model = vqhbr.build_model(_config(6))
+    model = vqhbr.build_model(schema.validate(_config(6)))
     step, _, meta = store.restore_latest(model, None)
     store.close()
     assert step == 2 and meta["step"] == 2
@@ -139,7 +142,7 @@ def test_partial_and_unreadable_checkpoints_are_never_loaded(tmp_path):
 
 def test_train_step_compiles_once(caplog):
     config = _config(5)
-    model = vqhbr.build_model(config)
+    model = vqhbr.build_model(schema.validate(config))
     tx = optim.make_optimizer(config.optimizer, num_train_steps=5, warmup_steps=1)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     mesh = parallel.make_mesh()

@@ -6,6 +6,7 @@ flag works from a checkout and from any directory after `pip install`.
 
 from __future__ import annotations
 
+import ast
 import os
 import pathlib
 
@@ -19,9 +20,14 @@ class ConfigFileError(errors.HeartLangError, ValueError):
 
 
 def shipped_config_files() -> list[pathlib.Path]:
-    """The config files of the package (those with a `get_config`; `typed`, `schema` and the
+    """The config files of the package: those defining `get_config` (`typed`, `schema` and the
     shared blocks beside them are the code that reads them)."""
-    return sorted(p for p in PACKAGE_DIR.glob("*.py") if "\ndef get_config(" in p.read_text())
+    return sorted(p for p in PACKAGE_DIR.glob("*.py") if _defines_get_config(p))
+
+
+def _defines_get_config(path: pathlib.Path) -> bool:
+    tree = ast.parse(path.read_text())
+    return any(isinstance(node, ast.FunctionDef) and node.name == "get_config" for node in tree.body)
 
 
 def resolve_config_path(argument: str) -> str:

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from tfds_ptbxl import catalog
+
 # Paper Table 3 (hidden 768, MLP 2048). Attention inner width is heads x head_dim (Base's 10 heads
 # do not divide 768).
 PAPER_SIZES = {
@@ -41,7 +43,9 @@ def data_config() -> ml_collections.ConfigDict:
     # Each dataset's folder in its own published layout (the TFDS manual_dir; README "Data"),
     # e.g. --config.data.manual_dirs.csn=/data/ecg-arrhythmia. ptbxl: "bundled" = the 500-record
     # sample in the package, "" = download from PhysioNet. Others: "" = <tfds_dir>/downloads/manual.
-    data.manual_dirs = ml_collections.ConfigDict({"ptbxl": "bundled", "cpsc2018": "", "csn": "", "mimic_iv_ecg": ""})
+    data.manual_dirs = ml_collections.ConfigDict(
+        {name: "bundled" if name == "ptbxl" else "" for name in catalog.DATASETS}
+    )
     # VQ-HBR and pre-training only: train on several datasets at once, drawn by weight, e.g.
     # --config.data.mixture='("ptbxl:0.25","mimic_iv_ecg:0.75")' (each "dataset:weight"; weights
     # are relative). Each dataset's train_splits are mixed, each standardized with its own

@@ -1,25 +1,28 @@
-"""The typed config of each stage: what a config file must hold, checked in one place.
+"""The typed config of each stage: what a config file must hold, checked once, read by everything.
 
 The config files (`heartlang_jax/configs/*.py`) stay ml_collections ConfigDicts, so that any field
-can be overridden on the command line. Each stage turns its ConfigDict into the dataclass below
-first thing (`validate`), before it reads data or claims a workdir; a typo, a wrong type or a bad
-value is then one line naming the field (see `typed_config`). The model blocks are the model
-configs themselves (`ECGFormerConfig`, `VQHBRConfig`), whose checks are the ones that judge a
-model built in a notebook; the fields a stage derives from the dataset (word length, sentence
-length, dtype) are not set in a config file.
+can be overridden on the command line. `validate` turns one into the dataclass of its stage (the
+stage table, `heartlang_jax.stages.STAGES`, says which) before any data is read or workdir claimed;
+a typo, a wrong type or a bad value is then one line naming the field (see `typed`). Below that,
+code reads only the typed object, and a run's `config.json` is written from it.
 
-The pipeline and the sweep nest stage configs; a nested stage lacks the fields its parent sets
-(`data`, the workdirs), hence the `*Fields` base classes.
+The model blocks are the model configs themselves (`ECGFormerConfig`, `VQHBRConfig`), whose checks
+are the ones that judge a model built in a notebook; the fields a stage derives from the dataset
+(word length, sentence length, dtype) are not set in a config file.
+
+The pipeline and the sweep nest stage configs. A nested stage lacks the fields its parent sets
+(`data`, the workdirs, a sweep cell's task and seed): those are `set_by_parent()` fields, required
+when the stage runs alone, refused in the nested block (its parent lists them as `derived`), and
+filled in by the parent with `dataclasses.replace` before it runs the stage.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
-import ml_collections
-
-from heartlang_jax.configs import typed as typed_config
-from heartlang_jax.configs.typed import FRACTION, NON_NEGATIVE, POSITIVE, RATE, checked, field
+from heartlang_jax.configs import typed
+from heartlang_jax.configs.typed import FRACTION, NON_NEGATIVE, POSITIVE, RATE, checked, field, set_by_parent
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.errors import ConfigError
 from heartlang_jax.models import ECGFormerConfig, VQHBRConfig
@@ -35,25 +38,11 @@ def _one_of_datasets(value) -> str | None:
 
 
 @checked(kw_only=True)
-class ManualDirs:
-    """Each dataset's folder in its own published layout (the TFDS manual_dir)."""
-
-    ptbxl: str
-    cpsc2018: str
-    csn: str
-    mimic_iv_ecg: str
-
-    def problems(self):
-        for name in catalog.DATASETS:
-            if name != "ptbxl" and getattr(self, name) == input_pipeline.BUNDLED:
-                yield name, f"{input_pipeline.BUNDLED!r} names the PTB-XL sample; give {name}'s own folder"
-
-
-@checked(kw_only=True)
 class DataConfig:
     # A TFDS builder of tfds_ptbxl (tfds_ptbxl/catalog.py).
     dataset: str = field(check=_one_of_datasets)
-    manual_dirs: ManualDirs
+    # Each dataset's folder in its own published layout (the TFDS manual_dir), by dataset name.
+    manual_dirs: dict[str, str] = field(keys=catalog.DATASETS)
     # "dataset:weight" entries (VQ-HBR and pre-training); () = `dataset` alone.
     mixture: tuple[str, ...]
     tfds_dir: str
@@ -61,6 +50,12 @@ class DataConfig:
     num_workers: int = field(check=NON_NEGATIVE)
 
     def problems(self):
+        for name, folder in self.manual_dirs.items():
+            if name != "ptbxl" and folder == input_pipeline.BUNDLED:
+                yield (
+                    f"manual_dirs.{name}",
+                    f"{input_pipeline.BUNDLED!r} names the PTB-XL sample; give {name}'s own folder",
+                )
         configs = catalog.builder_configs(self.dataset)
         if self.builder_config not in configs:
             yield "builder_config", f"must be one of {configs} for {self.dataset}, got {self.builder_config!r}"
@@ -81,9 +76,13 @@ class DataConfig:
                     f"its configs are {catalog.builder_configs(name)}",
                 )
 
+    def datasets(self) -> list[str]:
+        """`dataset`, then the other datasets of `mixture`."""
+        return [self.dataset, *(n for n, _ in input_pipeline.parse_mixture(self.mixture) if n != self.dataset)]
 
-def _no_mixture(data: DataConfig):
-    if data.mixture:
+
+def _no_mixture(data: DataConfig | None):
+    if data is not None and data.mixture:
         yield "data.mixture", "must be () here; fine-tuning reads data.dataset (a mixture is for vqhbr and pretrain)"
 
 
@@ -104,7 +103,7 @@ class LayerDecayOptimizerConfig(OptimizerConfig):
 
 
 @checked(kw_only=True)
-class LoopFields:
+class LoopConfig:
     """The training-loop fields of every training stage (configs/common.py: loop_config)."""
 
     batch_size: int = field(check=POSITIVE)
@@ -123,18 +122,6 @@ def _encoder_block(**kwargs):
 
 
 @checked(kw_only=True)
-class VQHBRModelBlock(VQHBRConfig):
-    """`VQHBRConfig` as a config file holds it: the decoder's word length is code_dim, set by
-    the stage, so the config's decoder block has none."""
-
-    encoder: ECGFormerConfig = _encoder_block()
-    decoder: ECGFormerConfig = _encoder_block()
-
-    def problems(self):
-        return iter(())
-
-
-@checked(kw_only=True)
 class PretrainModelBlock:
     encoder: ECGFormerConfig = _encoder_block()
     # Fraction of real words masked per sentence.
@@ -143,41 +130,31 @@ class PretrainModelBlock:
 
 @checked(kw_only=True)
 class DatasetStage:
-    stage: Literal["dataset"]
+    stage: str
     data: DataConfig
 
 
 @checked(kw_only=True)
-class UnsupervisedFields(LoopFields):
+class UnsupervisedStage(LoopConfig):
     """What VQ-HBR and pre-training share beside their model."""
 
+    stage: str
     seed: int
     # The dataset splits trained on (the others stay unseen; see configs/vqhbr.py).
     train_splits: tuple[Split, ...] = field(non_empty=True)
     optimizer: OptimizerConfig
+    data: DataConfig = set_by_parent()
 
 
 @checked(kw_only=True)
-class VQHBRFields(UnsupervisedFields):
-    stage: Literal["vqhbr"]
-    model: VQHBRModelBlock
+class VQHBRStage(UnsupervisedStage):
+    model: VQHBRConfig
 
 
 @checked(kw_only=True)
-class VQHBRStage(VQHBRFields):
-    data: DataConfig
-
-
-@checked(kw_only=True)
-class PretrainFields(UnsupervisedFields):
-    stage: Literal["pretrain"]
+class PretrainStage(UnsupervisedStage):
     model: PretrainModelBlock
-
-
-@checked(kw_only=True)
-class PretrainStage(PretrainFields):
-    data: DataConfig
-    vqhbr_workdir: str
+    vqhbr_workdir: str = set_by_parent()
 
 
 @checked(kw_only=True)
@@ -185,63 +162,66 @@ class FinetuneOptimizers:
     linear: OptimizerConfig
     full: LayerDecayOptimizerConfig
 
+    def of(self, mode: str) -> OptimizerConfig:
+        return self.linear if mode == "linear" else self.full
+
+
+# The fields of a fine-tuning config that each sweep cell sets (configs/sweep.py: PER_CELL_FIELDS).
+FINETUNE_CELL_FIELDS = ("stage", "data", "task", "mode", "label_fraction", "seed", "init_workdir")
+
 
 @checked(kw_only=True)
-class FinetuneFields(LoopFields):
-    """What every cell of a sweep shares (configs/sweep.py: `finetune`)."""
-
+class FinetuneStage(LoopConfig):
     encoder: ECGFormerConfig = _encoder_block()
     optimizer: FinetuneOptimizers
-
-
-@checked(kw_only=True)
-class FinetuneStage(FinetuneFields):
-    stage: Literal["finetune"]
-    data: DataConfig
-    task: str
-    mode: FinetuneMode
-    label_fraction: float = field(check=FRACTION)
-    seed: int
-    init_workdir: str
+    stage: str = set_by_parent()
+    data: DataConfig = set_by_parent()
+    task: str = set_by_parent()
+    mode: FinetuneMode = set_by_parent()
+    label_fraction: float = set_by_parent(check=FRACTION)
+    seed: int = set_by_parent()
+    init_workdir: str = set_by_parent()
 
     def problems(self):
         yield from _no_mixture(self.data)
-        yield from _task_problems(self.data.dataset, "task", (self.task,))
+        if self.data is not None and self.task is not None:
+            yield from _task_problems(self.data.dataset, "task", (self.task,))
 
 
 @checked(kw_only=True)
-class SweepFields:
-    stage: Literal["sweep"]
+class SweepStage:
+    stage: str
     tasks: tuple[str, ...] = field(non_empty=True)
     label_fractions: tuple[float, ...] = field(check=FRACTION, non_empty=True)
     modes: tuple[FinetuneMode, ...] = field(non_empty=True)
     seeds: tuple[int, ...] = field(non_empty=True)
     inits: tuple[SweepInit, ...] = field(non_empty=True)
     keep_cell_checkpoints: bool
-    finetune: FinetuneFields
-
-
-@checked(kw_only=True)
-class SweepStage(SweepFields):
-    data: DataConfig
-    init_workdir: str
+    # What every cell shares; the sweep sets the rest per cell.
+    finetune: FinetuneStage = field(derived=FINETUNE_CELL_FIELDS)
+    data: DataConfig = set_by_parent()
+    init_workdir: str = set_by_parent()
 
     def problems(self):
         yield from _no_mixture(self.data)
-        yield from _task_problems(self.data.dataset, "tasks", self.tasks)
-        if "pretrained" in self.inits and not self.init_workdir:
+        if self.data is not None:
+            yield from _task_problems(self.data.dataset, "tasks", self.tasks)
+        if "pretrained" in self.inits and self.init_workdir == "":
             yield "init_workdir", "is empty but inits asks for pretrained cells"
 
 
 @checked(kw_only=True)
-class PipelineConfig:
-    stage: Literal["pipeline"]
+class PipelineStage:
+    stage: str
     data: DataConfig
-    vqhbr: VQHBRFields
-    pretrain: PretrainFields
-    sweep: SweepFields
+    vqhbr: VQHBRStage = field(derived=("data",))
+    pretrain: PretrainStage = field(derived=("data", "vqhbr_workdir"))
+    sweep: SweepStage = field(derived=("data", "init_workdir"))
 
     def problems(self):
+        for name in ("vqhbr", "pretrain", "sweep"):  # each nested block is the config of that stage
+            if getattr(self, name).stage != name:
+                yield f"{name}.stage", f"must be {name!r} here, got {getattr(self, name).stage!r}"
         yield from _task_problems(self.data.dataset, "sweep.tasks", self.sweep.tasks)
 
 
@@ -253,19 +233,14 @@ def _task_problems(dataset: str, name: str, tasks):
             yield where, f"must be one of the tasks of {dataset} {known}, got {task!r}"
 
 
-STAGES: dict[str, type] = {
-    "dataset": DatasetStage,
-    "vqhbr": VQHBRStage,
-    "pretrain": PretrainStage,
-    "finetune": FinetuneStage,
-    "sweep": SweepStage,
-    "pipeline": PipelineConfig,
-}
+def validate(config):
+    """The typed config of `config.stage` (a ConfigDict or mapping); ConfigError listing every
+    problem otherwise. An already typed config is returned as it is (it was judged when built)."""
+    from heartlang_jax import stages  # the stage table names the schema of each stage
 
-
-def validate(config: ml_collections.ConfigDict):
-    """The typed config of `config.stage`; ConfigError listing every problem otherwise."""
-    stage = config.get("stage")
-    if stage not in STAGES:
-        raise ConfigError(f"config.stage must be one of {sorted(STAGES)}, got {stage!r}")
-    return typed_config.parse(STAGES[stage], config, what=f"the {stage} config")
+    if dataclasses.is_dataclass(config):
+        return config
+    stage = config.get("stage") if hasattr(config, "get") else None
+    if stage not in stages.STAGES:
+        raise ConfigError(f"config.stage must be one of {sorted(stages.STAGES)}, got {stage!r}")
+    return typed.parse(stages.STAGES[stage].schema, config, what=f"the {stage} config")

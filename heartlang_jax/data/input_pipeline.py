@@ -176,9 +176,11 @@ def train_dataset(
     task: str | None = None,
     label_fraction: float = 1.0,
     rows: slice | None = None,
+    indices: np.ndarray | None = None,
 ) -> grain.MapDataset:
     """Infinite, per-epoch reshuffled global batches, of which this host reads its own `rows`
-    (default: `parallel.host_slice`, the rows its devices hold).
+    (default: `parallel.host_slice`, the rows its devices hold). `indices`: the examples to train
+    on, when the caller has found them (else the labelled ones of `task`, at `label_fraction`).
 
     A `MixtureSource` is drawn from in proportion to its weights: each dataset is shuffled and
     repeated on its own (seeded by `seed` and its position), and grain's `MapDataset.mix`
@@ -197,7 +199,8 @@ def train_dataset(
             streams.append(grain.MapDataset.source(indices + offset).shuffle(seed=part_seed).repeat(None))
         examples = grain.MapDataset.mix(streams, weights=source.weights)
     else:
-        indices = label_fraction_subset(labelled_indices(source, task), label_fraction, seed)
+        if indices is None:
+            indices = label_fraction_subset(labelled_indices(source, task), label_fraction, seed)
         if len(indices) < global_batch:
             raise ValueError(
                 f"{len(indices)} training examples (task={task}, label_fraction={label_fraction}) are fewer "
@@ -209,13 +212,17 @@ def train_dataset(
     )
 
 
-def eval_batches(source: Sequence, *, global_batch: int, task: str | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over the labelled examples in fixed-size global batches; this host's rows of each.
+def eval_batches(
+    source: Sequence, *, global_batch: int, task: str | None = None, indices: np.ndarray | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over the labelled examples (`indices`, found here when None) in fixed-size global
+    batches; this host's rows of each.
 
     `mask` marks real rows. Every host yields the same number of batches (the jitted step is
     collective), and gathering the hosts' rows in process order gives the split's order.
     """
-    indices = labelled_indices(source, task)
+    if indices is None:
+        indices = labelled_indices(source, task)
     if len(indices) == 0:
         logging.warning("no labelled examples for task %s in this split", task)
         return

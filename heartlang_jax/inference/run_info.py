@@ -25,7 +25,6 @@ RUN_INFO_FILE = "model.json"
 # A pre-training run carries the vocabulary it learned to predict in this subfolder, itself a
 # complete VQ-HBR run folder (model.json + a model-only checkpoint), so `word_ids` works on a copy.
 VOCABULARY_DIR = "vocabulary"
-KINDS = ("vqhbr", "pretrain", "finetune")
 FORMAT_VERSION = 1
 
 
@@ -51,8 +50,12 @@ class RunInfo:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise checkpointing.CheckpointError(f"{RUN_INFO_FILE}: kind must be one of {KINDS}, got {self.kind!r}")
+        from heartlang_jax.stages import MODEL_KINDS  # the stages whose run folders hold a model
+
+        if self.kind not in MODEL_KINDS:
+            raise checkpointing.CheckpointError(
+                f"{RUN_INFO_FILE}: kind must be one of {MODEL_KINDS}, got {self.kind!r}"
+            )
         if self.kind == "finetune" and not self.class_names:
             raise checkpointing.CheckpointError(f"{RUN_INFO_FILE}: a finetune run needs class_names")
 

@@ -5,6 +5,7 @@ decoder ECGFormer fed the unit-norm codes -> head back to T samples per word.
 Its frozen `word_ids` gives the targets of masked pre-training.
 """
 
+import dataclasses
 from typing import Literal
 
 import jax
@@ -23,9 +24,10 @@ _DENSE_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 class VQHBRConfig:
     """Encoder/decoder sizes and the codebook (released code: K=8192, d=128)."""
 
-    encoder: ECGFormerConfig
-    # Its token_len must equal code_dim: the decoder reads codes as words.
-    decoder: ECGFormerConfig
+    # A config file's blocks leave out what the program derives (see ECGFormerConfig.DERIVED).
+    encoder: ECGFormerConfig = field(derived=ECGFormerConfig.DERIVED)
+    # Its token_len must equal code_dim: the decoder reads codes as words (derived when read from a config).
+    decoder: ECGFormerConfig = field(derived=ECGFormerConfig.DERIVED)
     num_codes: int = field(default=8192, check=POSITIVE)
     code_dim: int = field(default=128, check=POSITIVE)
     decay: float = field(default=0.99, check=RATE)
@@ -35,6 +37,12 @@ class VQHBRConfig:
     # Codebook/commitment terms over the code dimension: "mean" as the released code's
     # F.mse_loss, "sum" as the paper's squared l2 norm (code_dim times stronger).
     commitment_weighting: Literal["mean", "sum"] = "mean"
+
+    @classmethod
+    def derive_fields(cls, values: dict) -> dict:
+        """A config's decoder block reads words of code_dim samples."""
+        code_dim = values.get("code_dim", cls.code_dim)
+        return {**values, "decoder": dataclasses.replace(values["decoder"], token_len=code_dim)}
 
     def problems(self):
         if self.decoder.token_len != self.code_dim:

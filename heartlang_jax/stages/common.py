@@ -12,21 +12,22 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import grain
 import jax
-import ml_collections
 from etils import epath
 from flax import nnx
 
 from heartlang_jax import errors
+from heartlang_jax.configs import schema, typed
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.inference import run_info
 from heartlang_jax.models import ECGFormerConfig
 from heartlang_jax.training import checkpointing, optim, parallel, train_loop
 
 
-def compute_dtype(config: ml_collections.ConfigDict) -> str:
+def compute_dtype(config: schema.LoopConfig) -> str:
     """ "auto" = bfloat16 on GPU/TPU, float32 on CPU (where bf16 matmuls are emulated)."""
     if config.dtype != "auto":
         return config.dtype
@@ -34,28 +35,27 @@ def compute_dtype(config: ml_collections.ConfigDict) -> str:
 
 
 def ecgformer_config(
-    encoder: ml_collections.ConfigDict, dtype: str, sentence: Mapping | None = None, **overrides
+    encoder: ECGFormerConfig, dtype: str, sentence: Mapping | None = None, **overrides
 ) -> ECGFormerConfig:
-    """The model dataclass from a config block (checked by the stage's typed config), with what
-    the config does not set: the compute dtype, and the sentence length and word length of the
-    dataset's `sentence` spec (ECGFormerConfig's defaults, 256 x 96, when None). `overrides` win."""
+    """A config's encoder block completed with what the config does not set: the compute dtype,
+    and the sentence length and word length of the dataset's `sentence` spec (ECGFormerConfig's
+    defaults, 256 x 96, when None). `overrides` win."""
     derived: dict = {"dtype": dtype}
     if sentence is not None:
         derived.update(max_len=int(sentence["max_len"]), token_len=int(sentence["token_len"]))
-    return ECGFormerConfig(**{**encoder.to_dict(), **derived, **overrides})
+    return dataclasses.replace(encoder, **{**derived, **overrides})
 
 
-def tfds_dir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epath.Path:
-    return epath.Path(config.data.tfds_dir) if config.data.tfds_dir else epath.Path(workdir) / "tfds"
+def tfds_dir(data: schema.DataConfig, workdir: str | os.PathLike) -> epath.Path:
+    return epath.Path(data.tfds_dir) if data.tfds_dir else epath.Path(workdir) / "tfds"
 
 
-def open_dataset(config: ml_collections.ConfigDict, workdir: str | os.PathLike, dataset: str | None = None):
-    """Builds a dataset of the config if needed: `config.data.dataset`, or `dataset` (one of
-    `data.mixture`), from its folder `data.manual_dirs.<name>`; returns (builder, {split: source})."""
-    data = config.data
+def open_dataset(data: schema.DataConfig, workdir: str | os.PathLike, dataset: str | None = None):
+    """Builds a dataset of `data` if needed: `data.dataset`, or `dataset` (one of `data.mixture`),
+    from its folder `data.manual_dirs[name]`; returns (builder, {split: source})."""
     name = dataset or data.dataset
     builder = input_pipeline.prepare_dataset(
-        tfds_dir(config, workdir),
+        tfds_dir(data, workdir),
         dataset=name,
         builder_config=data.builder_config,
         manual_dir=data.manual_dirs[name] or None,
@@ -101,7 +101,7 @@ class StageContext:
     """What `prepare` sets up for a stage: its workdir, data, mesh and batch sizes."""
 
     name: str
-    config: ml_collections.ConfigDict
+    config: Any  # the stage's typed config (configs/schema.py)
     workdir: epath.Path
     dataset: DatasetInfo
     sources: dict
@@ -110,18 +110,16 @@ class StageContext:
     mixture: tuple[MixtureMember, ...] = ()
 
 
-def open_mixture(
-    config: ml_collections.ConfigDict, workdir, primary: tuple[DatasetInfo, dict]
-) -> tuple[MixtureMember, ...]:
-    """The datasets of `config.data.mixture`, each built if needed and checked to cut sentences
-    as `primary` (`config.data.dataset`, whose validation split and amplitude the run keeps) does."""
+def open_mixture(data: schema.DataConfig, workdir, primary: tuple[DatasetInfo, dict]) -> tuple[MixtureMember, ...]:
+    """The datasets of `data.mixture`, each built if needed and checked to cut sentences as
+    `primary` (`data.dataset`, whose validation split and amplitude the run keeps) does."""
     ref = primary[0]
     members = []
-    for name, weight in input_pipeline.parse_mixture(config.data.mixture):
-        if name == config.data.dataset:
+    for name, weight in input_pipeline.parse_mixture(data.mixture):
+        if name == data.dataset:
             info, sources = primary
         else:
-            builder, sources = open_dataset(config, workdir, name)
+            builder, sources = open_dataset(data, workdir, name)
             info = DatasetInfo.of(builder)
         differ = sorted(
             k for k in info.sentence.keys() | ref.sentence.keys() if info.sentence.get(k) != ref.sentence.get(k)
@@ -157,7 +155,7 @@ def train_source(ctx: StageContext, splits: Sequence[str]):
 
 def prepare(
     name: str,
-    config: ml_collections.ConfigDict,
+    config: Any,
     workdir: str | os.PathLike,
     identity_fields: Sequence[str],
     *,
@@ -169,13 +167,13 @@ def prepare(
     global_batch = config.batch_size if global_batch is None else global_batch
     parallel.check_global_batch(global_batch)
     workdir = checkpointing.absolute(workdir)
-    checkpointing.claim_workdir(workdir, config, identity_fields)
+    checkpointing.claim_workdir(workdir, typed.as_dict(config), identity_fields)
     mixture = ()
     if data is None:
-        builder, sources = open_dataset(config, workdir)
+        builder, sources = open_dataset(config.data, workdir)
         data = (DatasetInfo.of(builder), sources)
-        if config.data.get("mixture"):
-            mixture = open_mixture(config, workdir, data)
+        if config.data.mixture:
+            mixture = open_mixture(config.data, workdir, data)
             members = ", ".join(f"{m.dataset.name} {m.weight:g}" for m in mixture)
             logging.info("[%s] training on the mixture %s; validating on %s", name, members, data[0].name)
             data = (dataclasses.replace(data[0], name=f"{data[0].name} (trained on the mixture {members})"), data[1])
@@ -186,7 +184,7 @@ def train(
     ctx: StageContext,
     *,
     model: nnx.Module,
-    optimizer_config: ml_collections.ConfigDict,
+    optimizer_config: schema.OptimizerConfig,
     train_step: Callable,
     train_data: grain.MapDataset,
     num_train_examples: int,

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import os
 
-import ml_collections
-
-from heartlang_jax.configs import schema as stage_configs
+from heartlang_jax.configs import schema
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import common
 
 
-def build_and_summarize(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
-    stage_configs.validate(config)  # every field judged before any data is read or workdir claimed
-    names = [config.data.dataset]
-    names += [name for name, _ in input_pipeline.parse_mixture(config.data.mixture) if name not in names]
-    summary = "\n".join(input_pipeline.summarize(common.open_dataset(config, workdir, name)[0]) for name in names)
+def build_and_summarize(config: schema.DatasetStage, workdir: str | os.PathLike) -> str:
+    config = schema.validate(config)  # a ConfigDict from a notebook is judged here; a typed one passes
+    summary = "\n".join(
+        input_pipeline.summarize(common.open_dataset(config.data, workdir, name)[0]) for name in config.data.datasets()
+    )
     print(summary, flush=True)
     return summary

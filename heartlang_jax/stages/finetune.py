@@ -9,9 +9,10 @@ end the best weights are restored and the test macro AUC is measured on them, in
 from which the sweep bootstraps an interval over the test records. Any task the dataset declares
 (its `metadata["classes"]`) can be used.
 
-Linear probing freezes the encoder and runs it in eval mode, so its features are a fixed function
-of each record: they are computed once per split and the head trains on them. This is exactly
-training a head on a frozen encoder, minus recomputing identical features every epoch.
+The two modes are two strategies with the same methods (`STRATEGIES`): `LinearProbe` freezes the
+encoder and runs it in eval mode, so its features are a fixed function of each record: they are
+computed once per split and the head trains on them (exactly training a head on a frozen encoder,
+minus recomputing identical features every epoch); `FullFinetune` trains every parameter.
 """
 
 from __future__ import annotations
@@ -21,18 +22,18 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+import typing
+from collections.abc import Mapping
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 import optax
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import errors
-from heartlang_jax.configs import schema as stage_configs
+from heartlang_jax import errors, stages
+from heartlang_jax.configs import schema
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.evaluation import metrics as metrics_lib
 from heartlang_jax.inference import run_info
@@ -40,8 +41,7 @@ from heartlang_jax.models import EcgClassifier, MaskedEcgModel, classifier_bce_l
 from heartlang_jax.stages import common, pretrain
 from heartlang_jax.training import checkpointing, optim, parallel
 
-STAGE = "finetune"
-MODES = ("linear", "full")
+STAGE = stages.name_of(schema.FinetuneStage)
 IDENTITY_FIELDS = (
     "stage",
     "task",
@@ -92,7 +92,7 @@ def _shapes(state) -> dict[str, tuple]:
     return {jax.tree_util.keystr(p): (x.shape, x.dtype) for p, x in jax.tree_util.tree_leaves_with_path(state)}
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int, sentence: Mapping | None = None) -> EcgClassifier:
+def build_model(config: schema.FinetuneStage, num_classes: int, sentence: Mapping | None = None) -> EcgClassifier:
     """The classifier; its encoder pre-trained (config.init_workdir) or random, for sentences of
     the dataset's `sentence` spec (None = the 256 x 96 default)."""
     dtype = common.compute_dtype(config)
@@ -107,7 +107,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, sentence: M
             f"the dataset's are {sentence['max_len']} x {sentence['token_len']}"
         )
     encoder = dataclasses.replace(
-        pretrained.encoder.config, **{name: config.encoder[name] for name in REGULARIZATION_FIELDS}
+        pretrained.encoder.config, **{name: getattr(config.encoder, name) for name in REGULARIZATION_FIELDS}
     )
     model = EcgClassifier(encoder, num_classes, rngs=nnx.Rngs(config.seed))
     transfer_encoder(pretrained, model)
@@ -156,22 +156,23 @@ def _head_logits(model: EcgClassifier, features):
 
 
 def predict(
-    model: EcgClassifier, fn, source, task: str, global_batch: int, mesh
+    model: EcgClassifier, fn, source, task: str, global_batch: int, mesh, indices: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(source indices [N], labels [N, C], fn outputs [N, ...]) over a split's labelled records, eval mode.
+    """(source indices [N], labels [N, C], fn outputs [N, ...]) over a split's labelled records
+    (`indices`, found by `input_pipeline.labelled_indices` when None), eval mode.
 
     Each host runs its rows; outputs and rows are gathered from all hosts, in the split's order.
     """
     model.eval()
-    indices, labels, outputs = [], [], []
-    for batch in input_pipeline.eval_batches(source, global_batch=global_batch, task=task):
+    index_parts, labels, outputs = [], [], []
+    for batch in input_pipeline.eval_batches(source, global_batch=global_batch, task=task, indices=indices):
         out = parallel.to_host(fn(model, parallel.shard_batch(batch, mesh)))
         index, label, rows = parallel.gather_host_rows((batch["index"], batch["labels"], batch["mask"]))
-        indices.append(index[rows])
+        index_parts.append(index[rows])
         labels.append(label[rows])
         outputs.append(out[rows])
     model.train()
-    return np.concatenate(indices), np.concatenate(labels), np.concatenate(outputs)
+    return np.concatenate(index_parts), np.concatenate(labels), np.concatenate(outputs)
 
 
 def split_metrics(prefix: str, labels: np.ndarray, logits: np.ndarray, class_names) -> dict[str, float]:
@@ -218,7 +219,7 @@ def _record_best(steps_per_epoch: int):
     return on_eval
 
 
-def _global_batch(config: ml_collections.ConfigDict, num_examples: int) -> int:
+def _global_batch(config: schema.FinetuneStage, num_examples: int) -> int:
     """The global batch, lowered (to a multiple of the device count) when a small label fraction
     has fewer records than one batch."""
     devices = jax.device_count()
@@ -249,31 +250,84 @@ def task_classes(builder, task: str) -> list[str]:
     return list(classes[task])
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+class LinearProbe:
+    """Linear probing: the encoder frozen in eval mode, so its features are a fixed function of
+    each record. They are computed once per split and only the head trains on them."""
+
+    wrt = HEAD
+    train_step = staticmethod(linear_train_step)
+
+    def __init__(self, model: EcgClassifier, sources: Mapping, labelled: Mapping, task: str, global_batch: int, mesh):
+        self.model, self.mesh = model, mesh
+        self.frozen = {
+            split: predict(model, _features, sources[split], task, global_batch, mesh, labelled[split])
+            for split in SPLITS
+        }
+        train_index, _, train_features = self.frozen["train"]
+        self.features_by_index = np.zeros((len(sources["train"]), train_features.shape[-1]), np.float32)
+        self.features_by_index[train_index] = train_features
+
+    def lr_scales(self, optimizer: schema.OptimizerConfig):
+        return None
+
+    def prepare_batch(self, batch: dict) -> dict:
+        return {"features": self.features_by_index[batch["index"]], "labels": batch["labels"]}
+
+    def logits(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        index, labels, features = self.frozen[split]
+        return index, labels, parallel.to_host(_head_logits(self.model, parallel.replicate(features, self.mesh)))
+
+
+class FullFinetune:
+    """Full fine-tuning: every parameter trains, with layer-wise learning-rate decay."""
+
+    wrt = nnx.Param
+    train_step = staticmethod(full_train_step)
+    prepare_batch = None
+
+    def __init__(self, model: EcgClassifier, sources: Mapping, labelled: Mapping, task: str, global_batch: int, mesh):
+        self.model, self.sources, self.labelled, self.task = model, sources, labelled, task
+        self.global_batch, self.mesh = global_batch, mesh
+
+    def lr_scales(self, optimizer: schema.OptimizerConfig):
+        decay = getattr(optimizer, "layer_decay", 1.0)
+        return optim.layer_decay_scales(self.model, decay) if decay < 1.0 else None
+
+    def logits(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return predict(
+            self.model, _logits, self.sources[split], self.task, self.global_batch, self.mesh, self.labelled[split]
+        )
+
+
+# config.mode -> how that mode trains and scores (the modes of schema.FinetuneMode).
+STRATEGIES: dict[str, type[LinearProbe] | type[FullFinetune]] = {"linear": LinearProbe, "full": FullFinetune}
+assert set(STRATEGIES) == set(typing.get_args(schema.FinetuneMode))
+
+
+def train_and_evaluate(config: schema.FinetuneStage, workdir: str | os.PathLike) -> dict:
     """Trains and evaluates one cell on the config's dataset; writes and returns its result."""
-    stage_configs.validate(config)  # every field judged before any data is read or workdir claimed
+    config = schema.validate(config)  # a ConfigDict from a notebook is judged here; a typed one passes
     if config.init_workdir:  # a missing run fails before any data is read
         try:
             run_info.read(checkpointing.absolute(config.init_workdir))
         except errors.CheckpointError as e:
             raise errors.CheckpointError(f"config.init_workdir: {e}") from e
-    builder, sources = common.open_dataset(config, workdir)
+    builder, sources = common.open_dataset(config.data, workdir)
     return finetune(config, workdir, sources, task_classes(builder, config.task), common.DatasetInfo.of(builder))
 
 
-def finetune(config, workdir, sources: dict, class_names, dataset: common.DatasetInfo) -> dict:
+def finetune(config: schema.FinetuneStage, workdir, sources: dict, class_names, dataset: common.DatasetInfo) -> dict:
     """Trains and evaluates on `sources` ({split: indexable examples}); writes and returns the result."""
     task, seed = config.task, config.seed
-    num_train = len(
-        input_pipeline.label_fraction_subset(
-            input_pipeline.labelled_indices(sources["train"], task), config.label_fraction, seed
-        )
-    )
+    # Each split's labelled examples, found once (reading a split's labels visits every example).
+    labelled = {split: input_pipeline.labelled_indices(sources[split], task) for split in SPLITS}
+    train_indices = input_pipeline.label_fraction_subset(labelled["train"], config.label_fraction, seed)
+    num_train = len(train_indices)
     ctx = common.prepare(
         STAGE, config, workdir, IDENTITY_FIELDS, global_batch=_global_batch(config, num_train), data=(dataset, sources)
     )
     train_data = input_pipeline.train_dataset(
-        sources["train"], global_batch=ctx.global_batch, seed=seed, task=task, label_fraction=config.label_fraction
+        sources["train"], global_batch=ctx.global_batch, seed=seed, task=task, indices=train_indices
     )
     logging.info(
         "[%s] %s, %s, label fraction %g: %d training records",
@@ -293,34 +347,12 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
         class_names=tuple(class_names),
     )
     parallel.replicate_module(model, ctx.mesh)
-    opt_cfg = config.optimizer[config.mode]
-    global_batch, mesh = ctx.global_batch, ctx.mesh
-    if config.mode == "linear":
-        frozen = {split: predict(model, _features, sources[split], task, global_batch, mesh) for split in SPLITS}
-        train_index, _, train_features = frozen["train"]
-        features_by_index = np.zeros((len(sources["train"]), train_features.shape[-1]), np.float32)
-        features_by_index[train_index] = train_features
-        train_kwargs = dict(wrt=HEAD, train_step=linear_train_step)
-
-        def prepare_linear(batch):
-            return {"features": features_by_index[batch["index"]], "labels": batch["labels"]}
-
-        prepare: Callable | None = prepare_linear
-
-        def logits_of(split):
-            index, labels, features = frozen[split]
-            return index, labels, parallel.to_host(_head_logits(model, parallel.replicate(features, mesh)))
-
-    else:
-        scales = optim.layer_decay_scales(model, opt_cfg.layer_decay) if opt_cfg.layer_decay < 1.0 else None
-        train_kwargs = dict(lr_scales=scales, train_step=full_train_step)
-        prepare = None
-
-        def logits_of(split):
-            return predict(model, _logits, sources[split], task, global_batch, mesh)
+    opt_cfg = config.optimizer.of(config.mode)
+    global_batch = ctx.global_batch
+    strategy = STRATEGIES[config.mode](model, sources, labelled, task, global_batch, ctx.mesh)
 
     def scores(prefix: str, split: str) -> dict[str, float]:
-        _, labels, logits = logits_of(split)
+        _, labels, logits = strategy.logits(split)
         return split_metrics(prefix, labels, logits, class_names)
 
     result = common.train(
@@ -332,11 +364,13 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
         # The test AUC of every evaluation is logged for the learning curve; the reported one is
         # measured again on the restored best weights below (and equals the logged one).
         evaluate=lambda step: {**scores("eval_", "validation"), **scores("eval_test_", "test")},
-        prepare_batch=prepare,
+        prepare_batch=strategy.prepare_batch,
         on_eval=_record_best(max(num_train // global_batch, 1)),
         max_to_keep=1,
         best_metric="eval_auc",
-        **train_kwargs,
+        wrt=strategy.wrt,
+        train_step=strategy.train_step,
+        lr_scales=strategy.lr_scales(opt_cfg),
     )
     meta = result.meta
     best_step = meta.get("best_step")
@@ -346,7 +380,7 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
         checkpoints = checkpointing.RunCheckpoints(ctx.workdir, read_only=True)
         checkpoints.restore(best_step, model, None)
         checkpoints.close()
-    test_index, test_labels, test_logits = logits_of("test")
+    test_index, test_labels, test_logits = strategy.logits("test")
     test = split_metrics("test_", test_labels, test_logits, class_names)
     write_test_scores(ctx.workdir / TEST_SCORES_FILE, test_index, test_labels, test_logits, class_names)
     summary = {

@@ -11,49 +11,35 @@ restores its last one and trains no further step), and the sweep skips its finis
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
-import ml_collections
-
-from heartlang_jax.configs import schema as stage_configs
+from heartlang_jax.configs import schema
 from heartlang_jax.data import input_pipeline
+from heartlang_jax.evaluation import report
 from heartlang_jax.stages import common, pretrain, sweep, vqhbr
 from heartlang_jax.training import checkpointing
 
 
-def stage_config(
-    sub: ml_collections.ConfigDict, data: ml_collections.ConfigDict, **fields
-) -> ml_collections.ConfigDict:
-    """An unlocked copy of a stage's sub-config with the shared `data` and the pipeline-set `fields`."""
-    config = ml_collections.ConfigDict(sub.to_dict())
-    config.data = ml_collections.ConfigDict(data.to_dict())
-    for name, value in fields.items():
-        config[name] = value
-    return config
-
-
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
+def run(config: schema.PipelineStage, workdir: str | os.PathLike) -> str:
     """Runs every stage in order; returns the sweep's Markdown table."""
-    stage_configs.validate(config)  # a bad grid fails now, not after pre-training
+    config = schema.validate(config)  # a bad grid fails now, not after pre-training
     workdir = checkpointing.absolute(workdir)
     dirs = {name: workdir / name for name in ("vqhbr", "pretrain", "sweep")}
-    data = ml_collections.ConfigDict(config.data.to_dict())
-    data.tfds_dir = os.fspath(common.tfds_dir(config, workdir).absolute())
-    sweep_config = stage_config(config.sweep, data, init_workdir=os.fspath(dirs["pretrain"]))
-    builder, _ = common.open_dataset(ml_collections.ConfigDict({"data": data}), workdir)
+    data = dataclasses.replace(config.data, tfds_dir=os.fspath(common.tfds_dir(config.data, workdir).absolute()))
+    builder, _ = common.open_dataset(data, workdir)
     print(input_pipeline.summarize(builder), flush=True)
 
     logging.info("[pipeline] vqhbr in %s", dirs["vqhbr"])
-    vqhbr.train_and_evaluate(stage_config(config.vqhbr, data), dirs["vqhbr"])
+    vqhbr.train_and_evaluate(dataclasses.replace(config.vqhbr, data=data), dirs["vqhbr"])
     logging.info("[pipeline] pretrain in %s", dirs["pretrain"])
-    pretrain.train_and_evaluate(
-        stage_config(config.pretrain, data, vqhbr_workdir=os.fspath(dirs["vqhbr"])), dirs["pretrain"]
-    )
+    pretrain_config = dataclasses.replace(config.pretrain, data=data, vqhbr_workdir=os.fspath(dirs["vqhbr"]))
+    pretrain.train_and_evaluate(pretrain_config, dirs["pretrain"])
     logging.info("[pipeline] sweep in %s", dirs["sweep"])
-    sweep.run(sweep_config, dirs["sweep"])
+    sweep.run(dataclasses.replace(config.sweep, data=data, init_workdir=os.fspath(dirs["pretrain"])), dirs["sweep"])
     print(_where(workdir, data.tfds_dir, dirs), flush=True)
-    return (dirs["sweep"] / sweep.RESULTS_MD).read_text()
+    return (dirs["sweep"] / report.RESULTS_MD).read_text()
 
 
 def _where(workdir, tfds_dir: str, dirs: dict) -> str:
@@ -64,7 +50,7 @@ def _where(workdir, tfds_dir: str, dirs: dict) -> str:
             f"  checkpoints: {dirs['vqhbr'] / checkpointing.CHECKPOINT_DIR} (vocabulary), "
             f"{dirs['pretrain'] / checkpointing.CHECKPOINT_DIR} (pre-trained encoder)",
             f"  logs:        tensorboard --logdir {workdir}   (and metrics.jsonl in each stage's folder)",
-            f"  results:     {dirs['sweep'] / sweep.RESULTS_MD}, {dirs['sweep'] / sweep.RESULTS_JSON}, "
+            f"  results:     {dirs['sweep'] / report.RESULTS_MD}, {dirs['sweep'] / report.RESULTS_JSON}, "
             f"per-run result.json and logs under {dirs['sweep'] / sweep.CELLS_DIR}",
         ]
     )

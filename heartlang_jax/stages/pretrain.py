@@ -7,6 +7,7 @@ sentence and cached in the workdir as an array indexed by example, not at every 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -16,21 +17,20 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import errors
-from heartlang_jax.configs import schema as stage_configs
+from heartlang_jax import errors, stages
+from heartlang_jax.configs import schema
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.inference import run_info
 from heartlang_jax.models import VQHBR, MaskedEcgModel, masked_lm_loss
 from heartlang_jax.stages import common, vqhbr
 from heartlang_jax.training import checkpointing, parallel
 
-STAGE = "pretrain"
+STAGE = stages.name_of(schema.PretrainStage)
 IDENTITY_FIELDS = (
     "stage",
     "model",
@@ -45,12 +45,12 @@ TARGETS_DIR = "targets"
 EVAL_MASK_STREAM = zlib.crc32(b"heartlang_jax.pretrain.eval_mask")
 
 
-def build_model(config: ml_collections.ConfigDict, vocab_size: int, sentence: Mapping | None = None) -> MaskedEcgModel:
+def build_model(config: schema.PretrainStage, vocab_size: int, sentence: Mapping | None = None) -> MaskedEcgModel:
     encoder = common.ecgformer_config(config.model.encoder, common.compute_dtype(config), sentence)
     return MaskedEcgModel(encoder, vocab_size, rngs=nnx.Rngs(config.seed))
 
 
-def load_vocabulary(config: ml_collections.ConfigDict, token_len: int) -> VQHBR:
+def load_vocabulary(config: schema.PretrainStage, token_len: int) -> VQHBR:
     """The frozen VQ-HBR model named by the config, checked against the data before any compute."""
     vocabulary = vqhbr.load_vocabulary(os.fspath(checkpointing.absolute(config.vqhbr_workdir)))
     if vocabulary.config.encoder.token_len != token_len:
@@ -163,11 +163,11 @@ def evaluate(model, source, targets, global_batch, mesh, seed: int, mask_ratio: 
     }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
-    stage_configs.validate(config)  # every field judged before any data is read or workdir claimed
+def train_and_evaluate(config: schema.PretrainStage, workdir: str | os.PathLike) -> dict[str, float]:
+    config = schema.validate(config)  # a ConfigDict from a notebook is judged here; a typed one passes
     # Recorded absolute, so the run's config.json names the vocabulary wherever it is resumed from.
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.vqhbr_workdir = os.fspath(checkpointing.absolute(config.vqhbr_workdir)) if config.vqhbr_workdir else ""
+    if config.vqhbr_workdir:
+        config = dataclasses.replace(config, vqhbr_workdir=os.fspath(checkpointing.absolute(config.vqhbr_workdir)))
     if not config.vqhbr_workdir:
         raise errors.CheckpointError("config.vqhbr_workdir is empty: set it to the workdir of a finished vqhbr run")
     run_info.read(config.vqhbr_workdir)  # a missing vocabulary fails before the workdir is claimed

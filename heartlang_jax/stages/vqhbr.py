@@ -16,41 +16,36 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
-from heartlang_jax import errors
-from heartlang_jax.configs import schema as stage_configs
+from heartlang_jax import errors, stages
+from heartlang_jax.configs import schema
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.inference import run_info
 from heartlang_jax.models import VQHBR, VQHBRConfig, vqhbr_loss
 from heartlang_jax.stages import common
 from heartlang_jax.training import parallel, train_loop
 
-STAGE = "vqhbr"
+STAGE = stages.name_of(schema.VQHBRStage)
 # Fields that must match for a workdir's checkpoints to be resumed by this config.
 IDENTITY_FIELDS = ("stage", "model", "data.dataset", "data.builder_config", "data.mixture", "train_splits")
 
 
-def model_config(config: ml_collections.ConfigDict, sentence: Mapping | None = None) -> VQHBRConfig:
-    """`sentence`: the dataset's sentence spec (max_len, token_len); None = the 256 x 96 default."""
+def model_config(config: schema.VQHBRStage, sentence: Mapping | None = None) -> VQHBRConfig:
+    """The config's model completed for the data: `sentence` is the dataset's sentence spec
+    (max_len, token_len; None = the 256 x 96 default), the dtype the config's compute dtype."""
     dtype = common.compute_dtype(config)
     model = config.model
-    return VQHBRConfig(
+    return dataclasses.replace(
+        model,
         encoder=common.ecgformer_config(model.encoder, dtype, sentence),
         decoder=common.ecgformer_config(model.decoder, dtype, sentence, token_len=model.code_dim),
-        num_codes=model.num_codes,
-        code_dim=model.code_dim,
-        decay=model.decay,
-        kmeans_iters=model.kmeans_iters,
-        dead_code_patience=model.dead_code_patience,
-        commitment_weighting=model.commitment_weighting,
     )
 
 
-def build_model(config: ml_collections.ConfigDict, seed: int | None = None, sentence: Mapping | None = None) -> VQHBR:
+def build_model(config: schema.VQHBRStage, seed: int | None = None, sentence: Mapping | None = None) -> VQHBR:
     return VQHBR(model_config(config, sentence), rngs=nnx.Rngs(config.seed if seed is None else seed))
 
 
@@ -148,8 +143,8 @@ def evaluate(model: VQHBR, source, global_batch: int, mesh, example: dict | None
     }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
-    stage_configs.validate(config)  # every field judged before any data is read or workdir claimed
+def train_and_evaluate(config: schema.VQHBRStage, workdir: str | os.PathLike) -> dict[str, float]:
+    config = schema.validate(config)  # a ConfigDict from a notebook is judged here; a typed one passes
     ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS)
     model = build_model(config, sentence=ctx.dataset.sentence)
     common.write_run_info(ctx, STAGE, run_info_model(model.config))

@@ -57,8 +57,9 @@ def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def config_to_json(config: ml_collections.ConfigDict) -> str:
-    return config.to_json_best_effort(indent=2, sort_keys=True)
+def config_to_json(config: Mapping) -> str:
+    """A run's config (`configs.typed.as_dict` of its typed config) as `config.json` holds it."""
+    return json.dumps(config, indent=2, sort_keys=True)
 
 
 def load_run_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -79,7 +80,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     tmp.replace(path)  # atomic on POSIX; on object stores, the object appears whole
 
 
-def claim_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict, identity_fields) -> None:
+def claim_workdir(workdir: str | os.PathLike, config: Mapping, identity_fields) -> None:
     """Records the run's config; refuses a workdir whose earlier run differs in `identity_fields`.
 
     `identity_fields` are dotted paths (e.g. "model", "stage") that must match for a resume to
@@ -90,7 +91,7 @@ def claim_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
     path = workdir / CONFIG_FILE
     if path.is_file():
         previous = json.loads(path.read_text())
-        current = json.loads(config_to_json(config))
+        current = json.loads(config_to_json(config))  # tuples as lists, as read back
         differing = [d for f in identity_fields for d in _differences(_get(previous, f), _get(current, f), f)]
         if differing:
             details = "; ".join(f"{path}: {there!r} there, {now!r} now" for path, there, now in differing)

@@ -11,7 +11,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -19,7 +18,7 @@ from flax import nnx
 _NO_DECAY_NAMES = ("lead_embed", "time_embed", "pos_embed", "cls_token", "mask_token")
 
 
-def learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_steps: int, warmup_steps: int) -> optax.Schedule:
+def learning_rate_schedule(opt: Any, num_train_steps: int, warmup_steps: int) -> optax.Schedule:
     warmup_steps = min(warmup_steps, max(num_train_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
@@ -51,7 +50,7 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
 
 
 def make_optimizer(
-    opt: ml_collections.ConfigDict,
+    opt: Any,
     *,
     num_train_steps: int,
     warmup_steps: int,

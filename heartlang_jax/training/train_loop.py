@@ -22,15 +22,16 @@ import signal
 import threading
 import zlib
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import grain
 import jax
-import ml_collections
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
 from heartlang_jax import errors
+from heartlang_jax.configs import typed
 from heartlang_jax.training import checkpointing, metric_writer, parallel
 
 # Folded into the seed before the step, so per-step keys never equal the keys that
@@ -130,7 +131,7 @@ def _check_finite(step: int, metrics: Mapping[str, float], stage: str) -> None:
 def run(
     *,
     stage: str,
-    config: ml_collections.ConfigDict,
+    config: Any,
     workdir: str,
     model: nnx.Module,
     optimizer: nnx.Optimizer,
@@ -166,7 +167,7 @@ def run(
     restored = checkpoints.restore_latest(model, optimizer)
     if restored is None:
         step = 0
-        writer.write_hparams(_flatten(config.to_dict()))
+        writer.write_hparams(_flatten(typed.as_dict(config)))
         logging.info("[%s] starting a fresh run in %s", stage, workdir)
     else:
         step, data_state, meta = restored

@@ -12,7 +12,7 @@ import numpy as np
 import synthetic
 from flax import nnx
 
-from heartlang_jax.configs import pretrain_base
+from heartlang_jax.configs import pretrain_base, schema
 from heartlang_jax.configs import vqhbr as vqhbr_config
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import pretrain, vqhbr
@@ -36,7 +36,7 @@ def main(out_path: str) -> None:
 
     config = vqhbr_config.get_config("tiny")
     config.dtype = "float32"
-    model = vqhbr.build_model(config)
+    model = vqhbr.build_model(schema.validate(config))
     optimizer = nnx.Optimizer(
         model, optim.make_optimizer(config.optimizer, num_train_steps=10, warmup_steps=1), wrt=nnx.Param
     )
@@ -48,7 +48,7 @@ def main(out_path: str) -> None:
 
     config = pretrain_base.get_config("tiny")
     config.dtype = "float32"
-    model = pretrain.build_model(config, vocab_size=64)
+    model = pretrain.build_model(schema.validate(config), vocab_size=64)
     optimizer = nnx.Optimizer(
         model, optim.make_optimizer(config.optimizer, num_train_steps=10, warmup_steps=1), wrt=nnx.Param
     )
