@@ -87,7 +87,7 @@ def real_word_flops_per_sample(enc, vocab: int, num_words: np.ndarray, mask_rati
 
 def train_num_words(tfds_dir: str) -> np.ndarray:
     """Real words of every sentence of a built ptbxl/leads12 train split (e.g. the bundled sample's)."""
-    from heartlang_jax import input_pipeline
+    from heartlang_jax.data import input_pipeline
 
     source = input_pipeline.load_builder(tfds_dir).as_data_source()["train"]
     return np.array([int(source[i]["num_words"]) for i in range(len(source))])

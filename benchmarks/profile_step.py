@@ -30,7 +30,7 @@ import jax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from heartlang_jax import parallel
+from heartlang_jax.training import parallel
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from device_stats import peak_memory

@@ -40,12 +40,12 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from heartlang_jax import optim, parallel
 from heartlang_jax.configs import common as config_common
 from heartlang_jax.configs import finetune as finetune_config
-from heartlang_jax.configs import pretrain_common
+from heartlang_jax.configs import pretrain_common, schema
 from heartlang_jax.configs import vqhbr as vqhbr_config
 from heartlang_jax.stages import common, finetune, pretrain, vqhbr
+from heartlang_jax.training import optim, parallel
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from device_stats import compiled_memory, peak_memory
@@ -88,7 +88,7 @@ def _labelled(max_len: int) -> Callable[[int, int], dict]:
 
 
 def vqhbr_step(tiny: bool) -> Step:
-    config = vqhbr_config.get_config("tiny" if tiny else "")
+    config = schema.validate(vqhbr_config.get_config("tiny" if tiny else ""))
     model = vqhbr.build_model(config)
     max_len = model.config.encoder.max_len
     return Step(
@@ -105,6 +105,7 @@ def classifier(size: str, tiny: bool, mode: str):
     config = finetune_config.get_config("tiny" if tiny else "")
     config.encoder = config_common.encoder_config("tiny" if tiny else size)
     config.mode = mode
+    config = schema.validate(config)
     return config, finetune.build_model(config, NUM_CLASSES)
 
 
@@ -148,7 +149,7 @@ def linear_probe_steps(size: str, tiny: bool) -> list[Step]:
 
 
 def pretrain_step(size: str, tiny: bool) -> Step:
-    config = pretrain_common.get_pretrain_config(size, "tiny" if tiny else "")
+    config = schema.validate(pretrain_common.get_pretrain_config(size, "tiny" if tiny else ""))
     model = pretrain.build_model(config, VOCAB)
     return Step(
         "pretrain",
