@@ -61,13 +61,6 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
     return config.to_json_best_effort(indent=2, sort_keys=True)
 
 
-def load_run_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    path = epath.Path(workdir) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: {workdir} holds no heartlang_jax run")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Process 0 writes `text` to a temporary name beside `path`, then renames it: never half-written."""
     if jax.process_index() != 0:
