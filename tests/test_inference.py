@@ -148,7 +148,7 @@ def test_word_ids_are_the_pretraining_targets(tiny_vqhbr_workdir, bundled_source
     from heartlang_jax.stages import vqhbr
 
     model = heartlang_jax.load(tiny_vqhbr_workdir)
-    vocabulary = vqhbr.load_vocabulary(str(tiny_vqhbr_workdir))
+    vocabulary = vqhbr.restore_vocabulary(str(tiny_vqhbr_workdir))
     for ecg_id, example in _dataset_examples(bundled_sources, {1, 2}).items():
         fields = [np.asarray(example[k])[None] for k in ("words", "lead_ids", "time_ids")]
         targets = np.asarray(vqhbr.word_ids(vocabulary, fields[0].astype(np.float32), *fields[1:]))[0]

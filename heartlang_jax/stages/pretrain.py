@@ -50,9 +50,9 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int, sentence: Ma
     return MaskedEcgModel(encoder, vocab_size, rngs=nnx.Rngs(config.seed))
 
 
-def load_vocabulary(config: ml_collections.ConfigDict, token_len: int) -> VQHBR:
+def vocabulary_matching_data(config: ml_collections.ConfigDict, token_len: int) -> VQHBR:
     """The frozen VQ-HBR model named by the config, checked against the data before any compute."""
-    vocabulary = vqhbr.load_vocabulary(os.fspath(checkpointing.absolute(config.vqhbr_workdir)))
+    vocabulary = vqhbr.restore_vocabulary(os.fspath(checkpointing.absolute(config.vqhbr_workdir)))
     if vocabulary.config.encoder.token_len != token_len:
         raise errors.CheckpointError(
             f"config.vqhbr_workdir: the vocabulary in {config.vqhbr_workdir} reads words of "
@@ -172,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         raise errors.CheckpointError("config.vqhbr_workdir is empty: set it to the workdir of a finished vqhbr run")
     run_info.read(config.vqhbr_workdir)  # a missing vocabulary fails before the workdir is claimed
     ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS)
-    vocabulary = load_vocabulary(config, ctx.dataset.sentence["token_len"])
+    vocabulary = vocabulary_matching_data(config, ctx.dataset.sentence["token_len"])
     parallel.replicate_module(vocabulary, ctx.mesh)
     carry_vocabulary(vocabulary, config.vqhbr_workdir, ctx.workdir)
     train_source = common.train_source(ctx, config.train_splits)

@@ -1,7 +1,7 @@
 """VQ-HBR: learn the ECG vocabulary by reconstructing heartbeats through an EMA codebook.
 
 Its run folder is the vocabulary that masked pre-training reads its targets from:
-`load_vocabulary(workdir)` rebuilds the model from the folder's `model.json` and restores it,
+`restore_vocabulary(workdir)` rebuilds the model from the folder's `model.json` and restores it,
 and `word_ids` maps sentences to vocabulary indices. Each evaluation also draws one validation
 sentence's reconstructions into TensorBoard (Images tab, `eval/reconstruction`).
 """
@@ -200,7 +200,7 @@ def run_info_model(config: VQHBRConfig) -> dict:
 
 
 @functools.lru_cache(maxsize=4)
-def load_vocabulary(workdir: str) -> VQHBR:
+def restore_vocabulary(workdir: str) -> VQHBR:
     """The trained VQ-HBR model of a run folder, rebuilt from its own model.json."""
     _, model, _ = run_info.load_model(workdir, expect_kind=STAGE, dtype="float32")
     model.eval()
