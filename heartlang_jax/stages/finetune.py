@@ -28,10 +28,9 @@ import jax
 import ml_collections
 import numpy as np
 import optax
-from etils import epath
 from flax import nnx
 
-from heartlang_jax import errors
+from heartlang_jax import atomic_file, errors
 from heartlang_jax.configs import schema as stage_configs
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.evaluation import metrics as metrics_lib
@@ -192,9 +191,7 @@ def write_test_scores(path, index: np.ndarray, labels: np.ndarray, logits: np.nd
     if jax.process_index() != 0:
         return
     logits = np.asarray(logits, np.float32)
-    path = epath.Path(path)
-    tmp = path.parent / (path.name + ".tmp")
-    with tmp.open("wb") as f:
+    with atomic_file.atomic_open(path) as f:
         np.savez(
             f,
             index=np.asarray(index, np.int64),
@@ -203,7 +200,6 @@ def write_test_scores(path, index: np.ndarray, labels: np.ndarray, logits: np.nd
             probabilities=(0.5 + 0.5 * np.tanh(0.5 * logits.astype(np.float64))).astype(np.float32),  # sigmoid
             class_names=np.asarray(list(class_names), dtype=str),
         )
-    tmp.replace(path)
 
 
 def _record_best(steps_per_epoch: int):

@@ -22,7 +22,7 @@ import optax
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import errors
+from heartlang_jax import atomic_file, errors
 from heartlang_jax.configs import schema as stage_configs
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.inference import run_info
@@ -106,11 +106,8 @@ def cached_targets(vocabulary, source, split: str, vocabulary_dir: str, workdir,
     if targets is None:
         raise errors.HeartLangError(f"[{STAGE}] the {split} split has no examples to compute targets for")
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / (path.name + ".tmp")
-        with tmp.open("wb") as f:
+        with atomic_file.atomic_open(path) as f:
             np.save(f, targets)
-        tmp.replace(path)
     logging.info("[%s] cached %s targets %s at %s", STAGE, split, targets.shape, path)
     return targets
 

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from heartlang_jax import atomic_file
 from heartlang_jax.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
@@ -63,13 +64,8 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Process 0 writes `text` to a temporary name beside `path`, then renames it: never half-written."""
-    if jax.process_index() != 0:
-        return
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)  # atomic on POSIX; on object stores, the object appears whole
+    if jax.process_index() == 0:
+        atomic_file.atomic_write(path, text)
 
 
 def claim_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict, identity_fields) -> None:
