@@ -35,7 +35,6 @@ pass those as `--amplitude_mean/--amplitude_std` for a fine-tuned model (default
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -89,6 +88,7 @@ def _num_layers(sd: StateDict, prefix: str) -> int:
 def encoder_config(sd: StateDict, prefix: str = "", *, head_dim: int = RELEASED_HEAD_DIM, dropout_rate: float = 0.0):
     """The ECGFormerConfig of the released backbone whose tensors start with `prefix`."""
     from heartlang_jax.models import ECGFormerConfig
+    from heartlang_jax.models.ecgformer import RELEASED_BLOCK
 
     conv = _get(sd, prefix + "token_embed.tokenConv.weight")  # [D, T, 3]
     hidden, token_len, _ = conv.shape
@@ -108,6 +108,7 @@ def encoder_config(sd: StateDict, prefix: str = "", *, head_dim: int = RELEASED_
         num_time_ids=_get(sd, prefix + "tem_embed.embed.weight").shape[0],
         position="learned",
         mask_padding=False,
+        **RELEASED_BLOCK,
         dropout_rate=dropout_rate,
         attention_dropout_rate=dropout_rate,
     )
@@ -353,12 +354,6 @@ def compare_with_recorded(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
     return figures
 
 
-def _encoder_fields(config) -> dict:
-    fields = dataclasses.asdict(config)
-    fields.pop("dtype", None)
-    return fields
-
-
 def write_run(
     out_dir: str | os.PathLike,
     kind: str,
@@ -375,28 +370,20 @@ def write_run(
     encoder = model.config.encoder if kind == "vqhbr" else model.encoder.config
     # The released sentence facts, with the model's own sentence length (256 when released).
     sentence = {**RELEASED_SENTENCE, "max_len": encoder.max_len, "token_len": encoder.token_len}
-    if kind == "vqhbr":
-        fields = dataclasses.asdict(model.config)
-        for part in ("encoder", "decoder"):
-            fields[part].pop("dtype", None)
-    elif kind == "pretrain":
-        fields = {"encoder": _encoder_fields(model.encoder.config), "vocab_size": int(model.lm_head.kernel.shape[1])}
-    else:
-        fields = {"encoder": _encoder_fields(model.encoder.config), "num_classes": int(model.head.kernel.shape[1])}
-    info = run_info.RunInfo(
-        kind=kind,
-        model=fields,
-        sentence=sentence,
-        amplitude=dict(amplitude or {"mean": 0.0, "std": 1.0}),
-        dataset=RELEASED_DATASET[kind],
-        task=task,
-        class_names=tuple(class_names) if class_names else None,
-    )
     os.makedirs(out_dir, exist_ok=True)
     checkpoints = checkpointing.RunCheckpoints(out_dir)
     checkpoints.save(0, model, None, {}, {"converted_from": "released PyTorch checkpoint"})
     checkpoints.close()
-    run_info.write(out_dir, info)
+    run_info.write_model(
+        out_dir,
+        kind,
+        model,
+        sentence=sentence,
+        amplitude=amplitude or {"mean": 0.0, "std": 1.0},
+        dataset=RELEASED_DATASET[kind],
+        task=task,
+        class_names=class_names,
+    )
 
 
 def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:

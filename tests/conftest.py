@@ -56,7 +56,7 @@ def make_pretrain_run(tmp_path):
     from heartlang_jax.configs import pretrain_common
     from heartlang_jax.configs import vqhbr as vqhbr_config
     from heartlang_jax.inference import run_info
-    from heartlang_jax.stages import common, pretrain, vqhbr
+    from heartlang_jax.stages import pretrain, vqhbr
     from heartlang_jax.training import checkpointing
 
     def make(**encoder_overrides):
@@ -65,7 +65,7 @@ def make_pretrain_run(tmp_path):
         checkpointing.claim_workdir(tmp_path / "vqhbr", vq, ())
         vq_info = run_info.RunInfo(
             kind="vqhbr",
-            model=vqhbr.run_info_model(vqhbr.model_config(vq)),
+            model=run_info.vqhbr_fields(vqhbr.model_config(vq)),
             sentence=synthetic.DATASET.sentence,
             amplitude=synthetic.DATASET.amplitude,
             dataset=synthetic.DATASET.name,
@@ -80,7 +80,7 @@ def make_pretrain_run(tmp_path):
         workdir = tmp_path / "pretrain"
         checkpointing.claim_workdir(workdir, config, ())
         model = pretrain.build_model(config, vq.model.num_codes)
-        encoder = common.encoder_fields(model.encoder.config)
+        encoder = run_info.encoder_fields(model.encoder.config)
         info = run_info.RunInfo(
             kind="pretrain",
             model={"encoder": encoder, "vocab_size": vq.model.num_codes},

@@ -212,7 +212,7 @@ def test_pretraining_reads_a_mixture_with_each_examples_own_targets(
     sentence = {"leads": ["I"], "max_len": 256, "token_len": 96, "fs": 100, "detector": "multilead"}
     run_info.write(
         tmp_path / "vqhbr",
-        run_info.RunInfo(kind="vqhbr", model=vqhbr.run_info_model(vocabulary.config), sentence=sentence,
+        run_info.RunInfo(kind="vqhbr", model=run_info.vqhbr_fields(vocabulary.config), sentence=sentence,
                          amplitude={"mean": 0.0, "std": 1.0}, dataset="ptbxl/leads12"),
     )  # fmt: skip
     config = pretrain_base.get_config("tiny")

@@ -148,7 +148,7 @@ def test_released_pretrain_and_finetune_configs_are_the_released_base():
     ours = stage_common.ecgformer_config(finetune.get_config(common.RELEASED).encoder, "float32")
     assert ours == convert_released.encoder_config(sd, "backbone.", dropout_rate=0.1)
     _assert_converted_fits(lambda: EcgClassifier(ours, 5, rngs=nnx.Rngs(0)), convert_released.finetune_state(sd))
-    assert ours.use_qkv_bias is False and ours.ln_epsilon == 1e-5
+    assert ours.qkv_bias is False and ours.layer_norm_epsilon == 1e-5
 
 
 def test_released_recipe_values():

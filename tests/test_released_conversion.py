@@ -52,7 +52,7 @@ def test_converted_configs_are_the_released_architecture(recorded):
     assert config.commitment_weighting == "mean"
     for enc in (config.encoder, config.decoder):
         assert enc.position == "learned" and not enc.mask_padding
-        assert not enc.use_qkv_bias and enc.ln_epsilon == 1e-5
+        assert not enc.qkv_bias and enc.layer_norm_epsilon == 1e-5
         assert (enc.hidden_dim, enc.mlp_dim, enc.num_heads, enc.head_dim, enc.max_len) == (32, 48, 2, 8, 48)
     assert (config.encoder.num_layers, config.decoder.num_layers) == (2, 1)
     assert (config.num_codes, config.code_dim, config.decoder.token_len) == (64, 8, 8)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from etils import epath
 from flax import nnx
 
 from heartlang_jax.models import VQHBR, EcgClassifier, ECGFormerConfig, MaskedEcgModel, VQHBRConfig
+from heartlang_jax.models.ecgformer import RELEASED_BLOCK
 from heartlang_jax.training import checkpointing
 
 RUN_INFO_FILE = "model.json"
@@ -67,6 +68,57 @@ def _json_ready(value):
     return value
 
 
+def encoder_fields(config: ECGFormerConfig) -> dict:
+    """An ECGFormerConfig as model.json stores it (the compute dtype is the loader's choice)."""
+    fields = dataclasses.asdict(config)
+    fields.pop("dtype", None)
+    return fields
+
+
+def vqhbr_fields(config: VQHBRConfig) -> dict:
+    """A VQHBRConfig as model.json stores it."""
+    fields = dataclasses.asdict(config)
+    fields.update(encoder=encoder_fields(config.encoder), decoder=encoder_fields(config.decoder))
+    return fields
+
+
+def model_fields(kind: str, model: nnx.Module) -> dict:
+    """The `model` entry of model.json for a built model of `kind` (see `RunInfo`)."""
+    if kind == "vqhbr":
+        return vqhbr_fields(model.config)  # type: ignore[attr-defined]
+    encoder = encoder_fields(model.encoder.config)  # type: ignore[attr-defined]
+    if kind == "pretrain":
+        return {"encoder": encoder, "vocab_size": int(model.lm_head.kernel.shape[1])}  # type: ignore[attr-defined]
+    if kind == "finetune":
+        return {"encoder": encoder, "num_classes": int(model.head.kernel.shape[1])}  # type: ignore[attr-defined]
+    raise checkpointing.CheckpointError(f"{RUN_INFO_FILE}: kind must be one of {KINDS}, got {kind!r}")
+
+
+def write_model(
+    workdir: str | os.PathLike,
+    kind: str,
+    model: nnx.Module,
+    *,
+    sentence: Mapping[str, Any],
+    amplitude: Mapping[str, float],
+    dataset: str,
+    task: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> RunInfo:
+    """Writes the model.json that describes `model` (process 0 only) and returns it."""
+    info = RunInfo(
+        kind=kind,
+        model=model_fields(kind, model),
+        sentence=dict(sentence),
+        amplitude=dict(amplitude),
+        dataset=dataset,
+        task=task,
+        class_names=tuple(class_names) if class_names else None,
+    )
+    write(workdir, info)
+    return info
+
+
 def write(workdir: str | os.PathLike, info: RunInfo) -> None:
     """Writes `model.json` atomically (process 0 only)."""
     checkpointing.atomic_write_text(
@@ -90,7 +142,28 @@ def read(workdir: str | os.PathLike) -> RunInfo:
         )
     if payload.get("class_names") is not None:
         payload["class_names"] = tuple(payload["class_names"])
+    payload["model"] = _explicit_block_details(payload.get("model") or {})
     return RunInfo(**payload)
+
+
+def _explicit_block_details(model: Mapping[str, Any]) -> dict:
+    """model.json files written before the released block details were explicit fields hold None
+    (or nothing) for them, meaning "follow `position`": the released details with "learned",
+    the defaults with "rope". Resolved here, so every reader sees the model they describe."""
+    model = dict(model)
+    for part in ("encoder", "decoder"):
+        if not isinstance(model.get(part), Mapping):
+            continue
+        fields = dict(model[part])
+        released = fields.get("position", "rope") == "learned"
+        for name, released_value in RELEASED_BLOCK.items():
+            if fields.get(name) is None:
+                fields[name] = released_value if released else _ENCODER_DEFAULTS[name]
+        model[part] = fields
+    return model
+
+
+_ENCODER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ECGFormerConfig)}
 
 
 def encoder_config(fields: Mapping[str, Any], dtype: str | None = None) -> ECGFormerConfig:

@@ -220,23 +220,14 @@ def train(
     return result
 
 
-def write_run_info(ctx: StageContext, kind: str, model: dict, **extra) -> None:
+def write_run_info(ctx: StageContext, kind: str, model: nnx.Module, **extra) -> None:
     """The run folder's `model.json`: all that loading the model for inference needs."""
-    run_info.write(
+    run_info.write_model(
         ctx.workdir,
-        run_info.RunInfo(
-            kind=kind,
-            model=model,
-            sentence=ctx.dataset.sentence,
-            amplitude=ctx.dataset.amplitude,
-            dataset=ctx.dataset.name,
-            **extra,
-        ),
+        kind,
+        model,
+        sentence=ctx.dataset.sentence,
+        amplitude=ctx.dataset.amplitude,
+        dataset=ctx.dataset.name,
+        **extra,
     )
-
-
-def encoder_fields(config: ECGFormerConfig) -> dict:
-    """An ECGFormerConfig as model.json stores it (the compute dtype is the loader's choice)."""
-    fields = dataclasses.asdict(config)
-    fields.pop("dtype", None)
-    return fields

@@ -281,13 +281,7 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
     )
 
     model = build_model(config, len(class_names), dataset.sentence)
-    common.write_run_info(
-        ctx,
-        STAGE,
-        {"encoder": common.encoder_fields(model.encoder.config), "num_classes": len(class_names)},
-        task=task,
-        class_names=tuple(class_names),
-    )
+    common.write_run_info(ctx, STAGE, model, task=task, class_names=tuple(class_names))
     parallel.replicate_module(model, ctx.mesh)
     opt_cfg = config.optimizer[config.mode]
     global_batch, mesh = ctx.global_batch, ctx.mesh

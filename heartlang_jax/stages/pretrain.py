@@ -181,9 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     train_targets, validation_targets = targets.values()
     vocab_size = vocabulary.config.num_codes
     model = build_model(config, vocab_size, ctx.dataset.sentence)
-    common.write_run_info(
-        ctx, STAGE, {"encoder": common.encoder_fields(model.encoder.config), "vocab_size": vocab_size}
-    )
+    common.write_run_info(ctx, STAGE, model)
     ratio = config.model.mask_ratio
 
     def prepare(batch):

@@ -8,7 +8,6 @@ sentence's reconstructions into TensorBoard (Images tab, `eval/reconstruction`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -152,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     stage_configs.validate(config)  # every field judged before any data is read or workdir claimed
     ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS)
     model = build_model(config, sentence=ctx.dataset.sentence)
-    common.write_run_info(ctx, STAGE, run_info_model(model.config))
+    common.write_run_info(ctx, STAGE, model)
     source = common.train_source(ctx, config.train_splits)
     example: dict = {}
     result = common.train(
@@ -190,13 +189,6 @@ def reconstruction_images(example: dict) -> dict[str, np.ndarray]:
 @functools.cache
 def _warn_once(message: str) -> None:
     logging.warning("%s", message)
-
-
-def run_info_model(config: VQHBRConfig) -> dict:
-    """VQHBRConfig as model.json stores it."""
-    fields = dataclasses.asdict(config)
-    fields.update(encoder=common.encoder_fields(config.encoder), decoder=common.encoder_fields(config.decoder))
-    return fields
 
 
 @functools.lru_cache(maxsize=4)
