@@ -66,7 +66,7 @@ def write_run(
     checkpoints = checkpointing.RunCheckpoints(workdir)
     checkpoints.save(7, model, None, {}, {})
     checkpoints.close()
-    spec = dict(sentence or sentence_corpus.SentenceSpec().metadata())
+    spec = dict(sentence or sentence_corpus.SentenceSpec().to_dict())
     run_info.write(
         workdir,
         run_info.RunInfo(

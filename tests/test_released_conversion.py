@@ -6,8 +6,10 @@ import pathlib
 import numpy as np
 import pytest
 
+from benchmarks import released_comparison
 from heartlang_jax import convert_released
 from heartlang_jax.inference import run_info
+from heartlang_jax.models import released_weights
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "released" / "tiny.npz"
 
@@ -19,7 +21,7 @@ def recorded():
 
 @pytest.fixture(scope="module")
 def figures(recorded):
-    return convert_released.compare_with_recorded(recorded)
+    return released_comparison.compare_with_recorded(recorded)
 
 
 def test_fixture_has_padding_and_real_words(recorded):
@@ -48,7 +50,7 @@ def test_word_ids_match_released_code(figures):
 
 
 def test_converted_configs_are_the_released_architecture(recorded):
-    config = convert_released.vqhbr_config(convert_released.recorded_state(recorded, "vqhbr"), head_dim=8)
+    config = released_weights.vqhbr_config(released_comparison.recorded_state(recorded, "vqhbr"), head_dim=8)
     assert config.commitment_weighting == "mean"
     for enc in (config.encoder, config.decoder):
         assert enc.position == "learned" and not enc.mask_padding
@@ -59,21 +61,21 @@ def test_converted_configs_are_the_released_architecture(recorded):
 
 
 def test_missing_or_misshapen_tensors_are_named(recorded):
-    state = convert_released.recorded_state(recorded, "pretrain")
+    state = released_comparison.recorded_state(recorded, "pretrain")
     del state["transformer.layers.1.1.net.4.bias"]
-    with pytest.raises(convert_released.ConversionError, match="net.4.bias"):
-        convert_released.build_pretrain(state, head_dim=8)
-    state = convert_released.recorded_state(recorded, "pretrain")
-    with pytest.raises(convert_released.ConversionError, match="head_dim"):
-        convert_released.build_pretrain(state, head_dim=5)
+    with pytest.raises(released_weights.ConversionError, match="net.4.bias"):
+        released_weights.build_pretrain(state, head_dim=8)
+    state = released_comparison.recorded_state(recorded, "pretrain")
+    with pytest.raises(released_weights.ConversionError, match="head_dim"):
+        released_weights.build_pretrain(state, head_dim=5)
 
 
 def test_run_folders_load_back(recorded, tmp_path):
     """The converter's run folders rebuild, through run_info, the same models."""
     head_dim = int(recorded["head_dim"])
-    vq = convert_released.build_vqhbr(convert_released.recorded_state(recorded, "vqhbr"), head_dim=head_dim)
+    vq = released_weights.build_vqhbr(released_comparison.recorded_state(recorded, "vqhbr"), head_dim=head_dim)
     convert_released.write_run(tmp_path / "vqhbr", "vqhbr", vq)
-    clf = convert_released.build_finetune(convert_released.recorded_state(recorded, "finetune"), head_dim=head_dim)
+    clf = released_weights.build_finetune(released_comparison.recorded_state(recorded, "finetune"), head_dim=head_dim)
     convert_released.write_run(
         tmp_path / "finetune", "finetune", clf, task="superdiagnostic", class_names=["CD", "HYP", "MI", "NORM", "STTC"]
     )

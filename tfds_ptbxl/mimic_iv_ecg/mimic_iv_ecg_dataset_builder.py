@@ -179,7 +179,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         members = {"train": np.flatnonzero(~is_validation), "validation": np.flatnonzero(is_validation)}
         spec = self.builder_config.spec
         base = json.dumps(
-            {"spec": spec.metadata(), "records": listing.digest(), "split_batch": self._split_batch,
+            {"spec": spec.to_dict(), "records": listing.digest(), "split_batch": self._split_batch,
              "fit": self._amplitude_fit_records, "version": str(self.VERSION)}, sort_keys=True,
         )  # fmt: skip
         fit_file = cache_root / f"amplitude-{hashlib.sha256(base.encode()).hexdigest()[:16]}.json"

@@ -157,7 +157,7 @@ def test_info_declares_tasks_and_sentence_spec(built):
     assert list(meta["classes"]) == list(ptbxl.TASKS)
     for task, names in meta["classes"].items():
         assert built.info.features[task].shape == (len(names),)
-    assert meta["sentence"] == sentence_corpus.SentenceSpec().metadata()
+    assert meta["sentence"] == sentence_corpus.SentenceSpec().to_dict()
     assert meta["sentence"]["detector"] == "multilead"
     assert built.info.features["words"].shape == (meta["sentence"]["max_len"], meta["sentence"]["token_len"])
     assert set(meta["amplitude"]) == {"mean", "std", "fitted_on"}
