@@ -68,8 +68,8 @@ def write_run(
     task: str | None = None,
     class_names: Sequence[str] | None = None,
 ) -> None:
-    """One run folder: model.json (RunInfo) and checkpoints/0 with the converted weights."""
-    from heartlang_jax.inference import run_info
+    """One run folder: model.json (ModelInfo) and checkpoints/0 with the converted weights."""
+    from heartlang_jax.inference import model_info
     from heartlang_jax.training import checkpointing
 
     encoder = model.config.encoder if kind == "vqhbr" else model.encoder.config
@@ -79,7 +79,7 @@ def write_run(
     checkpoints = checkpointing.RunCheckpoints(out_dir)
     checkpoints.save(0, model, None, {}, {"converted_from": "released PyTorch checkpoint"})
     checkpoints.close()
-    run_info.write_model(
+    model_info.write_model(
         out_dir,
         kind,
         model,
@@ -105,44 +105,49 @@ def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
 
-_VQHBR = flags.DEFINE_string("vqhbr", None, "Released VQ-HBR checkpoint (.pth).")
-_PRETRAIN = flags.DEFINE_string("pretrain", None, "Released pre-training checkpoint (.pth).")
-_FINETUNE = flags.DEFINE_string("finetune", None, "Released fine-tuning checkpoint (.pth).")
-_OUT = flags.DEFINE_string("out", None, "Folder for the run folders vqhbr/, pretrain/, finetune/.")
-_HEAD_DIM = flags.DEFINE_integer("head_dim", RELEASED_HEAD_DIM, "Attention head size (released: 64).")
-_TASK = flags.DEFINE_string("task", None, "Fine-tuning task name, e.g. superdiagnostic.")
-_CLASS_NAMES = flags.DEFINE_string("class_names", "", "Comma-separated class names of the fine-tuned head.")
-_AMPLITUDE_MEAN = flags.DEFINE_float("amplitude_mean", 0.0, "Fine-tuning data standardization mean.")
-_AMPLITUDE_STD = flags.DEFINE_float("amplitude_std", 1.0, "Fine-tuning data standardization std.")
+def define_flags() -> None:
+    """The command's flags (the names of the earlier argparse command); defined only when it runs,
+    so importing this module beside another absl command (embed.py has --out too) is fine."""
+    flags.DEFINE_string("vqhbr", None, "Released VQ-HBR checkpoint (.pth).")
+    flags.DEFINE_string("pretrain", None, "Released pre-training checkpoint (.pth).")
+    flags.DEFINE_string("finetune", None, "Released fine-tuning checkpoint (.pth).")
+    flags.DEFINE_string("out", None, "Folder for the run folders vqhbr/, pretrain/, finetune/.")
+    flags.DEFINE_integer("head_dim", RELEASED_HEAD_DIM, "Attention head size (released: 64).")
+    flags.DEFINE_string("task", None, "Fine-tuning task name, e.g. superdiagnostic.")
+    flags.DEFINE_string("class_names", "", "Comma-separated class names of the fine-tuned head.")
+    flags.DEFINE_float("amplitude_mean", 0.0, "Fine-tuning data standardization mean.")
+    flags.DEFINE_float("amplitude_std", 1.0, "Fine-tuning data standardization std.")
+    flags.mark_flags_as_required(["out"])
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not (_VQHBR.value or _PRETRAIN.value or _FINETUNE.value):
+    f = flags.FLAGS
+    if not (f.vqhbr or f.pretrain or f.finetune):
         raise app.UsageError("give at least one of --vqhbr, --pretrain, --finetune")
-    out = str(_OUT.value)  # a required flag: never None
+    out = str(f.out)  # a required flag: never None
     done = []
-    if _VQHBR.value:
-        write_run(os.path.join(out, "vqhbr"), "vqhbr", build_vqhbr(read_pth(_VQHBR.value), head_dim=_HEAD_DIM.value))
+    if f.vqhbr:
+        write_run(os.path.join(out, "vqhbr"), "vqhbr", build_vqhbr(read_pth(f.vqhbr), head_dim=f.head_dim))
         done.append("vqhbr")
-    if _PRETRAIN.value:
-        model = build_pretrain(read_pth(_PRETRAIN.value), head_dim=_HEAD_DIM.value)
+    if f.pretrain:
+        model = build_pretrain(read_pth(f.pretrain), head_dim=f.head_dim)
         write_run(os.path.join(out, "pretrain"), "pretrain", model)
         done.append("pretrain")
-    if _FINETUNE.value:
-        model = build_finetune(read_pth(_FINETUNE.value), head_dim=_HEAD_DIM.value)
+    if f.finetune:
+        model = build_finetune(read_pth(f.finetune), head_dim=f.head_dim)
         num_classes = int(model.head.kernel.shape[1])
-        names = [n for n in _CLASS_NAMES.value.split(",") if n] or [f"class_{i}" for i in range(num_classes)]
+        names = [n for n in f.class_names.split(",") if n] or [f"class_{i}" for i in range(num_classes)]
         if len(names) != num_classes:
             raise app.UsageError(f"--class_names has {len(names)} names, the head has {num_classes} outputs")
         write_run(
             os.path.join(out, "finetune"),
             "finetune",
             model,
-            task=_TASK.value,
+            task=f.task,
             class_names=names,
-            amplitude={"mean": _AMPLITUDE_MEAN.value, "std": _AMPLITUDE_STD.value},
+            amplitude={"mean": f.amplitude_mean, "std": f.amplitude_std},
         )
         done.append("finetune")
     for kind in done:
@@ -150,5 +155,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["out"])
+    define_flags()
     app.run(main)

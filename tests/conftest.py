@@ -55,7 +55,7 @@ def make_pretrain_run(tmp_path):
 
     from heartlang_jax.configs import pretrain_common
     from heartlang_jax.configs import vqhbr as vqhbr_config
-    from heartlang_jax.inference import run_info
+    from heartlang_jax.inference import model_info
     from heartlang_jax.stages import pretrain, vqhbr
     from heartlang_jax.training import checkpointing
 
@@ -63,14 +63,14 @@ def make_pretrain_run(tmp_path):
         vq = vqhbr_config.get_config("tiny")
         vq.model.num_codes = 7
         checkpointing.claim_workdir(tmp_path / "vqhbr", vq, ())
-        vq_info = run_info.RunInfo(
+        vq_info = model_info.ModelInfo(
             kind="vqhbr",
-            model=run_info.vqhbr_fields(vqhbr.model_config(vq)),
+            model=model_info.vqhbr_fields(vqhbr.model_config(vq)),
             sentence=synthetic.DATASET.sentence,
             amplitude=synthetic.DATASET.amplitude,
             dataset=synthetic.DATASET.name,
         )
-        run_info.write(tmp_path / "vqhbr", vq_info)
+        model_info.write(tmp_path / "vqhbr", vq_info)
         config = pretrain_common.get_pretrain_config("small", "tiny")
         config.model.encoder.update(num_layers=2, hidden_dim=16, mlp_dim=32, num_heads=2, head_dim=8)
         config.model.encoder.update(encoder_overrides)
@@ -80,15 +80,15 @@ def make_pretrain_run(tmp_path):
         workdir = tmp_path / "pretrain"
         checkpointing.claim_workdir(workdir, config, ())
         model = pretrain.build_model(config, vq.model.num_codes)
-        encoder = run_info.encoder_fields(model.encoder.config)
-        info = run_info.RunInfo(
+        encoder = model_info.encoder_fields(model.encoder.config)
+        info = model_info.ModelInfo(
             kind="pretrain",
             model={"encoder": encoder, "vocab_size": vq.model.num_codes},
             sentence=synthetic.DATASET.sentence,
             amplitude=synthetic.DATASET.amplitude,
             dataset=synthetic.DATASET.name,
         )
-        run_info.write(workdir, info)
+        model_info.write(workdir, info)
         checkpoints = checkpointing.RunCheckpoints(workdir)
         checkpoints.save(5, model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param), {}, {})
         checkpoints.close()

@@ -20,7 +20,7 @@ from heartlang_jax.data import bundled_sample_dir
 from heartlang_jax.ecg import records, sentence_corpus
 from heartlang_jax.ecg import tokenizer as tokenizer_lib
 from heartlang_jax.inference import model as inference
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import VQHBR, EcgClassifier, ECGFormerConfig, MaskedEcgModel, VQHBRConfig
 from heartlang_jax.training import checkpointing
 
@@ -67,9 +67,9 @@ def write_run(
     checkpoints.save(7, model, None, {}, {})
     checkpoints.close()
     spec = dict(sentence or sentence_corpus.SentenceSpec().to_dict())
-    run_info.write(
+    model_info.write(
         workdir,
-        run_info.RunInfo(
+        model_info.ModelInfo(
             kind=kind, model=fields, sentence=spec, amplitude=dict(amplitude), dataset="ptbxl/leads12", **extra
         ),
     )
@@ -79,7 +79,7 @@ def write_run(
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    return {kind: write_run(root / kind, kind) for kind in run_info.KINDS}
+    return {kind: write_run(root / kind, kind) for kind in model_info.KINDS}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_import_stays_light_and_load_is_exported():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("kind", run_info.KINDS)
+@pytest.mark.parametrize("kind", model_info.KINDS)
 def test_embedding_is_deterministic_and_finite(models, kind):
     model = models[kind]
     first = model.embed(RECORDS[0])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 
 _SENTENCE = {
     "leads": ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"],
@@ -64,10 +64,10 @@ def _write(tmp_path, encoder: dict) -> None:
 )
 def test_none_block_details_resolve_as_position_used_to(tmp_path, position, bias, epsilon, torch_init):
     _write(tmp_path, _old_encoder(position))
-    info = run_info.read(tmp_path)
+    info = model_info.read(tmp_path)
     encoder = info.model["encoder"]
     assert (encoder["qkv_bias"], encoder["layer_norm_epsilon"], encoder["released_init"]) == (bias, epsilon, torch_init)
-    model = run_info.build_model(info)
+    model = model_info.build_model(info)
     assert (model.encoder.blocks.attn.query.bias is not None) is bias
     assert model.encoder.final_norm.epsilon == epsilon
 
@@ -77,11 +77,11 @@ def test_missing_block_details_resolve_too(tmp_path):
     for name in ("qkv_bias", "layer_norm_epsilon", "released_init"):
         del encoder[name]
     _write(tmp_path, encoder)
-    config = run_info.encoder_config(run_info.read(tmp_path).model["encoder"])
+    config = model_info.encoder_config(model_info.read(tmp_path).model["encoder"])
     assert (config.qkv_bias, config.layer_norm_epsilon, config.released_init) == (False, 1e-5, True)
 
 
 def test_explicit_values_are_kept(tmp_path):
     _write(tmp_path, _old_encoder("learned", qkv_bias=True, layer_norm_epsilon=1e-3, released_init=False))
-    encoder = run_info.read(tmp_path).model["encoder"]
+    encoder = model_info.read(tmp_path).model["encoder"]
     assert (encoder["qkv_bias"], encoder["layer_norm_epsilon"], encoder["released_init"]) == (True, 1e-3, False)

@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.training import checkpointing
 
 pytestmark = pytest.mark.slow
@@ -223,7 +223,7 @@ def _children_cpu_s() -> float:
 
 def _state(workdir: pathlib.Path) -> tuple[int, dict[str, np.ndarray]]:
     """(newest step, every array of the model's state) of a run folder, restored on this host's one device."""
-    _, model, step = run_info.load_model(workdir, dtype="float32")
+    _, model, step = model_info.load_model(workdir, dtype="float32")
     flat = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(model))):
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):

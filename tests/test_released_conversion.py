@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import released_comparison
 from heartlang_jax import convert_released
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import released_weights
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "released" / "tiny.npz"
@@ -71,7 +71,7 @@ def test_missing_or_misshapen_tensors_are_named(recorded):
 
 
 def test_run_folders_load_back(recorded, tmp_path):
-    """The converter's run folders rebuild, through run_info, the same models."""
+    """The converter's run folders rebuild, through model_info, the same models."""
     head_dim = int(recorded["head_dim"])
     vq = released_weights.build_vqhbr(released_comparison.recorded_state(recorded, "vqhbr"), head_dim=head_dim)
     convert_released.write_run(tmp_path / "vqhbr", "vqhbr", vq)
@@ -79,12 +79,12 @@ def test_run_folders_load_back(recorded, tmp_path):
     convert_released.write_run(
         tmp_path / "finetune", "finetune", clf, task="superdiagnostic", class_names=["CD", "HYP", "MI", "NORM", "STTC"]
     )
-    info, loaded_vq, step = run_info.load_model(tmp_path / "vqhbr", expect_kind="vqhbr")
+    info, loaded_vq, step = model_info.load_model(tmp_path / "vqhbr", expect_kind="vqhbr")
     assert step == 0 and info.sentence["detector"] == "xqrs" and info.amplitude == {"mean": 0.0, "std": 1.0}
     args = [recorded[k] for k in ("words", "lead_ids", "time_ids")]
     real = recorded["lead_ids"] != 0
     np.testing.assert_array_equal(np.asarray(loaded_vq.word_ids(*args))[real], recorded["vqhbr_ids"][real])
-    info, loaded_clf, _ = run_info.load_model(tmp_path / "finetune", expect_kind="finetune")
+    info, loaded_clf, _ = model_info.load_model(tmp_path / "finetune", expect_kind="finetune")
     assert info.class_names == ("CD", "HYP", "MI", "NORM", "STTC")
     loaded_clf.eval()
     np.testing.assert_allclose(np.asarray(loaded_clf(*args)), recorded["finetune_logits"], rtol=1e-5, atol=1e-5)

@@ -6,7 +6,7 @@
     model.predict(signal, fs=500, lead_names=names)          # {class name: probability}
 
 Everything the model needs to read a raw record travels in the run folder's `model.json` (see
-`run_info`): the sentence spec (leads, words, samples per word, rate, QRS detector) and the
+`model_info`): the sentence spec (leads, words, samples per word, rate, QRS detector) and the
 amplitude standardization of its training data. A record is standardized `(x - mean) / std` and
 tokenized exactly as the dataset builder does it (`sentence_corpus`), so the model sees the same
 kind of sentence it was trained on.
@@ -35,14 +35,14 @@ from heartlang_jax import errors
 from heartlang_jax.ecg import records, sentence_corpus
 from heartlang_jax.ecg import tokenizer as tokenizer_lib
 from heartlang_jax.ecg.sentence_spec import SentenceSpec
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import EcgClassifier
 from heartlang_jax.training import checkpointing
 
 # A pre-training (or fine-tuning) run folder "carries its vocabulary" when this subfolder is a
 # complete VQ-HBR run folder (model.json + checkpoints/): then `word_ids` works on it. Pre-training
 # writes it (stages/pretrain.py, `carry_vocabulary`).
-VOCABULARY_DIR = run_info.VOCABULARY_DIR
+VOCABULARY_DIR = model_info.VOCABULARY_DIR
 # Extensions that name a record's files; the record itself is the path without them.
 RECORD_EXTENSIONS = (".hea", ".dat", ".mat")
 # The training datasets store words as float16 (tfds_ptbxl/sentences.py, "the loader casts"), so
@@ -155,7 +155,7 @@ class HeartLangModel:
     """
 
     def __init__(
-        self, info: run_info.RunInfo, model: Any, step: int, path: str, vocabulary: HeartLangModel | None = None
+        self, info: model_info.ModelInfo, model: Any, step: int, path: str, vocabulary: HeartLangModel | None = None
     ):
         self.info = info
         self.step = step
@@ -479,10 +479,10 @@ def load(
         fine-tuning run; default: `<path>/vocabulary/` if the folder carries one.
     """
     address = os.fspath(path)
-    info, model, step = run_info.load_model(address, dtype=dtype)
+    info, model, step = model_info.load_model(address, dtype=dtype)
     vocabulary_model = None
     if info.kind != "vqhbr":
-        if vocabulary is None and (epath.Path(address) / VOCABULARY_DIR / run_info.RUN_INFO_FILE).exists():
+        if vocabulary is None and (epath.Path(address) / VOCABULARY_DIR / model_info.MODEL_INFO_FILE).exists():
             vocabulary = epath.Path(address) / VOCABULARY_DIR
         if vocabulary is not None:
             vocabulary_model = load(vocabulary, dtype=dtype)
@@ -490,7 +490,7 @@ def load(
     return HeartLangModel(info, model, step, address, vocabulary_model)
 
 
-def _check_vocabulary(info: run_info.RunInfo, vocabulary: HeartLangModel, path: str) -> None:
+def _check_vocabulary(info: model_info.ModelInfo, vocabulary: HeartLangModel, path: str) -> None:
     if vocabulary.kind != "vqhbr":
         raise checkpointing.CheckpointError(
             f"the vocabulary of {path} ({vocabulary.path}) holds a {vocabulary.kind} run, not a vqhbr run"

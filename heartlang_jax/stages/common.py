@@ -3,7 +3,7 @@
 A stage keeps only what is its own (its model, its loss and step, its evaluation); the rest is
 here, once: claim the workdir, open the dataset, build the mesh and check the global batch
 (`prepare`), then the schedule, the optimizer and the shared loop (`train`), and the run
-folder's `model.json` that makes it usable on its own (`write_run_info`).
+folder's `model.json` that makes it usable on its own (`write_model_info`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from flax import nnx
 
 from heartlang_jax import errors
 from heartlang_jax.data import input_pipeline
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import ECGFormerConfig
 from heartlang_jax.training import checkpointing, optim, parallel, train_loop
 
@@ -220,9 +220,9 @@ def train(
     return result
 
 
-def write_run_info(ctx: StageContext, kind: str, model: nnx.Module, **extra) -> None:
+def write_model_info(ctx: StageContext, kind: str, model: nnx.Module, **extra) -> None:
     """The run folder's `model.json`: all that loading the model for inference needs."""
-    run_info.write_model(
+    model_info.write_model(
         ctx.workdir,
         kind,
         model,

@@ -34,7 +34,7 @@ from heartlang_jax import atomic_file, errors
 from heartlang_jax.configs import schema as stage_configs
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.evaluation import metrics as metrics_lib
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import EcgClassifier, MaskedEcgModel, classifier_bce_loss
 from heartlang_jax.stages import common, pretrain
 from heartlang_jax.training import checkpointing, optim, parallel
@@ -64,7 +64,7 @@ REGULARIZATION_FIELDS = ("dropout_rate", "attention_dropout_rate")
 def load_pretrained(init_workdir: str, dtype: str) -> MaskedEcgModel:
     """The pre-trained model of a run folder, rebuilt from its own model.json and restored."""
     try:
-        _, model, step = run_info.load_model(init_workdir, dtype=dtype, expect_kind=pretrain.STAGE)
+        _, model, step = model_info.load_model(init_workdir, dtype=dtype, expect_kind=pretrain.STAGE)
     except errors.CheckpointError as e:
         raise errors.CheckpointError(f"config.init_workdir: {e}") from e
     logging.info("[%s] encoder initialized from %s (step %d)", STAGE, init_workdir, step)
@@ -250,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     stage_configs.validate(config)  # every field judged before any data is read or workdir claimed
     if config.init_workdir:  # a missing run fails before any data is read
         try:
-            run_info.read(checkpointing.absolute(config.init_workdir))
+            model_info.read(checkpointing.absolute(config.init_workdir))
         except errors.CheckpointError as e:
             raise errors.CheckpointError(f"config.init_workdir: {e}") from e
     builder, sources = common.open_dataset(config, workdir)
@@ -281,7 +281,7 @@ def finetune(config, workdir, sources: dict, class_names, dataset: common.Datase
     )
 
     model = build_model(config, len(class_names), dataset.sentence)
-    common.write_run_info(ctx, STAGE, model, task=task, class_names=tuple(class_names))
+    common.write_model_info(ctx, STAGE, model, task=task, class_names=tuple(class_names))
     parallel.replicate_module(model, ctx.mesh)
     opt_cfg = config.optimizer[config.mode]
     global_batch, mesh = ctx.global_batch, ctx.mesh

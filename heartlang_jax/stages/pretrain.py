@@ -25,7 +25,7 @@ from flax import nnx
 from heartlang_jax import atomic_file, errors
 from heartlang_jax.configs import schema as stage_configs
 from heartlang_jax.data import input_pipeline
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import VQHBR, MaskedEcgModel, masked_lm_loss
 from heartlang_jax.stages import common, vqhbr
 from heartlang_jax.training import checkpointing, parallel
@@ -66,8 +66,8 @@ def carry_vocabulary(vocabulary: VQHBR, vqhbr_workdir: str, workdir) -> None:
     checkpoint of the step in use), so the run folder alone gives word ids after the VQ-HBR
     workdir is gone. model.json is written last: its presence marks a complete copy. Every host
     calls this (the Orbax save is collective)."""
-    target = epath.Path(workdir) / run_info.VOCABULARY_DIR
-    if (target / run_info.RUN_INFO_FILE).exists():
+    target = epath.Path(workdir) / model_info.VOCABULARY_DIR
+    if (target / model_info.MODEL_INFO_FILE).exists():
         return
     source = checkpointing.RunCheckpoints(vqhbr_workdir, read_only=True)
     step = source.steps()[-1]
@@ -76,7 +76,7 @@ def carry_vocabulary(vocabulary: VQHBR, vqhbr_workdir: str, workdir) -> None:
     if step not in copy.steps():  # a copy killed before its model.json may have saved already
         copy.save(step, vocabulary, None, {}, {"copied_from": vqhbr_workdir})
     copy.close()
-    run_info.write(target, run_info.read(vqhbr_workdir))
+    model_info.write(target, model_info.read(vqhbr_workdir))
     logging.info("[%s] vocabulary (step %d of %s) copied into %s", STAGE, step, vqhbr_workdir, target)
 
 
@@ -167,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     config.vqhbr_workdir = os.fspath(checkpointing.absolute(config.vqhbr_workdir)) if config.vqhbr_workdir else ""
     if not config.vqhbr_workdir:
         raise errors.CheckpointError("config.vqhbr_workdir is empty: set it to the workdir of a finished vqhbr run")
-    run_info.read(config.vqhbr_workdir)  # a missing vocabulary fails before the workdir is claimed
+    model_info.read(config.vqhbr_workdir)  # a missing vocabulary fails before the workdir is claimed
     ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS)
     vocabulary = vocabulary_matching_data(config, ctx.dataset.sentence["token_len"])
     parallel.replicate_module(vocabulary, ctx.mesh)
@@ -181,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     train_targets, validation_targets = targets.values()
     vocab_size = vocabulary.config.num_codes
     model = build_model(config, vocab_size, ctx.dataset.sentence)
-    common.write_run_info(ctx, STAGE, model)
+    common.write_model_info(ctx, STAGE, model)
     ratio = config.model.mask_ratio
 
     def prepare(batch):

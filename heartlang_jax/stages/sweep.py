@@ -29,7 +29,7 @@ from etils import epath
 from heartlang_jax.configs import schema as stage_configs
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.evaluation import metrics as metrics_lib
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import ECGFormerConfig
 from heartlang_jax.stages import common, finetune
 from heartlang_jax.training import checkpointing, parallel
@@ -147,7 +147,7 @@ def _random_init_encoder(config: ml_collections.ConfigDict):
     """
     if not config.init_workdir:
         return None
-    fields = dict(run_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"])
+    fields = dict(model_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"])
     # The cell's stage derives these from the dataset and config.dtype.
     encoder = ml_collections.ConfigDict({k: v for k, v in fields.items() if k not in ECGFormerConfig.DERIVED})
     for name in finetune.REGULARIZATION_FIELDS:
@@ -161,7 +161,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
     workdir = checkpointing.absolute(workdir)
     grid = cells(config)
     if "pretrained" in config.inits:
-        run_info.read(checkpointing.absolute(config.init_workdir))  # fails before the first cell
+        model_info.read(checkpointing.absolute(config.init_workdir))  # fails before the first cell
     tfds_dir = os.fspath(common.tfds_dir(config, workdir).absolute())
     encoder = _random_init_encoder(config)
     configs = {cell: cell_config(config, cell, tfds_dir, encoder if cell.init == "random" else None) for cell in grid}
@@ -315,7 +315,7 @@ def results_markdown(config: ml_collections.ConfigDict, summary: Sequence[dict])
         notes.append(f"Dataset: {', '.join(datasets)}; tasks: {', '.join(config.tasks)}.")
     if config.init_workdir:
         enc = ml_collections.ConfigDict(
-            dict(run_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"])
+            dict(model_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"])
         )
         notes.append(
             f"Our encoder: {enc.num_layers} layers, hidden {enc.hidden_dim}, {enc.num_heads} heads, "

@@ -23,7 +23,7 @@ from flax import nnx
 from heartlang_jax import errors
 from heartlang_jax.configs import schema as stage_configs
 from heartlang_jax.data import input_pipeline
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import VQHBR, VQHBRConfig, vqhbr_loss
 from heartlang_jax.stages import common
 from heartlang_jax.training import parallel, train_loop
@@ -151,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     stage_configs.validate(config)  # every field judged before any data is read or workdir claimed
     ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS)
     model = build_model(config, sentence=ctx.dataset.sentence)
-    common.write_run_info(ctx, STAGE, model)
+    common.write_model_info(ctx, STAGE, model)
     source = common.train_source(ctx, config.train_splits)
     example: dict = {}
     result = common.train(
@@ -194,7 +194,7 @@ def _warn_once(message: str) -> None:
 @functools.lru_cache(maxsize=4)
 def restore_vocabulary(workdir: str) -> VQHBR:
     """The trained VQ-HBR model of a run folder, rebuilt from its own model.json."""
-    _, model, _ = run_info.load_model(workdir, expect_kind=STAGE, dtype="float32")
+    _, model, _ = model_info.load_model(workdir, expect_kind=STAGE, dtype="float32")
     model.eval()
     return model
 

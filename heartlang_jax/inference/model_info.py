@@ -1,4 +1,8 @@
-"""What a run folder says about its model, so that the folder alone is enough to use it.
+"""model.json, the model info of a run folder: the one module that writes and reads it.
+
+The artifact has one name throughout: the file `model.json` (MODEL_INFO_FILE), this module
+`model_info`, the class `ModelInfo`. It says what a run folder's model is, so that the folder
+alone is enough to use it.
 
 Every VQ-HBR, pre-training and fine-tuning run writes `<workdir>/model.json` beside its
 `checkpoints/`: the model's architecture, how raw ECGs become its input (the sentence spec and
@@ -22,7 +26,7 @@ from heartlang_jax.models import VQHBR, EcgClassifier, ECGFormerConfig, MaskedEc
 from heartlang_jax.models.ecgformer import RELEASED_BLOCK
 from heartlang_jax.training import checkpointing
 
-RUN_INFO_FILE = "model.json"
+MODEL_INFO_FILE = "model.json"
 # A pre-training run carries the vocabulary it learned to predict in this subfolder, itself a
 # complete VQ-HBR run folder (model.json + a model-only checkpoint), so `word_ids` works on a copy.
 VOCABULARY_DIR = "vocabulary"
@@ -31,7 +35,7 @@ FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
-class RunInfo:
+class ModelInfo:
     """The self-contained description of a run's model.
 
     `model` holds, per kind:
@@ -53,9 +57,9 @@ class RunInfo:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise checkpointing.CheckpointError(f"{RUN_INFO_FILE}: kind must be one of {KINDS}, got {self.kind!r}")
+            raise checkpointing.CheckpointError(f"{MODEL_INFO_FILE}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "finetune" and not self.class_names:
-            raise checkpointing.CheckpointError(f"{RUN_INFO_FILE}: a finetune run needs class_names")
+            raise checkpointing.CheckpointError(f"{MODEL_INFO_FILE}: a finetune run needs class_names")
 
 
 def _json_ready(value):
@@ -83,7 +87,7 @@ def vqhbr_fields(config: VQHBRConfig) -> dict:
 
 
 def model_fields(kind: str, model: nnx.Module) -> dict:
-    """The `model` entry of model.json for a built model of `kind` (see `RunInfo`)."""
+    """The `model` entry of model.json for a built model of `kind` (see `ModelInfo`)."""
     if kind == "vqhbr":
         return vqhbr_fields(model.config)  # type: ignore[attr-defined]
     encoder = encoder_fields(model.encoder.config)  # type: ignore[attr-defined]
@@ -91,7 +95,7 @@ def model_fields(kind: str, model: nnx.Module) -> dict:
         return {"encoder": encoder, "vocab_size": int(model.lm_head.kernel.shape[1])}  # type: ignore[attr-defined]
     if kind == "finetune":
         return {"encoder": encoder, "num_classes": int(model.head.kernel.shape[1])}  # type: ignore[attr-defined]
-    raise checkpointing.CheckpointError(f"{RUN_INFO_FILE}: kind must be one of {KINDS}, got {kind!r}")
+    raise checkpointing.CheckpointError(f"{MODEL_INFO_FILE}: kind must be one of {KINDS}, got {kind!r}")
 
 
 def write_model(
@@ -104,9 +108,9 @@ def write_model(
     dataset: str,
     task: str | None = None,
     class_names: Sequence[str] | None = None,
-) -> RunInfo:
+) -> ModelInfo:
     """Writes the model.json that describes `model` (process 0 only) and returns it."""
-    info = RunInfo(
+    info = ModelInfo(
         kind=kind,
         model=model_fields(kind, model),
         sentence=dict(sentence),
@@ -119,15 +123,15 @@ def write_model(
     return info
 
 
-def write(workdir: str | os.PathLike, info: RunInfo) -> None:
+def write(workdir: str | os.PathLike, info: ModelInfo) -> None:
     """Writes `model.json` atomically (process 0 only)."""
     checkpointing.atomic_write_text(
-        epath.Path(workdir) / RUN_INFO_FILE, json.dumps(_json_ready(info), indent=2, sort_keys=True)
+        epath.Path(workdir) / MODEL_INFO_FILE, json.dumps(_json_ready(info), indent=2, sort_keys=True)
     )
 
 
-def read(workdir: str | os.PathLike) -> RunInfo:
-    path = epath.Path(workdir) / RUN_INFO_FILE
+def read(workdir: str | os.PathLike) -> ModelInfo:
+    path = epath.Path(workdir) / MODEL_INFO_FILE
     if not path.exists():
         raise checkpointing.CheckpointError(
             f"{path} not found: {workdir} is not a finished heartlang_jax vqhbr, pretrain or finetune run folder"
@@ -143,7 +147,7 @@ def read(workdir: str | os.PathLike) -> RunInfo:
     if payload.get("class_names") is not None:
         payload["class_names"] = tuple(payload["class_names"])
     payload["model"] = _explicit_block_details(payload.get("model") or {})
-    return RunInfo(**payload)
+    return ModelInfo(**payload)
 
 
 def _explicit_block_details(model: Mapping[str, Any]) -> dict:
@@ -180,7 +184,7 @@ def vqhbr_config(fields: Mapping[str, Any], dtype: str | None = None) -> VQHBRCo
     return VQHBRConfig(**values)
 
 
-def build_model(info: RunInfo, *, dtype: str | None = None, seed: int = 0, **encoder_overrides) -> nnx.Module:
+def build_model(info: ModelInfo, *, dtype: str | None = None, seed: int = 0, **encoder_overrides) -> nnx.Module:
     """The (randomly initialized) model a run folder describes; restore its weights after."""
     rngs = nnx.Rngs(seed)
     if info.kind == "vqhbr":
@@ -194,7 +198,7 @@ def build_model(info: RunInfo, *, dtype: str | None = None, seed: int = 0, **enc
 def load_model(
     workdir: str | os.PathLike, *, dtype: str | None = None, expect_kind: str | None = None, **encoder_overrides
 ):
-    """(RunInfo, model restored from the newest checkpoint, its step) of a run folder."""
+    """(ModelInfo, model restored from the newest checkpoint, its step) of a run folder."""
     info = read(workdir)
     if expect_kind is not None and info.kind != expect_kind:
         raise checkpointing.CheckpointError(f"{workdir} holds a {info.kind!r} run, expected a {expect_kind!r} run")
