@@ -42,6 +42,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from heartlang_jax.configs import schema
 from heartlang_jax.models import num_mask_positions
+from heartlang_jax.models.ecgformer import RELEASED_BLOCK
 from heartlang_jax.stages import common, pretrain
 from heartlang_jax.training import optim, parallel
 
@@ -51,7 +52,9 @@ from synthetic import synthetic_batch  # compile_time.py imports it from here
 
 # The released PyTorch code's base model (SPEC §3): 12 layers, 8 heads of 64, MLP 1024, learned
 # positions + CLS, vocabulary 8192.
-RELEASED_BASE = dict(num_layers=12, hidden_dim=768, mlp_dim=1024, num_heads=8, head_dim=64, position="learned")
+RELEASED_BASE = dict(
+    num_layers=12, hidden_dim=768, mlp_dim=1024, num_heads=8, head_dim=64, position="learned", **RELEASED_BLOCK
+)
 RELEASED_VOCAB = 8192
 SHORT_DTYPES = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}
 

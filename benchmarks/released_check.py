@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from heartlang_jax import convert_released
+from benchmarks import released_comparison
 
 TOLERANCE = 1e-4  # relative to the largest magnitude of each output
 MIN_AGREEMENT = 0.999
@@ -31,7 +31,7 @@ def main() -> None:
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
     recorded = dict(np.load(sys.argv[1]))
-    figures = convert_released.compare_with_recorded(recorded)
+    figures = released_comparison.compare_with_recorded(recorded)
     failed = []
     for name, value in figures.items():
         print(f"{name}={value:.3g}")

@@ -28,9 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from absl import app, flags
-from etils import epath
 
-from heartlang_jax import errors
+from heartlang_jax import atomic_file, errors
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run folder (vqhbr, pretrain or finetune), local or gs://.")
 _RECORDS = flags.DEFINE_string("records", None, "A folder of records, a glob, or one record.")
@@ -76,13 +75,9 @@ def find_records(spec: str | os.PathLike) -> list[tuple[str, pathlib.Path]]:
 
 
 def _write_npz(out: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Writes to `<out>.tmp<pid>` and renames it to `out`."""
-    out = epath.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f"{out.name}.tmp{os.getpid()}"
-    with tmp.open("wb") as f:
+    """Writes under a temporary name and renames it to `out` (`atomic_file`)."""
+    with atomic_file.atomic_open(out) as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **arrays as allow_pickle
-    tmp.rename(out)
 
 
 def run(

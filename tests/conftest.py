@@ -55,8 +55,8 @@ def make_pretrain_run(tmp_path):
 
     from heartlang_jax.configs import pretrain_common, schema, typed
     from heartlang_jax.configs import vqhbr as vqhbr_config
-    from heartlang_jax.inference import run_info
-    from heartlang_jax.stages import common, pretrain, vqhbr
+    from heartlang_jax.inference import model_info
+    from heartlang_jax.stages import pretrain, vqhbr
     from heartlang_jax.training import checkpointing
 
     def make(**encoder_overrides):
@@ -64,14 +64,14 @@ def make_pretrain_run(tmp_path):
         vq_dict.model.num_codes = 7
         vq = schema.validate(vq_dict)
         checkpointing.claim_workdir(tmp_path / "vqhbr", typed.as_dict(vq), ())
-        vq_info = run_info.RunInfo(
+        vq_info = model_info.ModelInfo(
             kind="vqhbr",
-            model=vqhbr.run_info_model(vqhbr.model_config(vq)),
+            model=model_info.vqhbr_fields(vqhbr.model_config(vq)),
             sentence=synthetic.DATASET.sentence,
             amplitude=synthetic.DATASET.amplitude,
             dataset=synthetic.DATASET.name,
         )
-        run_info.write(tmp_path / "vqhbr", vq_info)
+        model_info.write(tmp_path / "vqhbr", vq_info)
         config = pretrain_common.get_pretrain_config("small", "tiny")
         config.model.encoder.update(num_layers=2, hidden_dim=16, mlp_dim=32, num_heads=2, head_dim=8)
         config.model.encoder.update(encoder_overrides)
@@ -82,15 +82,15 @@ def make_pretrain_run(tmp_path):
         workdir = tmp_path / "pretrain"
         checkpointing.claim_workdir(workdir, typed.as_dict(config), ())
         model = pretrain.build_model(config, vq.model.num_codes)
-        encoder = common.encoder_fields(model.encoder.config)
-        info = run_info.RunInfo(
+        encoder = model_info.encoder_fields(model.encoder.config)
+        info = model_info.ModelInfo(
             kind="pretrain",
             model={"encoder": encoder, "vocab_size": vq.model.num_codes},
             sentence=synthetic.DATASET.sentence,
             amplitude=synthetic.DATASET.amplitude,
             dataset=synthetic.DATASET.name,
         )
-        run_info.write(workdir, info)
+        model_info.write(workdir, info)
         checkpoints = checkpointing.RunCheckpoints(workdir)
         checkpoints.save(5, model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param), {}, {})
         checkpoints.close()

@@ -6,15 +6,11 @@ from __future__ import annotations
 import gzip
 import json
 import pathlib
-import sys
 import types
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import pretrain_throughput
-import profile_step
+from benchmarks import pretrain_throughput, profile_step
 
 
 def _write_trace(path: pathlib.Path, events: list[dict]) -> pathlib.Path:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig
+from heartlang_jax.models.ecgformer import RELEASED_BLOCK, ECGFormer, ECGFormerConfig
 
 TINY = ECGFormerConfig(num_layers=2, hidden_dim=16, mlp_dim=24, num_heads=2, head_dim=6, token_len=10, max_len=12)
 
@@ -76,7 +76,7 @@ _erf = np.vectorize(math.erf)
 def _reference_forward(model, words, lead_ids, time_ids):
     """Layer by layer, each layer's weights sliced from the stacked `blocks` parameters."""
     cfg = model.config
-    eps = cfg.ln_epsilon
+    eps = cfg.layer_norm_epsilon
     w = np.asarray(words, np.float64)
     kernel = _np(model.token_embed.kernel)  # [3, T, D]
     # Circular conv along L: out[l] = sum_k x[(l + k - 1) mod L] @ W[k].
@@ -176,13 +176,16 @@ def test_scanned_dropout_matches_unrolled_layers_and_differs_per_layer():
     assert np.abs(again - scanned).max() > 1e-3
 
 
-def test_released_block_details_follow_position():
+def test_released_block_details_are_explicit_fields():
     rope = ECGFormer(TINY, rngs=nnx.Rngs(0))
-    assert TINY.use_qkv_bias and TINY.ln_epsilon == 1e-6 and not TINY.use_released_init
+    assert TINY.qkv_bias and TINY.layer_norm_epsilon == 1e-6 and not TINY.released_init
     assert rope.blocks.attn.query.bias is not None
-    learned_config = dataclasses.replace(TINY, position="learned")
-    assert not learned_config.use_qkv_bias and learned_config.ln_epsilon == 1e-5
-    assert learned_config.use_released_init
+    # Position alone no longer switches the block details (it used to, silently).
+    only_position = dataclasses.replace(TINY, position="learned")
+    assert only_position.qkv_bias and only_position.layer_norm_epsilon == 1e-6 and not only_position.released_init
+    learned_config = dataclasses.replace(TINY, position="learned", **RELEASED_BLOCK)
+    assert not learned_config.qkv_bias and learned_config.layer_norm_epsilon == 1e-5
+    assert learned_config.released_init
     learned = ECGFormer(learned_config, rngs=nnx.Rngs(0))
     assert learned.blocks.attn.query.bias is None and learned.blocks.attn.out.bias is not None
     assert learned.final_norm.epsilon == 1e-5
@@ -191,7 +194,7 @@ def test_released_block_details_follow_position():
     fc2 = np.asarray(learned.blocks.mlp.fc2.kernel[...])
     assert np.abs(fc2).max() <= 1 / np.sqrt(TINY.mlp_dim) + 1e-6
     explicit = dataclasses.replace(TINY, position="learned", qkv_bias=True, released_init=False)
-    assert explicit.use_qkv_bias and not explicit.use_released_init
+    assert explicit.qkv_bias and not explicit.released_init
 
 
 # ---------------------------------------------------------------------------

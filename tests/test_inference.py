@@ -21,7 +21,7 @@ from heartlang_jax.data import bundled_sample_dir
 from heartlang_jax.ecg import records, sentence_corpus
 from heartlang_jax.ecg import tokenizer as tokenizer_lib
 from heartlang_jax.inference import model as inference
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import VQHBR, EcgClassifier, ECGFormerConfig, MaskedEcgModel, VQHBRConfig
 from heartlang_jax.training import checkpointing
 
@@ -67,10 +67,10 @@ def write_run(
     checkpoints = checkpointing.RunCheckpoints(workdir)
     checkpoints.save(7, model, None, {}, {})
     checkpoints.close()
-    spec = dict(sentence or sentence_corpus.SentenceSpec().metadata())
-    run_info.write(
+    spec = dict(sentence or sentence_corpus.SentenceSpec().to_dict())
+    model_info.write(
         workdir,
-        run_info.RunInfo(
+        model_info.ModelInfo(
             kind=kind, model=fields, sentence=spec, amplitude=dict(amplitude), dataset="ptbxl/leads12", **extra
         ),
     )
@@ -149,7 +149,7 @@ def test_word_ids_are_the_pretraining_targets(tiny_vqhbr_workdir, bundled_source
     from heartlang_jax.stages import vqhbr
 
     model = heartlang_jax.load(tiny_vqhbr_workdir)
-    vocabulary = vqhbr.load_vocabulary(str(tiny_vqhbr_workdir))
+    vocabulary = vqhbr.restore_vocabulary(str(tiny_vqhbr_workdir))
     for ecg_id, example in _dataset_examples(bundled_sources, {1, 2}).items():
         fields = [np.asarray(example[k])[None] for k in ("words", "lead_ids", "time_ids")]
         targets = np.asarray(vqhbr.word_ids(vocabulary, fields[0].astype(np.float32), *fields[1:]))[0]

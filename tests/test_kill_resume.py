@@ -10,6 +10,7 @@ test_train_loop.py.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -20,6 +21,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import synthetic
@@ -95,10 +97,15 @@ def _wait_for_checkpoint(process: subprocess.Popen, workdir: pathlib.Path, log: 
     pytest.fail(f"no checkpoint past step {after} within the time limit")
 
 
+def _run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+    """The config a run recorded in its workdir."""
+    return ml_collections.ConfigDict(json.loads((workdir / checkpointing.CONFIG_FILE).read_text()))
+
+
 def _final_params(workdir: pathlib.Path, vqhbr_workdir: pathlib.Path) -> tuple[int, dict]:
     """The newest checkpoint's parameters, restored into a model rebuilt from the run's config."""
-    config = checkpointing.load_run_config(workdir)
-    vocab_size = checkpointing.load_run_config(vqhbr_workdir).model.num_codes
+    config = _run_config(workdir)
+    vocab_size = _run_config(vqhbr_workdir).model.num_codes
     model = pretrain.build_model(schema.validate(config), vocab_size)
     store = checkpointing.RunCheckpoints(workdir, read_only=True)
     step = store.steps()[-1]

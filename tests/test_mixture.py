@@ -198,7 +198,7 @@ def test_pretraining_reads_a_mixture_with_each_examples_own_targets(
     import jax.numpy as jnp
 
     from heartlang_jax.configs import pretrain_base
-    from heartlang_jax.inference import run_info
+    from heartlang_jax.inference import model_info
     from heartlang_jax.stages import pretrain, vqhbr
     from heartlang_jax.training import checkpointing
 
@@ -212,9 +212,9 @@ def test_pretraining_reads_a_mixture_with_each_examples_own_targets(
     store.save(1, vocabulary, None, {}, {})
     store.close()
     sentence = {"leads": ["I"], "max_len": 256, "token_len": 96, "fs": 100, "detector": "multilead"}
-    run_info.write(
+    model_info.write(
         tmp_path / "vqhbr",
-        run_info.RunInfo(kind="vqhbr", model=vqhbr.run_info_model(vocabulary.config), sentence=sentence,
+        model_info.ModelInfo(kind="vqhbr", model=model_info.vqhbr_fields(vocabulary.config), sentence=sentence,
                          amplitude={"mean": 0.0, "std": 1.0}, dataset="ptbxl/leads12"),
     )  # fmt: skip
     config = pretrain_base.get_config("tiny")

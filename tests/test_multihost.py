@@ -36,7 +36,7 @@ import pytest
 from flax import nnx
 
 from heartlang_jax.configs import schema, typed
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.training import checkpointing
 
 pytestmark = pytest.mark.slow
@@ -224,7 +224,7 @@ def _children_cpu_s() -> float:
 
 def _state(workdir: pathlib.Path) -> tuple[int, dict[str, np.ndarray]]:
     """(newest step, every array of the model's state) of a run folder, restored on this host's one device."""
-    _, model, step = run_info.load_model(workdir, dtype="float32")
+    _, model, step = model_info.load_model(workdir, dtype="float32")
     flat = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(model))):
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
@@ -483,7 +483,7 @@ def test_gs_workdir_stays_a_url(fake_bucket):
         checkpointing.claim_workdir(url, typed.as_dict(schema.validate(config)), ("stage", "model"))
     checkpointing.atomic_write_text(f"{url}/result.json", '{"auc": 1}')
     assert (bucket / "result.json").read_text() == '{"auc": 1}'
-    assert not (bucket / "result.json.tmp").exists()
+    assert not list(bucket.glob("result.json*.tmp"))
 
     model = _tiny_model()
     optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)

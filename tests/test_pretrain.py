@@ -112,7 +112,7 @@ def test_pretraining_run_folder_carries_its_vocabulary(tmp_path, bundled_tfds_di
     import shutil
 
     import heartlang_jax
-    from heartlang_jax.inference import run_info
+    from heartlang_jax.inference import model_info
 
     record = bundled_sample_dir() / "records100" / "00000" / "00001_lr"
     shutil.copytree(tiny_vqhbr_workdir, tmp_path / "vqhbr")  # the session's fixture must survive
@@ -123,7 +123,7 @@ def test_pretraining_run_folder_carries_its_vocabulary(tmp_path, bundled_tfds_di
     config.eval_every_steps = 2
     config.dtype = "float32"
     pretrain.train_and_evaluate(config, tmp_path / "made" / "pretrain")
-    assert (tmp_path / "made" / "pretrain" / run_info.VOCABULARY_DIR / run_info.RUN_INFO_FILE).is_file()
+    assert (tmp_path / "made" / "pretrain" / model_info.VOCABULARY_DIR / model_info.MODEL_INFO_FILE).is_file()
     expected = heartlang_jax.load(tmp_path / "vqhbr").word_ids(record)
     np.testing.assert_array_equal(heartlang_jax.load(tmp_path / "made" / "pretrain").word_ids(record), expected)
 

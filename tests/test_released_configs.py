@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from heartlang_jax import convert_released
+from benchmarks import released_comparison
 from heartlang_jax.configs import common, finetune, pipeline, pretrain_base, pretrain_small, schema, sweep, vqhbr
-from heartlang_jax.models import VQHBR, EcgClassifier, MaskedEcgModel
+from heartlang_jax.models import VQHBR, EcgClassifier, MaskedEcgModel, released_weights
 from heartlang_jax.stages import common as stage_common
 from heartlang_jax.stages import vqhbr as vqhbr_stage
 
@@ -88,7 +88,7 @@ def test_released_names_and_shapes_are_those_the_released_code_recorded():
         "finetune": finetune_shapes(depth=2, c_in=96, num_classes=5, **tiny),
     }
     for model, shapes in want.items():
-        state = convert_released.recorded_state(recorded, model)
+        state = released_comparison.recorded_state(recorded, model)
         assert {k: tuple(v.shape) for k, v in state.items()} == shapes, model
 
 
@@ -130,25 +130,27 @@ def test_released_vqhbr_config_is_the_released_vqhbr():
     config = vqhbr.get_config(common.RELEASED)
     ours = vqhbr_stage.model_config(schema.validate(config))
     ours = dataclasses.replace(ours, encoder=_dtype_free(ours.encoder), decoder=_dtype_free(ours.decoder))
-    assert ours == convert_released.vqhbr_config(sd)
-    _assert_converted_fits(lambda: VQHBR(ours, rngs=nnx.Rngs(0)), convert_released.vqhbr_state(sd))
+    assert ours == released_weights.vqhbr_config(sd)
+    _assert_converted_fits(lambda: VQHBR(ours, rngs=nnx.Rngs(0)), released_weights.vqhbr_state(sd))
 
 
 def test_released_pretrain_and_finetune_configs_are_the_released_base():
     sizes = dict(dim=DIM, depth=BASE["depth"], heads=BASE["heads"], dim_head=DIM_HEAD, mlp=BASE["mlp"],
                  seq_len=SEQ_LEN, c_in=TIME_WINDOW)  # fmt: skip
     sd = _zeros(pretrain_shapes(vocab=BASE["vocab"], **sizes))
-    ours = stage_common.ecgformer_config(pretrain_base.get_config(common.RELEASED).model.encoder, "float32")
-    assert ours == convert_released.encoder_config(sd, dropout_rate=0.1)
+    ours = stage_common.ecgformer_config(
+        schema.validate(pretrain_base.get_config(common.RELEASED)).model.encoder, "float32"
+    )
+    assert ours == released_weights.encoder_config(sd, dropout_rate=0.1)
     _assert_converted_fits(
-        lambda: MaskedEcgModel(ours, BASE["vocab"], rngs=nnx.Rngs(0)), convert_released.pretrain_state(sd)
+        lambda: MaskedEcgModel(ours, BASE["vocab"], rngs=nnx.Rngs(0)), released_weights.pretrain_state(sd)
     )
     del sd
     sd = _zeros(finetune_shapes(num_classes=5, **sizes))
-    ours = stage_common.ecgformer_config(finetune.get_config(common.RELEASED).encoder, "float32")
-    assert ours == convert_released.encoder_config(sd, "backbone.", dropout_rate=0.1)
-    _assert_converted_fits(lambda: EcgClassifier(ours, 5, rngs=nnx.Rngs(0)), convert_released.finetune_state(sd))
-    assert ours.use_qkv_bias is False and ours.ln_epsilon == 1e-5
+    ours = stage_common.ecgformer_config(schema.validate(finetune.get_config(common.RELEASED)).encoder, "float32")
+    assert ours == released_weights.encoder_config(sd, "backbone.", dropout_rate=0.1)
+    _assert_converted_fits(lambda: EcgClassifier(ours, 5, rngs=nnx.Rngs(0)), released_weights.finetune_state(sd))
+    assert ours.qkv_bias is False and ours.layer_norm_epsilon == 1e-5
 
 
 def test_released_recipe_values():

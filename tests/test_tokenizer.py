@@ -353,7 +353,7 @@ def test_sentence_spec_selects_the_detector_and_flat_rule():
     spec = sentence_corpus.SentenceSpec(detector="xqrs", min_leads=4, reject_flat_leads=True)
     tokenizer = spec.make_tokenizer()
     assert (tokenizer.detector, tokenizer.min_leads, tokenizer.reject_flat_leads) == ("xqrs", 4, True)
-    assert spec.metadata() == {
+    assert spec.to_dict() == {
         "leads": list(STANDARD_LEADS), "max_len": 256, "token_len": 96, "fs": 100, "detector": "xqrs",
         "max_duration_s": 10.0, "min_leads": 4, "reject_flat_leads": True,
     }  # fmt: skip

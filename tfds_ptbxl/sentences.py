@@ -5,7 +5,7 @@ loader and a model read any of them alike, plus its own label tasks. Its info me
 
   - `classes`: {task: [class names]}; its keys are the dataset's tasks, each a multi-hot feature
     named after the task ({} for an unlabelled dataset);
-  - `sentence`: the sentence spec (`SentenceSpec.metadata()`: leads, max_len, token_len, fs,
+  - `sentence`: the sentence spec (`SentenceSpec.to_dict()`: leads, max_len, token_len, fs,
     detector, ...), so downstream code reads the sentence shape from the dataset;
   - `amplitude`: {"mean", "std", "fitted_on"}, the standardization fitted on its own train split;
   - `skipped`: {"total", "by_reason", "records"}, every record that gave no sentence, and why;
@@ -31,14 +31,11 @@ import tensorflow_datasets as tfds
 from heartlang_jax.ecg import sentence_corpus
 from heartlang_jax.ecg import tokenizer as tokenizer_lib
 from heartlang_jax.ecg.records import STANDARD_LEADS
+from heartlang_jax.ecg.sentence_spec import SentenceSpec
 
 # Examples kept in `metadata["flat_leads"]["records"]`; the counts cover every record.
 MAX_LISTED_FLAT_RECORDS = 1000
 DEFAULT_FILE_FORMAT = "array_record"
-
-
-MAX_LEN = 256
-TOKEN_LEN = 96
 
 
 @dataclasses.dataclass
@@ -49,10 +46,8 @@ class BuilderConfig(tfds.core.BuilderConfig):
     detector: Literal["multilead", "xqrs"] = "multilead"
 
     @property
-    def spec(self) -> sentence_corpus.SentenceSpec:
-        return sentence_corpus.SentenceSpec(
-            leads=self.leads, max_len=MAX_LEN, token_len=TOKEN_LEN, detector=self.detector
-        )
+    def spec(self) -> SentenceSpec:
+        return SentenceSpec(leads=self.leads, detector=self.detector)  # the spec's lengths: 256 x 96
 
 
 def with_default_file_format(kwargs: dict) -> dict:
@@ -71,7 +66,7 @@ def manual_root(dl_manager, download_config) -> pathlib.Path:
     return pathlib.Path(os.fspath(given or os.path.join(os.fspath(dl_manager.download_dir), "manual")))
 
 
-def sentence_features(spec: sentence_corpus.SentenceSpec) -> dict:
+def sentence_features(spec: SentenceSpec) -> dict:
     """The sentence features; words are stored as float16 (half the disk; the loader casts)."""
     return {
         "words": tfds.features.Tensor(shape=(spec.max_len, spec.token_len), dtype=np.float16),
@@ -101,8 +96,8 @@ def sentence_fields(sentence: tokenizer_lib.EcgSentence) -> dict:
     }
 
 
-def base_metadata(classes: Mapping[str, Sequence[str]], spec: sentence_corpus.SentenceSpec) -> tfds.core.MetadataDict:
-    return tfds.core.MetadataDict(classes={t: list(c) for t, c in classes.items()}, sentence=spec.metadata())
+def base_metadata(classes: Mapping[str, Sequence[str]], spec: SentenceSpec) -> tfds.core.MetadataDict:
+    return tfds.core.MetadataDict(classes={t: list(c) for t, c in classes.items()}, sentence=spec.to_dict())
 
 
 class BuildLog:

@@ -19,6 +19,8 @@ import sys
 
 import numpy as np
 
+from heartlang_jax import atomic_file
+
 SPLITS = ("train", "validation", "test")
 _RELEASED_SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 
@@ -57,9 +59,7 @@ def _write(dest: pathlib.Path, header: list[str], rows: list[list[str]]) -> None
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    tmp = dest.with_name(dest.name + ".incomplete")
-    tmp.write_bytes(gzip.compress(buf.getvalue().encode(), compresslevel=9, mtime=0))
-    os.replace(tmp, dest)
+    atomic_file.atomic_write(dest, gzip.compress(buf.getvalue().encode(), compresslevel=9, mtime=0))
 
 
 def _from_released(files: dict[str, pathlib.Path], record_column: str, first_label: int, to_record) -> tuple:

@@ -2,7 +2,7 @@
 
 The output `.npz` holds random weights of the three released models (VQ-HBR, the pre-training
 ST_ECGFormer, the fine-tuning classifier, in their own state-dict names), the input sentences and
-the released code's outputs. `heartlang_jax.convert_released.compare_with_recorded` converts the
+the released code's outputs. `benchmarks/released_comparison.compare_with_recorded` converts the
 weights and checks our models against those outputs; `tests/test_released_conversion.py` does it
 for the committed tiny fixture, `benchmarks/released_check.py` for a file written with
 `--released_sizes` (not committed: ~350 MB).

@@ -77,11 +77,16 @@ def encoder_config(size: str) -> ml_collections.ConfigDict:
 
 def released_encoder(size: str, dropout_rate: float) -> ml_collections.ConfigDict:
     """An encoder block with the released code's architecture: learned absolute positions and a
-    CLS token (which also resolve to its block details: no Q/K/V bias, LayerNorm eps 1e-5,
-    PyTorch init), padding words attended, and its dropout on attention weights too."""
+    CLS token, its block details (no Q/K/V bias, LayerNorm eps 1e-5, PyTorch init), padding
+    words attended, and its dropout on attention weights too."""
     encoder = encoder_config("small")
     encoder.update(RELEASED_SIZES[size])
     encoder.position = "learned"
+    # The released block: no bias on Q/K/V (to_qkv, bias=False), PyTorch's LayerNorm epsilon,
+    # PyTorch's initialisation.
+    encoder.qkv_bias = False
+    encoder.layer_norm_epsilon = 1e-5
+    encoder.released_init = True
     encoder.mask_padding = False
     encoder.dropout_rate = dropout_rate
     encoder.attention_dropout_rate = dropout_rate

@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from heartlang_jax.data import bundled_sample_dir
+from heartlang_jax.ecg.sentence_spec import SentenceSpec
 from heartlang_jax.training import parallel
 
 SENTENCE_FIELDS = ("words", "lead_ids", "time_ids")
@@ -239,19 +240,21 @@ def eval_batches(
 
 
 def sentence_spec(builder: tfds.core.DatasetBuilder) -> dict:
-    """How the dataset's sentences were cut: leads, max_len, token_len, fs, detector.
+    """How the dataset's sentences were cut (`SentenceSpec.to_dict()`).
 
-    Read from the dataset (its `metadata["sentence"]`, else its features and builder config),
-    never from literals, so a model's input shape follows the data it was trained on.
+    Read from the dataset (its `metadata["sentence"]`; for a dataset built before that held every
+    field, its features' shape and builder config), never from literals, so a model's input
+    shape follows the data it was trained on.
     """
     meta = dict(builder.info.metadata.get("sentence") or {})
     max_len, token_len = builder.info.features["words"].shape
     meta.setdefault("max_len", int(max_len))
     meta.setdefault("token_len", int(token_len))
-    meta.setdefault("leads", list(getattr(builder.builder_config, "leads", ())))
-    meta.setdefault("fs", 100)
-    meta.setdefault("detector", getattr(builder.builder_config, "detector", "multilead"))
-    return meta
+    if "leads" not in meta and getattr(builder.builder_config, "leads", None):
+        meta["leads"] = list(builder.builder_config.leads)
+    if "detector" not in meta and getattr(builder.builder_config, "detector", None):
+        meta["detector"] = builder.builder_config.detector
+    return SentenceSpec.from_dict(meta).to_dict()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,47 +21,12 @@ import numpy as np
 
 from heartlang_jax.ecg import records
 from heartlang_jax.ecg import tokenizer as tokenizer_lib
+from heartlang_jax.ecg.sentence_spec import SentenceSpec
+
+__all__ = ["SentenceSpec", "SkipReason", "amplitude_moments", "standardize", "tokenize_records"]
 
 _CHUNKSIZE = 8
 _WINDOW_CHUNKS = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class SentenceSpec:
-    """How sentences are cut: which leads, how many words, how many samples per word, which QRS
-    detector, and when flat leads reject a record (see `tokenizer.QRSTokenizer`)."""
-
-    leads: tuple[str, ...] = records.STANDARD_LEADS
-    max_len: int = 256
-    token_len: int = 96
-    detector: tokenizer_lib.Detector = tokenizer_lib.DEFAULT_DETECTOR
-    min_leads: int = 1
-    reject_flat_leads: bool = False
-
-    def make_tokenizer(self) -> tokenizer_lib.QRSTokenizer:
-        return tokenizer_lib.QRSTokenizer(
-            max_len=self.max_len,
-            token_len=self.token_len,
-            leads=self.leads,
-            detector=self.detector,
-            min_leads=self.min_leads,
-            reject_flat_leads=self.reject_flat_leads,
-        )
-
-    def metadata(self) -> dict:
-        """The spec as stored in a dataset's info (`info.metadata["sentence"]`), so that downstream
-        code reads the sentence shape from the dataset instead of literals."""
-        tokenizer = self.make_tokenizer()
-        return {
-            "leads": list(tokenizer.leads),
-            "max_len": tokenizer.max_len,
-            "token_len": tokenizer.token_len,
-            "fs": int(tokenizer.fs),
-            "detector": tokenizer.detector,
-            "max_duration_s": float(tokenizer.max_duration_s),
-            "min_leads": tokenizer.min_leads,
-            "reject_flat_leads": tokenizer.reject_flat_leads,
-        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +35,12 @@ class SkipReason:
 
     kind: str
     message: str
+
+
+def standardize(signal: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """`(signal - mean) / std` as float32: the one amplitude standardization, applied before
+    tokenizing by the dataset builders and by inference alike (so zero-padding stays 0)."""
+    return ((signal - mean) / std).astype(np.float32)
 
 
 def _skip_reason(error: Exception) -> SkipReason:
@@ -115,9 +86,11 @@ def _sentence_of(item: tuple[int, os.PathLike]):
     key, path = item
     try:
         record = records.load_record(path)
-        standardized = (record.signal - _worker["mean"]) / _worker["std"]
         sentence = _worker["tokenizer"].tokenize(
-            standardized.astype(np.float32), record.fs, lead_names=record.lead_names, record_name=record.name
+            standardize(record.signal, _worker["mean"], _worker["std"]),
+            record.fs,
+            lead_names=record.lead_names,
+            record_name=record.name,
         )
     except (records.RecordError, tokenizer_lib.TokenizerError) as e:
         return key, None, _skip_reason(e)

@@ -16,7 +16,6 @@ import logging
 import numbers
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Literal
 
 import numpy as np
 import scipy.signal
@@ -24,16 +23,16 @@ import wfdb.processing
 
 from heartlang_jax import errors
 from heartlang_jax.ecg.records import STANDARD_LEADS, canonical_lead_name
+from heartlang_jax.ecg.sentence_spec import DEFAULT_DETECTOR, QRS_BAND_TOP_HZ, Detector, SentenceSpec
 
-Detector = Literal["multilead", "xqrs"]
-DEFAULT_DETECTOR: Detector = "multilead"
+__all__ = ["DEFAULT_DETECTOR", "Detector", "EcgSentence", "QRSTokenizer", "Segmentation", "detect_qrs"]
 
 # A lead whose peak-to-peak range is below this fraction of the record's largest one carries no
 # ECG (a disconnected electrode); 1e-3 is ~1 quantization step of a 2 mV lead at 1 µV resolution.
 _FLAT_RELATIVE = 1e-3
 
 # Multilead detector. QRS energy sits at 5-15 Hz, P/T waves and baseline wander below 5 Hz.
-_BAND_HZ = (5.0, 15.0)
+_BAND_HZ = (5.0, QRS_BAND_TOP_HZ)
 _EDGE_PAD_S = 0.5  # edge-value padding so that a QRS at the record's border still peaks
 _SMOOTH_S = 0.10  # moving average over about one QRS width
 _REFRACTORY_S = 0.25  # no two beats closer than this (240 bpm)
@@ -77,6 +76,10 @@ class EcgSentence:
       num_words: rows before the padding.
       flat_leads: leads of the tokenizer's `leads` that the record has but that were flat, so
         contributed no words (see QRSTokenizer's `min_leads` and `reject_flat_leads`).
+      leads: the leads that gave words, in sentence order (word k is from leads[k // len(beats)]).
+      beats: [num_beats] int64 QRS sample indices at the tokenizer's rate.
+      beat_spans: [num_beats, 2] int64 [start, end) samples each beat's words cover (the word holds
+        them from offset start - beat + token_len // 2).
     """
 
     words: np.ndarray  # [max_len, token_len] float32
@@ -84,6 +87,42 @@ class EcgSentence:
     time_ids: np.ndarray  # [max_len] int32
     num_words: int
     flat_leads: tuple[str, ...] = ()  # leads left out because they were flat (dead electrodes)
+    leads: tuple[str, ...] = ()
+    beats: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    beat_spans: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), np.int64))
+
+
+@dataclasses.dataclass(frozen=True)
+class Segmentation:
+    """A record as the tokenizer cut it, before the words are copied out.
+
+    Attributes:
+      signal: [len(leads), samples] float64 at the tokenizer's rate, cut to its duration, flat
+        leads left out: the samples the words are cut from.
+      leads: the names of `signal`'s rows, in sentence order.
+      beats: [num_beats] int64 QRS indices into `signal`.
+      beat_spans: [num_beats, 2] int64 [start, end) of each beat's words (see `beat_spans`).
+      flat_leads: leads the record has that were flat, so give no words.
+    """
+
+    signal: np.ndarray
+    leads: tuple[str, ...]
+    beats: np.ndarray
+    beat_spans: np.ndarray
+    flat_leads: tuple[str, ...] = ()
+
+
+def beat_spans(beats: np.ndarray, n: int, token_len: int) -> np.ndarray:
+    """[num_beats, 2] [start, end) of each beat's word in a signal of n samples: the window
+    [q - h, q - h + token_len), h = token_len // 2, cut to the record and at the midpoints
+    between beats (the rule of QRSTokenizer's docstring)."""
+    half = token_len // 2
+    mids = (beats[:-1] + beats[1:]) // 2
+    starts = np.maximum(beats - half, 0)
+    starts[1:] = np.maximum(starts[1:], mids)
+    ends = np.minimum(beats - half + token_len, n)
+    ends[:-1] = np.minimum(ends[:-1], mids)
+    return np.stack([starts, ends], axis=1).astype(np.int64)
 
 
 def detect_qrs(
@@ -195,7 +234,7 @@ def _check_shape(x: np.ndarray, fs: float, name: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class QRSTokenizer:
+class QRSTokenizer(SentenceSpec):
     """Cuts an ECG into heartbeat words (SPEC §2), at the tokenizer's rate `fs`.
 
     Segmentation, with q_1 < ... < q_N the beats at `fs` and h = token_len // 2 (48):
@@ -227,39 +266,10 @@ class QRSTokenizer:
 
     For many records, `sentence_corpus.tokenize_records` spreads the work over processes; the
     tokenizer is a frozen dataclass, so it pickles to the workers as is.
+
+    Its fields are the `SentenceSpec`'s (checked when built): `spec.make_tokenizer()` builds one,
+    `tokenizer.spec` gives the plain spec back.
     """
-
-    fs: float = 100.0
-    max_len: int = 256
-    token_len: int = 96
-    detector: Detector = DEFAULT_DETECTOR
-    leads: tuple[str, ...] = STANDARD_LEADS
-    max_duration_s: float = 10.0
-    min_leads: int = 1
-    reject_flat_leads: bool = False
-
-    def __post_init__(self) -> None:
-        # Checked here: a wrong type would otherwise fail deep in numpy/scipy, or not at all.
-        for field in ("fs", "max_duration_s"):
-            value = getattr(self, field)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not float(value) > 0:
-                raise ValueError(f"QRSTokenizer.{field} must be a positive number, got {value!r}")
-        if not self.fs > 2 * _BAND_HZ[1]:
-            raise ValueError(f"QRSTokenizer.fs must be above {2 * _BAND_HZ[1]:g} Hz (QRS band-pass), got {self.fs!r}")
-        for field in ("max_len", "token_len", "min_leads"):
-            value = getattr(self, field)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"QRSTokenizer.{field} must be a positive int, got {value!r}")
-        if not isinstance(self.reject_flat_leads, bool):
-            raise ValueError(f"QRSTokenizer.reject_flat_leads must be a bool, got {self.reject_flat_leads!r}")
-        if not isinstance(self.leads, (tuple, list)) or not all(isinstance(lead, str) for lead in self.leads):
-            raise ValueError(f"QRSTokenizer.leads must be a tuple of lead names, got {self.leads!r}")
-        canonical = tuple(canonical_lead_name(lead) for lead in self.leads)
-        if not canonical or None in canonical or len(set(canonical)) != len(canonical):
-            raise ValueError(f"leads must be distinct names from {STANDARD_LEADS}, got {self.leads}")
-        object.__setattr__(self, "leads", canonical)
-        if self.detector not in ("multilead", "xqrs"):
-            raise ValueError(f"unknown QRS detector {self.detector!r}; use 'multilead' or 'xqrs'")
 
     def tokenize(
         self,
@@ -280,6 +290,16 @@ class QRSTokenizer:
         Raises:
           TokenizerError (BadSignalError, LeadError, NoBeatsError) naming the record and lead.
         """
+        return self.sentence(self.segment(ecg, fs, lead_names, record_name))
+
+    def segment(
+        self,
+        ecg: np.ndarray,
+        fs: float,
+        lead_names: Sequence[str] | None = None,
+        record_name: str | None = None,
+    ) -> Segmentation:
+        """The record's leads at the tokenizer's rate, its beats and their spans (see `tokenize`)."""
         name = "<array>" if record_name is None else record_name
         x = np.asarray(ecg, dtype=np.float64)
         _check_shape(x, fs, name)
@@ -295,7 +315,7 @@ class QRSTokenizer:
         beats = detect_qrs(x, self.fs, self.detector, name)
         if beats.size == 0:
             raise NoBeatsError(f"record {name}: the {self.detector} detector found no heartbeat on leads {leads}")
-        return dataclasses.replace(self._sentence(x, beats, leads), flat_leads=flat_leads)
+        return Segmentation(x, leads, beats, beat_spans(beats, x.shape[1], self.token_len), flat_leads)
 
     def _drop_flat_leads(
         self, x: np.ndarray, leads: tuple[str, ...], name: str
@@ -354,15 +374,12 @@ class QRSTokenizer:
             x = scipy.signal.resample_poly(x, ratio.numerator, ratio.denominator, axis=1, padtype="line")
         return x[:, : max(1, round(self.max_duration_s * self.fs))]
 
-    def _sentence(self, x: np.ndarray, beats: np.ndarray, leads: tuple[str, ...]) -> EcgSentence:
-        num_leads, n = x.shape
+    def sentence(self, segmentation: Segmentation) -> EcgSentence:
+        """The sentence of a record's `segment`: its words, padded to max_len."""
+        x, leads, beats = segmentation.signal, segmentation.leads, segmentation.beats
+        num_leads = x.shape[0]
         half = self.token_len // 2
-        # Each beat's window [q - h, q - h + t), cut to the record and at the midpoints.
-        mids = (beats[:-1] + beats[1:]) // 2
-        starts = np.maximum(beats - half, 0)
-        starts[1:] = np.maximum(starts[1:], mids)
-        ends = np.minimum(beats - half + self.token_len, n)
-        ends[:-1] = np.minimum(ends[:-1], mids)
+        starts, ends = segmentation.beat_spans.T
 
         words = np.zeros((num_leads, beats.size, self.token_len), dtype=np.float32)  # [L, N, t]
         for i, (q, start, end) in enumerate(zip(beats, starts, ends)):
@@ -376,6 +393,10 @@ class QRSTokenizer:
             lead_ids=np.zeros(self.max_len, dtype=np.int32),
             time_ids=np.zeros(self.max_len, dtype=np.int32),
             num_words=num_words,
+            flat_leads=segmentation.flat_leads,
+            leads=leads,
+            beats=beats,
+            beat_spans=segmentation.beat_spans,
         )
         sentence.words[:num_words] = words.reshape(-1, self.token_len)[:num_words]
         sentence.lead_ids[:num_words] = lead_ids[:num_words]

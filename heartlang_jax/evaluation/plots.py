@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from heartlang_jax.ecg.records import STANDARD_LEADS
+from heartlang_jax.ecg.records import STANDARD_LEADS, canonical_lead_name
 
 _INIT_COLORS = {"pretrained": "#1f77b4", "random": "#9a9a9a"}
 _INIT_LABELS = {"pretrained": "pre-trained", "random": "random init"}
@@ -75,7 +75,11 @@ def ecg_figure(
       num_codes: vocabulary size (for the caption).
       annotate: write each word's index above it.
     """
-    rows = [sentence.leads.index(_canonical(lead)) for lead in leads] if leads else list(range(len(sentence.leads)))
+    names = [canonical_lead_name(lead) for lead in leads] if leads else list(sentence.leads)
+    unknown = [lead for lead, name in zip(leads or (), names) if name is None]
+    if unknown:
+        raise ValueError(f"unknown lead {unknown[0]!r}; leads are {STANDARD_LEADS}")
+    rows = [sentence.leads.index(name) for name in names]
     fs = sentence.fs
     t = np.arange(sentence.signal.shape[1]) / fs
     figure = _figure(12, 0.55 + 1.0 * len(rows))
@@ -118,13 +122,6 @@ def ecg_figure(
         fontsize=10,
     )
     return figure
-
-
-def _canonical(lead: str) -> str:
-    upper = lead.strip().upper()
-    if upper not in STANDARD_LEADS:
-        raise ValueError(f"unknown lead {lead!r}; leads are {STANDARD_LEADS}")
-    return upper
 
 
 # --------------------------------------------------------------------------- reconstructions

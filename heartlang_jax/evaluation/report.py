@@ -22,7 +22,7 @@ from etils import epath
 from heartlang_jax.configs import schema
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.evaluation import metrics as metrics_lib
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.training import checkpointing
 
 RESULTS_JSON = "results.json"
@@ -217,7 +217,7 @@ def results_markdown(config: schema.SweepStage, summary: Sequence[dict]) -> str:
     if datasets:
         notes.append(f"Dataset: {', '.join(datasets)}; tasks: {', '.join(config.tasks)}.")
     if config.init_workdir:
-        enc = run_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"]
+        enc = model_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"]
         notes.append(
             f"Our encoder: {enc['num_layers']} layers, hidden {enc['hidden_dim']}, {enc['num_heads']} heads, "
             f"position={enc['position']}, pre-trained in {os.fspath(checkpointing.absolute(config.init_workdir))}."

@@ -6,7 +6,7 @@
     model.predict(signal, fs=500, lead_names=names)          # {class name: probability}
 
 Everything the model needs to read a raw record travels in the run folder's `model.json` (see
-`run_info`): the sentence spec (leads, words, samples per word, rate, QRS detector) and the
+`model_info`): the sentence spec (leads, words, samples per word, rate, QRS detector) and the
 amplitude standardization of its training data. A record is standardized `(x - mean) / std` and
 tokenized exactly as the dataset builder does it (`sentence_corpus`), so the model sees the same
 kind of sentence it was trained on.
@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import pathlib
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from typing import Any
 
 import jax
@@ -33,16 +32,17 @@ from etils import epath
 from flax import nnx
 
 from heartlang_jax import errors
-from heartlang_jax.ecg import records
+from heartlang_jax.ecg import records, sentence_corpus
 from heartlang_jax.ecg import tokenizer as tokenizer_lib
-from heartlang_jax.inference import run_info
+from heartlang_jax.ecg.sentence_spec import SentenceSpec
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import EcgClassifier
 from heartlang_jax.training import checkpointing
 
 # A pre-training (or fine-tuning) run folder "carries its vocabulary" when this subfolder is a
 # complete VQ-HBR run folder (model.json + checkpoints/): then `word_ids` works on it. Pre-training
 # writes it (stages/pretrain.py, `carry_vocabulary`).
-VOCABULARY_DIR = run_info.VOCABULARY_DIR
+VOCABULARY_DIR = model_info.VOCABULARY_DIR
 # Extensions that name a record's files; the record itself is the path without them.
 RECORD_EXTENSIONS = (".hea", ".dat", ".mat")
 # The training datasets store words as float16 (tfds_ptbxl/sentences.py, "the loader casts"), so
@@ -155,7 +155,7 @@ class HeartLangModel:
     """
 
     def __init__(
-        self, info: run_info.RunInfo, model: Any, step: int, path: str, vocabulary: HeartLangModel | None = None
+        self, info: model_info.ModelInfo, model: Any, step: int, path: str, vocabulary: HeartLangModel | None = None
     ):
         self.info = info
         self.step = step
@@ -163,7 +163,7 @@ class HeartLangModel:
         self.model = model
         model.eval()  # no dropout
         self._vocabulary = vocabulary
-        self.tokenizer = tokenizer_from_spec(info.sentence)
+        self.tokenizer = SentenceSpec.from_dict(info.sentence).make_tokenizer()
         self.amplitude_mean = float(info.amplitude["mean"])
         self.amplitude_std = float(info.amplitude["std"])
         graphdef, state = nnx.split(model)
@@ -238,8 +238,8 @@ class HeartLangModel:
         return signal, fs, None if lead_names is None else tuple(lead_names), name
 
     def _standardized(self, signal: np.ndarray) -> np.ndarray:
-        # Exactly sentence_corpus._sentence_of: float32 mV, Python-float mean and std.
-        return ((signal - self.amplitude_mean) / self.amplitude_std).astype(np.float32)
+        # Exactly as the dataset builders: float32 mV, Python-float mean and std.
+        return sentence_corpus.standardize(signal, self.amplitude_mean, self.amplitude_std)
 
     def tokenize(
         self,
@@ -256,9 +256,7 @@ class HeartLangModel:
     def _tokenize_standardized(
         self, standardized: np.ndarray, fs: float, lead_names, name: str
     ) -> tokenizer_lib.EcgSentence:
-        sentence = self.tokenizer.tokenize(standardized, fs, lead_names=lead_names, record_name=name)
-        words = sentence.words.astype(WORDS_STORAGE_DTYPE).astype(np.float32)
-        return dataclasses.replace(sentence, words=words)
+        return _as_stored(self.tokenizer.tokenize(standardized, fs, lead_names=lead_names, record_name=name))
 
     def sentence(
         self,
@@ -270,10 +268,8 @@ class HeartLangModel:
     ) -> Sentence:
         """The record's sentence with its beat positions and the signal they index (see `Sentence`)."""
         signal, fs, lead_names, name = self._signal(ecg, fs, lead_names, name)
-        standardized = self._standardized(signal)
-        sentence = self._tokenize_standardized(standardized, fs, lead_names, name)
-        x, leads, beats = _beats_as_tokenized(self.tokenizer, standardized, fs, lead_names, name)
-        spans = _beat_spans(beats, x.shape[1], self.tokenizer.token_len)
+        segmentation = self.tokenizer.segment(self._standardized(signal), fs, lead_names, record_name=name)
+        sentence = _as_stored(self.tokenizer.sentence(segmentation))
         return Sentence(
             name=name,
             words=sentence.words,
@@ -281,10 +277,10 @@ class HeartLangModel:
             time_ids=sentence.time_ids,
             num_words=sentence.num_words,
             fs=float(self.tokenizer.fs),
-            signal=x.astype(np.float32),
-            leads=leads,
-            beats=beats,
-            beat_spans=spans,
+            signal=segmentation.signal.astype(np.float32),
+            leads=sentence.leads,
+            beats=sentence.beats,
+            beat_spans=sentence.beat_spans,
             flat_leads=sentence.flat_leads,
         )
 
@@ -439,46 +435,9 @@ class HeartLangModel:
         return {name: float(p) for name, p in zip(self.class_names or (), probabilities)}
 
 
-def tokenizer_from_spec(spec: Mapping[str, Any]) -> tokenizer_lib.QRSTokenizer:
-    """The QRSTokenizer of a dataset's sentence spec (`info.metadata["sentence"]`, `model.json`)."""
-    fields = {f.name for f in dataclasses.fields(tokenizer_lib.QRSTokenizer)}
-    values = {k: v for k, v in spec.items() if k in fields}
-    if "leads" in values:
-        values["leads"] = tuple(values["leads"])
-    return tokenizer_lib.QRSTokenizer(**values)
-
-
-@contextlib.contextmanager
-def _quiet(logger: logging.Logger):
-    """The tokenizer's warnings (missing or flat leads) were already logged once for this record."""
-    disabled, logger.disabled = logger.disabled, True
-    try:
-        yield
-    finally:
-        logger.disabled = disabled
-
-
-def _beats_as_tokenized(tokenizer: tokenizer_lib.QRSTokenizer, x: np.ndarray, fs: float, lead_names, name: str):
-    """(signal at the tokenizer's rate [leads, samples], its lead names, QRS indices): the steps of
-    `QRSTokenizer.tokenize` up to the beats, which its EcgSentence does not keep."""
-    x = np.asarray(x, dtype=np.float64)
-    with _quiet(tokenizer_lib.log):
-        leads, rows = tokenizer._match_leads(x.shape[0], lead_names, name)
-        x = x[rows, : max(1, round(tokenizer.max_duration_s * fs))]
-        x, leads, _ = tokenizer._drop_flat_leads(x, leads, name)
-    x = tokenizer._resample(x, fs)
-    return x, tuple(leads), tokenizer_lib.detect_qrs(x, tokenizer.fs, tokenizer.detector, name)
-
-
-def _beat_spans(beats: np.ndarray, n: int, token_len: int) -> np.ndarray:
-    """[num_beats, 2] [start, end) of each beat's word in the signal (QRSTokenizer._sentence's rule)."""
-    half = token_len // 2
-    mids = (beats[:-1] + beats[1:]) // 2
-    starts = np.maximum(beats - half, 0)
-    starts[1:] = np.maximum(starts[1:], mids)
-    ends = np.minimum(beats - half + token_len, n)
-    ends[:-1] = np.minimum(ends[:-1], mids)
-    return np.stack([starts, ends], axis=1).astype(np.int64)
+def _as_stored(sentence: tokenizer_lib.EcgSentence) -> tokenizer_lib.EcgSentence:
+    """The sentence with its words rounded to float16, as the datasets store them."""
+    return dataclasses.replace(sentence, words=sentence.words.astype(WORDS_STORAGE_DTYPE).astype(np.float32))
 
 
 def _reason(ecg: EcgInput, error: Exception) -> str:
@@ -520,10 +479,10 @@ def load(
         fine-tuning run; default: `<path>/vocabulary/` if the folder carries one.
     """
     address = os.fspath(path)
-    info, model, step = run_info.load_model(address, dtype=dtype)
+    info, model, step = model_info.load_model(address, dtype=dtype)
     vocabulary_model = None
     if info.kind != "vqhbr":
-        if vocabulary is None and (epath.Path(address) / VOCABULARY_DIR / run_info.RUN_INFO_FILE).exists():
+        if vocabulary is None and (epath.Path(address) / VOCABULARY_DIR / model_info.MODEL_INFO_FILE).exists():
             vocabulary = epath.Path(address) / VOCABULARY_DIR
         if vocabulary is not None:
             vocabulary_model = load(vocabulary, dtype=dtype)
@@ -531,7 +490,7 @@ def load(
     return HeartLangModel(info, model, step, address, vocabulary_model)
 
 
-def _check_vocabulary(info: run_info.RunInfo, vocabulary: HeartLangModel, path: str) -> None:
+def _check_vocabulary(info: model_info.ModelInfo, vocabulary: HeartLangModel, path: str) -> None:
     if vocabulary.kind != "vqhbr":
         raise checkpointing.CheckpointError(
             f"the vocabulary of {path} ({vocabulary.path}) holds a {vocabulary.kind} run, not a vqhbr run"
@@ -541,7 +500,7 @@ def _check_vocabulary(info: run_info.RunInfo, vocabulary: HeartLangModel, path: 
         raise checkpointing.CheckpointError(
             f"{path} was pre-trained on a vocabulary of {size} words; {vocabulary.path} has {vocabulary.num_codes}"
         )
-    if dict(vocabulary.info.sentence) != dict(info.sentence):
+    if SentenceSpec.from_dict(vocabulary.info.sentence) != SentenceSpec.from_dict(info.sentence):
         raise checkpointing.CheckpointError(
             f"{path} and its vocabulary {vocabulary.path} read different sentences: {dict(info.sentence)} vs {dict(vocabulary.info.sentence)}"
         )

@@ -19,7 +19,7 @@ class EcgClassifier(nnx.Module):
 
     def __init__(self, encoder_config: ECGFormerConfig, num_classes: int, *, rngs: nnx.Rngs):
         self.encoder = ECGFormer(encoder_config, rngs=rngs)
-        if encoder_config.use_released_init:  # released: PyTorch's nn.Linear init
+        if encoder_config.released_init:  # released: PyTorch's nn.Linear init
             self.head = dense(encoder_config.hidden_dim, num_classes, encoder_config, rngs, dtype=jnp.float32)
         else:
             self.head = nnx.Linear(

@@ -4,9 +4,9 @@ A sentence is L words of T samples. Words are embedded by a circular 1-D conv
 over the sentence axis, get learnable lead (spatial) and time (temporal)
 embeddings, and go through pre-norm Transformer blocks whose attention rotates
 Q and K with RoPE. position="learned" reproduces the released code instead: a
-learned absolute position embedding and a prepended CLS token, no RoPE, and
-(unless set otherwise) the released block details: no Q/K/V bias, LayerNorm
-epsilon 1e-5 and PyTorch's initialisation.
+learned absolute position embedding and a prepended CLS token, no RoPE. The
+released block details (no Q/K/V bias, LayerNorm epsilon 1e-5, PyTorch's
+initialisation) are three fields of their own, `RELEASED_BLOCK`.
 
 The blocks are one `Block` whose parameters are stacked along a leading layer
 axis (created with nnx.vmap) and applied with nnx.scan, so the compiled program
@@ -19,7 +19,7 @@ words for a mask token in between (SPEC §5).
 """
 
 import math
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,11 @@ _TORCH_EMBED_INIT = nnx.initializers.normal(stddev=1.0)
 _TORCH_KERNEL_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+# The released code's block details: no Q/K/V bias (`to_qkv`, bias=False), PyTorch's LayerNorm
+# epsilon and PyTorch's initialisation. The `:released` configs and converted models set them.
+RELEASED_BLOCK: dict[str, Any] = {"qkv_bias": False, "layer_norm_epsilon": 1e-5, "released_init": True}
+
+
 def torch_bias_init(fan_in: int):
     """nn.Linear's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
@@ -54,9 +59,9 @@ class ECGFormerConfig:
 
     The attention inner width is num_heads * head_dim, projected back to
     hidden_dim, because the paper's Base (hidden 768, 10 heads) is not divisible.
-    Fields left None take the value of the position mode's source: the paper's
-    RoPE model (this project's choices) or, with position="learned", the
-    released code. Every field is checked when the config is built (typed_config).
+    The defaults are the paper's RoPE model with this project's choices; the
+    released architecture sets position="learned" and `RELEASED_BLOCK`. Every
+    field is checked when the config is built (typed_config).
     """
 
     num_layers: int = field(check=POSITIVE)
@@ -78,13 +83,13 @@ class ECGFormerConfig:
     rope_max_wavelength: float = field(default=10_000.0, check=POSITIVE)
     # Compute dtype; parameters are always float32.
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    # Bias on the Q, K, V projections; None: True with RoPE, False (released) with "learned".
-    qkv_bias: bool | None = None
-    # LayerNorm epsilon; None: 1e-6 with RoPE, 1e-5 (PyTorch's, released) with "learned".
-    layer_norm_epsilon: float | None = field(default=None, check=POSITIVE)
+    # Bias on the Q, K, V projections (False in the released code).
+    qkv_bias: bool = True
+    # LayerNorm epsilon: Flax's 1e-6; 1e-5 (PyTorch's) in the released code.
+    layer_norm_epsilon: float = field(default=1e-6, check=POSITIVE)
     # PyTorch's initialisation as in the released code (N(0, 1) embeddings, CLS and positions,
-    # nn.Linear's uniform weights and biases, zero mask token); None: True with "learned".
-    released_init: bool | None = None
+    # nn.Linear's uniform weights and biases, zero mask token); False: std 0.02 normal.
+    released_init: bool = False
     # Attention kernel: "auto" = cuDNN flash attention on GPU in bfloat16/float16, XLA otherwise.
     attention_implementation: Literal["auto", "xla", "cudnn"] = "auto"
 
@@ -99,36 +104,16 @@ class ECGFormerConfig:
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
 
-    # The None fields resolved (kept None in the dataclass, so that dataclasses.replace of
-    # `position` changes them too and a saved config reloads the same).
-    @property
-    def released(self) -> bool:
-        return self.position == "learned"
-
-    @property
-    def use_qkv_bias(self) -> bool:
-        return (not self.released) if self.qkv_bias is None else self.qkv_bias
-
-    @property
-    def ln_epsilon(self) -> float:
-        if self.layer_norm_epsilon is None:
-            return 1e-5 if self.released else 1e-6
-        return float(self.layer_norm_epsilon)
-
-    @property
-    def use_released_init(self) -> bool:
-        return self.released if self.released_init is None else self.released_init
-
     @property
     def embed_init(self):
-        return _TORCH_EMBED_INIT if self.use_released_init else _EMBED_INIT
+        return _TORCH_EMBED_INIT if self.released_init else _EMBED_INIT
 
 
 def dense(
     din: int, dout: int, config: ECGFormerConfig, rngs: nnx.Rngs, use_bias: bool = True, dtype=None
 ) -> nnx.Linear:
     """A Linear layer with the config's initialisation (0.02 truncated normal or PyTorch's)."""
-    if config.use_released_init:
+    if config.released_init:
         inits = dict(kernel_init=_TORCH_KERNEL_INIT, bias_init=torch_bias_init(din))
     else:
         inits = dict(kernel_init=_DENSE_INIT)
@@ -139,7 +124,7 @@ def dense(
 
 def _layer_norm(dim: int, config: ECGFormerConfig, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # Flax computes LayerNorm statistics in float32 whatever `dtype` is.
-    return nnx.LayerNorm(dim, epsilon=config.ln_epsilon, dtype=dtype, rngs=rngs)
+    return nnx.LayerNorm(dim, epsilon=config.layer_norm_epsilon, dtype=dtype, rngs=rngs)
 
 
 def _use_cudnn(config: ECGFormerConfig) -> bool:
@@ -171,9 +156,9 @@ class Attention(nnx.Module):
         self.use_rope = config.position == "rope"
         self.max_wavelength = config.rope_max_wavelength
         self.use_cudnn = _use_cudnn(config)
-        self.query = dense(config.hidden_dim, inner, config, rngs, use_bias=config.use_qkv_bias)
-        self.key = dense(config.hidden_dim, inner, config, rngs, use_bias=config.use_qkv_bias)
-        self.value = dense(config.hidden_dim, inner, config, rngs, use_bias=config.use_qkv_bias)
+        self.query = dense(config.hidden_dim, inner, config, rngs, use_bias=config.qkv_bias)
+        self.key = dense(config.hidden_dim, inner, config, rngs, use_bias=config.qkv_bias)
+        self.value = dense(config.hidden_dim, inner, config, rngs, use_bias=config.qkv_bias)
         self.out = dense(inner, config.hidden_dim, config, rngs)
         self.attn_dropout = Dropout(config.attention_dropout_rate, rngs=rngs)
 

@@ -69,7 +69,7 @@ class MaskedEcgModel(nnx.Module):
     def __init__(self, encoder_config: ECGFormerConfig, vocab_size: int, *, rngs: nnx.Rngs):
         dim = encoder_config.hidden_dim
         self.encoder = ECGFormer(encoder_config, rngs=rngs)
-        if encoder_config.use_released_init:  # released: zeros, PyTorch's nn.Linear head
+        if encoder_config.released_init:  # released: zeros, PyTorch's nn.Linear head
             self.mask_token = nnx.Param(jnp.zeros((dim,), jnp.float32))  # [D]
             self.lm_head = dense(dim, vocab_size, encoder_config, rngs)
         else:

@@ -3,7 +3,7 @@
 A stage keeps only what is its own (its model, its loss and step, its evaluation); the rest is
 here, once: claim the workdir, open the dataset, build the mesh and check the global batch
 (`prepare`), then the schedule, the optimizer and the shared loop (`train`), and the run
-folder's `model.json` that makes it usable on its own (`write_run_info`).
+folder's `model.json` that makes it usable on its own (`write_model_info`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from flax import nnx
 from heartlang_jax import errors
 from heartlang_jax.configs import schema, typed
 from heartlang_jax.data import input_pipeline
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import ECGFormerConfig
 from heartlang_jax.training import checkpointing, optim, parallel, train_loop
 
@@ -218,23 +218,14 @@ def train(
     return result
 
 
-def write_run_info(ctx: StageContext, kind: str, model: dict, **extra) -> None:
+def write_model_info(ctx: StageContext, kind: str, model: nnx.Module, **extra) -> None:
     """The run folder's `model.json`: all that loading the model for inference needs."""
-    run_info.write(
+    model_info.write_model(
         ctx.workdir,
-        run_info.RunInfo(
-            kind=kind,
-            model=model,
-            sentence=ctx.dataset.sentence,
-            amplitude=ctx.dataset.amplitude,
-            dataset=ctx.dataset.name,
-            **extra,
-        ),
+        kind,
+        model,
+        sentence=ctx.dataset.sentence,
+        amplitude=ctx.dataset.amplitude,
+        dataset=ctx.dataset.name,
+        **extra,
     )
-
-
-def encoder_fields(config: ECGFormerConfig) -> dict:
-    """An ECGFormerConfig as model.json stores it (the compute dtype is the loader's choice)."""
-    fields = dataclasses.asdict(config)
-    fields.pop("dtype", None)
-    return fields

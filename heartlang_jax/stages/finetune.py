@@ -29,14 +29,13 @@ from typing import Any
 import jax
 import numpy as np
 import optax
-from etils import epath
 from flax import nnx
 
-from heartlang_jax import errors, stages
+from heartlang_jax import atomic_file, errors, stages
 from heartlang_jax.configs import schema
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.evaluation import metrics as metrics_lib
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import EcgClassifier, MaskedEcgModel, classifier_bce_loss
 from heartlang_jax.stages import common, pretrain
 from heartlang_jax.training import checkpointing, optim, parallel
@@ -65,7 +64,7 @@ REGULARIZATION_FIELDS = ("dropout_rate", "attention_dropout_rate")
 def load_pretrained(init_workdir: str, dtype: str) -> MaskedEcgModel:
     """The pre-trained model of a run folder, rebuilt from its own model.json and restored."""
     try:
-        _, model, step = run_info.load_model(init_workdir, dtype=dtype, expect_kind=pretrain.STAGE)
+        _, model, step = model_info.load_model(init_workdir, dtype=dtype, expect_kind=pretrain.STAGE)
     except errors.CheckpointError as e:
         raise errors.CheckpointError(f"config.init_workdir: {e}") from e
     logging.info("[%s] encoder initialized from %s (step %d)", STAGE, init_workdir, step)
@@ -193,9 +192,7 @@ def write_test_scores(path, index: np.ndarray, labels: np.ndarray, logits: np.nd
     if jax.process_index() != 0:
         return
     logits = np.asarray(logits, np.float32)
-    path = epath.Path(path)
-    tmp = path.parent / (path.name + ".tmp")
-    with tmp.open("wb") as f:
+    with atomic_file.atomic_open(path) as f:
         np.savez(
             f,
             index=np.asarray(index, np.int64),
@@ -204,7 +201,6 @@ def write_test_scores(path, index: np.ndarray, labels: np.ndarray, logits: np.nd
             probabilities=(0.5 + 0.5 * np.tanh(0.5 * logits.astype(np.float64))).astype(np.float32),  # sigmoid
             class_names=np.asarray(list(class_names), dtype=str),
         )
-    tmp.replace(path)
 
 
 def _record_best(steps_per_epoch: int):
@@ -309,7 +305,7 @@ def train_and_evaluate(config: schema.FinetuneStage, workdir: str | os.PathLike)
     config = schema.validate(config)  # a ConfigDict from a notebook is judged here; a typed one passes
     if config.init_workdir:  # a missing run fails before any data is read
         try:
-            run_info.read(checkpointing.absolute(config.init_workdir))
+            model_info.read(checkpointing.absolute(config.init_workdir))
         except errors.CheckpointError as e:
             raise errors.CheckpointError(f"config.init_workdir: {e}") from e
     builder, sources = common.open_dataset(config.data, workdir)
@@ -339,13 +335,7 @@ def finetune(config: schema.FinetuneStage, workdir, sources: dict, class_names, 
     )
 
     model = build_model(config, len(class_names), dataset.sentence)
-    common.write_run_info(
-        ctx,
-        STAGE,
-        {"encoder": common.encoder_fields(model.encoder.config), "num_classes": len(class_names)},
-        task=task,
-        class_names=tuple(class_names),
-    )
+    common.write_model_info(ctx, STAGE, model, task=task, class_names=tuple(class_names))
     parallel.replicate_module(model, ctx.mesh)
     opt_cfg = config.optimizer.of(config.mode)
     global_batch = ctx.global_batch

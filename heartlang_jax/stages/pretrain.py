@@ -22,10 +22,10 @@ import optax
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import errors, stages
+from heartlang_jax import atomic_file, errors, stages
 from heartlang_jax.configs import schema
 from heartlang_jax.data import input_pipeline
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import VQHBR, MaskedEcgModel, masked_lm_loss
 from heartlang_jax.stages import common, vqhbr
 from heartlang_jax.training import checkpointing, parallel
@@ -50,9 +50,9 @@ def build_model(config: schema.PretrainStage, vocab_size: int, sentence: Mapping
     return MaskedEcgModel(encoder, vocab_size, rngs=nnx.Rngs(config.seed))
 
 
-def load_vocabulary(config: schema.PretrainStage, token_len: int) -> VQHBR:
+def vocabulary_matching_data(config: schema.PretrainStage, token_len: int) -> VQHBR:
     """The frozen VQ-HBR model named by the config, checked against the data before any compute."""
-    vocabulary = vqhbr.load_vocabulary(os.fspath(checkpointing.absolute(config.vqhbr_workdir)))
+    vocabulary = vqhbr.restore_vocabulary(os.fspath(checkpointing.absolute(config.vqhbr_workdir)))
     if vocabulary.config.encoder.token_len != token_len:
         raise errors.CheckpointError(
             f"config.vqhbr_workdir: the vocabulary in {config.vqhbr_workdir} reads words of "
@@ -66,8 +66,8 @@ def carry_vocabulary(vocabulary: VQHBR, vqhbr_workdir: str, workdir) -> None:
     checkpoint of the step in use), so the run folder alone gives word ids after the VQ-HBR
     workdir is gone. model.json is written last: its presence marks a complete copy. Every host
     calls this (the Orbax save is collective)."""
-    target = epath.Path(workdir) / run_info.VOCABULARY_DIR
-    if (target / run_info.RUN_INFO_FILE).exists():
+    target = epath.Path(workdir) / model_info.VOCABULARY_DIR
+    if (target / model_info.MODEL_INFO_FILE).exists():
         return
     source = checkpointing.RunCheckpoints(vqhbr_workdir, read_only=True)
     step = source.steps()[-1]
@@ -76,7 +76,7 @@ def carry_vocabulary(vocabulary: VQHBR, vqhbr_workdir: str, workdir) -> None:
     if step not in copy.steps():  # a copy killed before its model.json may have saved already
         copy.save(step, vocabulary, None, {}, {"copied_from": vqhbr_workdir})
     copy.close()
-    run_info.write(target, run_info.read(vqhbr_workdir))
+    model_info.write(target, model_info.read(vqhbr_workdir))
     logging.info("[%s] vocabulary (step %d of %s) copied into %s", STAGE, step, vqhbr_workdir, target)
 
 
@@ -106,11 +106,8 @@ def cached_targets(vocabulary, source, split: str, vocabulary_dir: str, workdir,
     if targets is None:
         raise errors.HeartLangError(f"[{STAGE}] the {split} split has no examples to compute targets for")
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / (path.name + ".tmp")
-        with tmp.open("wb") as f:
+        with atomic_file.atomic_open(path) as f:
             np.save(f, targets)
-        tmp.replace(path)
     logging.info("[%s] cached %s targets %s at %s", STAGE, split, targets.shape, path)
     return targets
 
@@ -170,9 +167,9 @@ def train_and_evaluate(config: schema.PretrainStage, workdir: str | os.PathLike)
         config = dataclasses.replace(config, vqhbr_workdir=os.fspath(checkpointing.absolute(config.vqhbr_workdir)))
     if not config.vqhbr_workdir:
         raise errors.CheckpointError("config.vqhbr_workdir is empty: set it to the workdir of a finished vqhbr run")
-    run_info.read(config.vqhbr_workdir)  # a missing vocabulary fails before the workdir is claimed
+    model_info.read(config.vqhbr_workdir)  # a missing vocabulary fails before the workdir is claimed
     ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS)
-    vocabulary = load_vocabulary(config, ctx.dataset.sentence["token_len"])
+    vocabulary = vocabulary_matching_data(config, ctx.dataset.sentence["token_len"])
     parallel.replicate_module(vocabulary, ctx.mesh)
     carry_vocabulary(vocabulary, config.vqhbr_workdir, ctx.workdir)
     train_source = common.train_source(ctx, config.train_splits)
@@ -184,9 +181,7 @@ def train_and_evaluate(config: schema.PretrainStage, workdir: str | os.PathLike)
     train_targets, validation_targets = targets.values()
     vocab_size = vocabulary.config.num_codes
     model = build_model(config, vocab_size, ctx.dataset.sentence)
-    common.write_run_info(
-        ctx, STAGE, {"encoder": common.encoder_fields(model.encoder.config), "vocab_size": vocab_size}
-    )
+    common.write_model_info(ctx, STAGE, model)
     ratio = config.model.mask_ratio
 
     def prepare(batch):

@@ -20,7 +20,7 @@ import jax
 from heartlang_jax import stages
 from heartlang_jax.configs import schema
 from heartlang_jax.evaluation import report
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import ECGFormerConfig
 from heartlang_jax.stages import common, finetune
 from heartlang_jax.training import checkpointing, parallel
@@ -72,7 +72,7 @@ def _random_init_encoder(config: schema.SweepStage) -> ECGFormerConfig | None:
     """
     if not config.init_workdir:
         return None
-    fields = dict(run_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"])
+    fields = dict(model_info.read(checkpointing.absolute(config.init_workdir)).model["encoder"])
     fields = {k: v for k, v in fields.items() if k not in ECGFormerConfig.DERIVED}
     fields.update({name: getattr(config.finetune.encoder, name) for name in finetune.REGULARIZATION_FIELDS})
     return ECGFormerConfig(**fields)
@@ -84,7 +84,7 @@ def run(config: schema.SweepStage, workdir: str | os.PathLike) -> list[dict]:
     workdir = checkpointing.absolute(workdir)
     grid = cells(config)
     if "pretrained" in config.inits:
-        run_info.read(checkpointing.absolute(config.init_workdir))  # fails before the first cell
+        model_info.read(checkpointing.absolute(config.init_workdir))  # fails before the first cell
     tfds_dir = os.fspath(common.tfds_dir(config.data, workdir).absolute())
     encoder = _random_init_encoder(config)
     configs = {cell: cell_config(config, cell, tfds_dir, encoder if cell.init == "random" else None) for cell in grid}

@@ -1,7 +1,7 @@
 """VQ-HBR: learn the ECG vocabulary by reconstructing heartbeats through an EMA codebook.
 
 Its run folder is the vocabulary that masked pre-training reads its targets from:
-`load_vocabulary(workdir)` rebuilds the model from the folder's `model.json` and restores it,
+`restore_vocabulary(workdir)` rebuilds the model from the folder's `model.json` and restores it,
 and `word_ids` maps sentences to vocabulary indices. Each evaluation also draws one validation
 sentence's reconstructions into TensorBoard (Images tab, `eval/reconstruction`).
 """
@@ -23,7 +23,7 @@ from flax import nnx
 from heartlang_jax import errors, stages
 from heartlang_jax.configs import schema
 from heartlang_jax.data import input_pipeline
-from heartlang_jax.inference import run_info
+from heartlang_jax.inference import model_info
 from heartlang_jax.models import VQHBR, VQHBRConfig, vqhbr_loss
 from heartlang_jax.stages import common
 from heartlang_jax.training import parallel, train_loop
@@ -147,7 +147,7 @@ def train_and_evaluate(config: schema.VQHBRStage, workdir: str | os.PathLike) ->
     config = schema.validate(config)  # a ConfigDict from a notebook is judged here; a typed one passes
     ctx = common.prepare(STAGE, config, workdir, IDENTITY_FIELDS)
     model = build_model(config, sentence=ctx.dataset.sentence)
-    common.write_run_info(ctx, STAGE, run_info_model(model.config))
+    common.write_model_info(ctx, STAGE, model)
     source = common.train_source(ctx, config.train_splits)
     example: dict = {}
     result = common.train(
@@ -187,17 +187,10 @@ def _warn_once(message: str) -> None:
     logging.warning("%s", message)
 
 
-def run_info_model(config: VQHBRConfig) -> dict:
-    """VQHBRConfig as model.json stores it."""
-    fields = dataclasses.asdict(config)
-    fields.update(encoder=common.encoder_fields(config.encoder), decoder=common.encoder_fields(config.decoder))
-    return fields
-
-
 @functools.lru_cache(maxsize=4)
-def load_vocabulary(workdir: str) -> VQHBR:
+def restore_vocabulary(workdir: str) -> VQHBR:
     """The trained VQ-HBR model of a run folder, rebuilt from its own model.json."""
-    _, model, _ = run_info.load_model(workdir, expect_kind=STAGE, dtype="float32")
+    _, model, _ = model_info.load_model(workdir, expect_kind=STAGE, dtype="float32")
     model.eval()
     return model
 

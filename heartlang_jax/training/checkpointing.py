@@ -17,11 +17,11 @@ import os
 from collections.abc import Mapping
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from heartlang_jax import atomic_file
 from heartlang_jax.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
@@ -62,22 +62,10 @@ def config_to_json(config: Mapping) -> str:
     return json.dumps(config, indent=2, sort_keys=True)
 
 
-def load_run_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    path = epath.Path(workdir) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: {workdir} holds no heartlang_jax run")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Process 0 writes `text` to a temporary name beside `path`, then renames it: never half-written."""
-    if jax.process_index() != 0:
-        return
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)  # atomic on POSIX; on object stores, the object appears whole
+    if jax.process_index() == 0:
+        atomic_file.atomic_write(path, text)
 
 
 def claim_workdir(workdir: str | os.PathLike, config: Mapping, identity_fields) -> None:

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from heartlang_jax import atomic_file
 from heartlang_jax.ecg import sentence_corpus
 from heartlang_jax.errors import DatasetLayoutError
 from tfds_ptbxl import sentences
@@ -178,7 +179,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         members = {"train": np.flatnonzero(~is_validation), "validation": np.flatnonzero(is_validation)}
         spec = self.builder_config.spec
         base = json.dumps(
-            {"spec": spec.metadata(), "records": listing.digest(), "split_batch": self._split_batch,
+            {"spec": spec.to_dict(), "records": listing.digest(), "split_batch": self._split_batch,
              "fit": self._amplitude_fit_records, "version": str(self.VERSION)}, sort_keys=True,
         )  # fmt: skip
         fit_file = cache_root / f"amplitude-{hashlib.sha256(base.encode()).hexdigest()[:16]}.json"
@@ -192,7 +193,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             paths = [root / listing.path[i] for i in train[sample]]
             mean, std = sentence_corpus.amplitude_moments(paths, spec, self._num_workers)
             amplitude = {"mean": mean, "std": std, "fitted_on": f"train, a seeded sample of {len(paths)} records"}
-            _write_atomic(fit_file, json.dumps(amplitude).encode())
+            atomic_file.atomic_write(fit_file, json.dumps(amplitude).encode())
         key = hashlib.sha256(f"{base}|{amplitude['mean']!r}|{amplitude['std']!r}|{self._chunk_size}".encode())
         chunk_dir = cache_root / f"{self.builder_config.name}-{key.hexdigest()[:16]}"
         chunks = [
@@ -245,7 +246,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 yield _load_chunk(path)
                 continue
             chunk = _collect(results, len(idx), plan["spec"], listing)
-            _write_atomic(path, _chunk_bytes(chunk))
+            atomic_file.atomic_write(path, _chunk_bytes(chunk))
             yield chunk
 
     # --- TFDS ------------------------------------------------------------------------------------
@@ -336,11 +337,3 @@ def _load_chunk(path: pathlib.Path) -> dict:
         chunk = {k: data[k] for k in data.files if k != "log"}
         log = json.loads(data["log"].tobytes().decode())
     return {**chunk, "skipped": [tuple(x) for x in log["skipped"]], "flat": [tuple(x) for x in log["flat"]]}
-
-
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Written under a temporary name and renamed: an interrupted write never looks complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.incomplete")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

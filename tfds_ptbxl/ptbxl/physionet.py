@@ -17,7 +17,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 
-from heartlang_jax import errors
+from heartlang_jax import atomic_file, errors
 from tfds_ptbxl.ptbxl import metadata as ptbxl
 
 CHECKSUM_FILE = "SHA256SUMS.txt"
@@ -39,19 +39,17 @@ def _sha256(path: pathlib.Path) -> str:
 def _fetch(url: str, dest: pathlib.Path, expected_sha256: str | None, timeout_s: float) -> None:
     if dest.is_file() and (expected_sha256 is None or _sha256(dest) == expected_sha256):
         return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".incomplete")
+    digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
+        # Renamed onto `dest` only when complete and verified: a failure raises inside the block.
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, atomic_file.atomic_open(dest) as out:
             for block in iter(lambda: response.read(_CHUNK), b""):
                 out.write(block)
+                digest.update(block)
+            if expected_sha256 is not None and (actual := digest.hexdigest()) != expected_sha256:
+                raise DownloadError(f"checksum mismatch for {url}: expected {expected_sha256}, got {actual}")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise DownloadError(f"could not download {url} to {dest}: {e}") from e
-    if expected_sha256 is not None and (actual := _sha256(tmp)) != expected_sha256:
-        tmp.unlink(missing_ok=True)
-        raise DownloadError(f"checksum mismatch for {url}: expected {expected_sha256}, got {actual}")
-    os.replace(tmp, dest)
 
 
 def parse_checksums(path: pathlib.Path) -> dict[str, str]:

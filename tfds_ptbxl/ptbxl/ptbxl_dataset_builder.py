@@ -21,12 +21,10 @@ import tensorflow_datasets as tfds
 from heartlang_jax.data import bundled_sample_dir
 from heartlang_jax.ecg import sentence_corpus
 from heartlang_jax.ecg.records import STANDARD_LEADS
+from heartlang_jax.ecg.sentence_spec import SentenceSpec
 from tfds_ptbxl import sentences
 from tfds_ptbxl.ptbxl import metadata as ptbxl
 from tfds_ptbxl.ptbxl import physionet
-
-_MAX_LEN = 256
-_TOKEN_LEN = 96
 
 
 @dataclasses.dataclass
@@ -39,10 +37,8 @@ class BuilderConfig(tfds.core.BuilderConfig):
     detector: Literal["multilead", "xqrs"] = "multilead"  # "xqrs": the paper's and released code's
 
     @property
-    def spec(self) -> sentence_corpus.SentenceSpec:
-        return sentence_corpus.SentenceSpec(
-            leads=self.leads, max_len=_MAX_LEN, token_len=_TOKEN_LEN, detector=self.detector
-        )
+    def spec(self) -> SentenceSpec:
+        return SentenceSpec(leads=self.leads, detector=self.detector)  # the spec's lengths: 256 x 96
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):

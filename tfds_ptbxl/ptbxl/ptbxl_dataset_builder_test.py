@@ -126,7 +126,7 @@ def test_download_path_with_checksums(tmp_path, served_copy):
     assert {s: builder.info.splits[s].num_examples for s in EXPECTED_SPLITS} == EXPECTED_SPLITS
     downloaded = tmp_path / "tfds" / "downloads" / f"ptb-xl-{ptbxl.PTBXL_VERSION}"
     assert (downloaded / "records100/00000/00001_lr.dat").is_file()
-    assert not list(downloaded.rglob("*.incomplete"))
+    assert not list(downloaded.rglob("*.tmp"))
 
 
 def test_download_rejects_a_corrupted_file(tmp_path, served_copy):
@@ -157,7 +157,7 @@ def test_info_declares_tasks_and_sentence_spec(built):
     assert list(meta["classes"]) == list(ptbxl.TASKS)
     for task, names in meta["classes"].items():
         assert built.info.features[task].shape == (len(names),)
-    assert meta["sentence"] == sentence_corpus.SentenceSpec().metadata()
+    assert meta["sentence"] == sentence_corpus.SentenceSpec().to_dict()
     assert meta["sentence"]["detector"] == "multilead"
     assert built.info.features["words"].shape == (meta["sentence"]["max_len"], meta["sentence"]["token_len"])
     assert set(meta["amplitude"]) == {"mean", "std", "fitted_on"}

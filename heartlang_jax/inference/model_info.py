@@ -1,4 +1,8 @@
-"""What a run folder says about its model, so that the folder alone is enough to use it.
+"""model.json, the model info of a run folder: the one module that writes and reads it.
+
+The artifact has one name throughout: the file `model.json` (MODEL_INFO_FILE), this module
+`model_info`, the class `ModelInfo`. It says what a run folder's model is, so that the folder
+alone is enough to use it.
 
 Every VQ-HBR, pre-training and fine-tuning run writes `<workdir>/model.json` beside its
 `checkpoints/`: the model's architecture, how raw ECGs become its input (the sentence spec and
@@ -12,16 +16,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from etils import epath
 from flax import nnx
 
 from heartlang_jax.models import VQHBR, EcgClassifier, ECGFormerConfig, MaskedEcgModel, VQHBRConfig
+from heartlang_jax.models.ecgformer import RELEASED_BLOCK
 from heartlang_jax.training import checkpointing
 
-RUN_INFO_FILE = "model.json"
+MODEL_INFO_FILE = "model.json"
 # A pre-training run carries the vocabulary it learned to predict in this subfolder, itself a
 # complete VQ-HBR run folder (model.json + a model-only checkpoint), so `word_ids` works on a copy.
 VOCABULARY_DIR = "vocabulary"
@@ -29,7 +34,7 @@ FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
-class RunInfo:
+class ModelInfo:
     """The self-contained description of a run's model.
 
     `model` holds, per kind:
@@ -54,10 +59,10 @@ class RunInfo:
 
         if self.kind not in MODEL_KINDS:
             raise checkpointing.CheckpointError(
-                f"{RUN_INFO_FILE}: kind must be one of {MODEL_KINDS}, got {self.kind!r}"
+                f"{MODEL_INFO_FILE}: kind must be one of {MODEL_KINDS}, got {self.kind!r}"
             )
         if self.kind == "finetune" and not self.class_names:
-            raise checkpointing.CheckpointError(f"{RUN_INFO_FILE}: a finetune run needs class_names")
+            raise checkpointing.CheckpointError(f"{MODEL_INFO_FILE}: a finetune run needs class_names")
 
 
 def _json_ready(value):
@@ -70,15 +75,66 @@ def _json_ready(value):
     return value
 
 
-def write(workdir: str | os.PathLike, info: RunInfo) -> None:
+def encoder_fields(config: ECGFormerConfig) -> dict:
+    """An ECGFormerConfig as model.json stores it (the compute dtype is the loader's choice)."""
+    fields = dataclasses.asdict(config)
+    fields.pop("dtype", None)
+    return fields
+
+
+def vqhbr_fields(config: VQHBRConfig) -> dict:
+    """A VQHBRConfig as model.json stores it."""
+    fields = dataclasses.asdict(config)
+    fields.update(encoder=encoder_fields(config.encoder), decoder=encoder_fields(config.decoder))
+    return fields
+
+
+def model_fields(kind: str, model: nnx.Module) -> dict:
+    """The `model` entry of model.json for a built model of `kind` (see `ModelInfo`)."""
+    if kind == "vqhbr":
+        return vqhbr_fields(model.config)  # type: ignore[attr-defined]
+    encoder = encoder_fields(model.encoder.config)  # type: ignore[attr-defined]
+    if kind == "pretrain":
+        return {"encoder": encoder, "vocab_size": int(model.lm_head.kernel.shape[1])}  # type: ignore[attr-defined]
+    if kind == "finetune":
+        return {"encoder": encoder, "num_classes": int(model.head.kernel.shape[1])}  # type: ignore[attr-defined]
+    raise checkpointing.CheckpointError(f"{MODEL_INFO_FILE}: kind must be a stage that trains a model, got {kind!r}")
+
+
+def write_model(
+    workdir: str | os.PathLike,
+    kind: str,
+    model: nnx.Module,
+    *,
+    sentence: Mapping[str, Any],
+    amplitude: Mapping[str, float],
+    dataset: str,
+    task: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> ModelInfo:
+    """Writes the model.json that describes `model` (process 0 only) and returns it."""
+    info = ModelInfo(
+        kind=kind,
+        model=model_fields(kind, model),
+        sentence=dict(sentence),
+        amplitude=dict(amplitude),
+        dataset=dataset,
+        task=task,
+        class_names=tuple(class_names) if class_names else None,
+    )
+    write(workdir, info)
+    return info
+
+
+def write(workdir: str | os.PathLike, info: ModelInfo) -> None:
     """Writes `model.json` atomically (process 0 only)."""
     checkpointing.atomic_write_text(
-        epath.Path(workdir) / RUN_INFO_FILE, json.dumps(_json_ready(info), indent=2, sort_keys=True)
+        epath.Path(workdir) / MODEL_INFO_FILE, json.dumps(_json_ready(info), indent=2, sort_keys=True)
     )
 
 
-def read(workdir: str | os.PathLike) -> RunInfo:
-    path = epath.Path(workdir) / RUN_INFO_FILE
+def read(workdir: str | os.PathLike) -> ModelInfo:
+    path = epath.Path(workdir) / MODEL_INFO_FILE
     if not path.exists():
         raise checkpointing.CheckpointError(
             f"{path} not found: {workdir} is not a finished heartlang_jax vqhbr, pretrain or finetune run folder"
@@ -93,7 +149,28 @@ def read(workdir: str | os.PathLike) -> RunInfo:
         )
     if payload.get("class_names") is not None:
         payload["class_names"] = tuple(payload["class_names"])
-    return RunInfo(**payload)
+    payload["model"] = _explicit_block_details(payload.get("model") or {})
+    return ModelInfo(**payload)
+
+
+def _explicit_block_details(model: Mapping[str, Any]) -> dict:
+    """model.json files written before the released block details were explicit fields hold None
+    (or nothing) for them, meaning "follow `position`": the released details with "learned",
+    the defaults with "rope". Resolved here, so every reader sees the model they describe."""
+    model = dict(model)
+    for part in ("encoder", "decoder"):
+        if not isinstance(model.get(part), Mapping):
+            continue
+        fields = dict(model[part])
+        released = fields.get("position", "rope") == "learned"
+        for name, released_value in RELEASED_BLOCK.items():
+            if fields.get(name) is None:
+                fields[name] = released_value if released else _ENCODER_DEFAULTS[name]
+        model[part] = fields
+    return model
+
+
+_ENCODER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ECGFormerConfig)}
 
 
 def encoder_config(fields: Mapping[str, Any], dtype: str | None = None) -> ECGFormerConfig:
@@ -110,7 +187,7 @@ def vqhbr_config(fields: Mapping[str, Any], dtype: str | None = None) -> VQHBRCo
     return VQHBRConfig(**values)
 
 
-def build_model(info: RunInfo, *, dtype: str | None = None, seed: int = 0, **encoder_overrides) -> nnx.Module:
+def build_model(info: ModelInfo, *, dtype: str | None = None, seed: int = 0, **encoder_overrides) -> nnx.Module:
     """The (randomly initialized) model a run folder describes; restore its weights after."""
     rngs = nnx.Rngs(seed)
     if info.kind == "vqhbr":
@@ -124,7 +201,7 @@ def build_model(info: RunInfo, *, dtype: str | None = None, seed: int = 0, **enc
 def load_model(
     workdir: str | os.PathLike, *, dtype: str | None = None, expect_kind: str | None = None, **encoder_overrides
 ):
-    """(RunInfo, model restored from the newest checkpoint, its step) of a run folder."""
+    """(ModelInfo, model restored from the newest checkpoint, its step) of a run folder."""
     info = read(workdir)
     if expect_kind is not None and info.kind != expect_kind:
         raise checkpointing.CheckpointError(f"{workdir} holds a {info.kind!r} run, expected a {expect_kind!r} run")
