@@ -6,11 +6,17 @@ from __future__ import annotations
 import gzip
 import json
 import pathlib
+import sys
 import types
 
 import numpy as np
 
-from benchmarks import pretrain_throughput, profile_step
+_tests_synthetic = sys.modules.pop("synthetic", None)
+from benchmarks import pretrain_throughput, profile_step  # noqa: E402  (they import benchmarks/synthetic.py as `synthetic`)
+
+sys.modules.pop("synthetic", None)  # tests/synthetic.py, not the benchmarks', is `synthetic` for the other tests
+if _tests_synthetic is not None:
+    sys.modules["synthetic"] = _tests_synthetic
 
 
 def _write_trace(path: pathlib.Path, events: list[dict]) -> pathlib.Path:
