@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from heartlang_jax import errors
-from heartlang_jax.configs import schema as stage_configs
+from heartlang_jax.configs import schema
 from heartlang_jax.configs import vqhbr as vqhbr_config
 from heartlang_jax.data import input_pipeline
 from heartlang_jax.stages import common
@@ -96,7 +96,7 @@ def test_mixture_entries_are_parsed_and_checked():
     assert input_pipeline.parse_mixture(("ptbxl:0.25", "mimic_iv_ecg:3")) == [("ptbxl", 0.25), ("mimic_iv_ecg", 3.0)]
     config = vqhbr_config.get_config("tiny")
     config.data.mixture = ("ptbxl:1", "mimic_iv_ecg:3")
-    stage_configs.validate(config)
+    schema.validate(config)
     for mixture, message in [
         (("ptbxl",), r"data.mixture: 'ptbxl' is not 'dataset:weight'"),
         (("ptbxl:-1",), r"data.mixture: 'ptbxl:-1' is not 'dataset:weight' with a positive weight"),
@@ -105,11 +105,11 @@ def test_mixture_entries_are_parsed_and_checked():
     ]:
         config.data.mixture = mixture
         with pytest.raises(errors.ConfigError, match=message):
-            stage_configs.validate(config)
+            schema.validate(config)
     config.data.mixture = ("ptbxl:1", "mimic_iv_ecg:1")
     config.data.builder_config = "leads1"
     with pytest.raises(errors.ConfigError, match=r"data.mixture\[1\]: mimic_iv_ecg has no builder config 'leads1'"):
-        stage_configs.validate(config)
+        schema.validate(config)
 
 
 def _info(name: str, **sentence) -> common.DatasetInfo:
@@ -123,7 +123,7 @@ def test_datasets_cut_unlike_the_main_one_are_refused_in_one_line(monkeypatch, t
     monkeypatch.setattr(common, "open_dataset", lambda config, workdir, name: (name, {"train": []}))
     monkeypatch.setattr(common.DatasetInfo, "of", lambda builder: _info(f"{builder}/leads12", detector="xqrs"))
     with pytest.raises(errors.ConfigError) as e:
-        common.open_mixture(config, tmp_path, (_info("ptbxl/leads12"), {"train": []}))
+        common.open_mixture(schema.validate(config).data, tmp_path, (_info("ptbxl/leads12"), {"train": []}))
     assert str(e.value) == (
         "config.data.mixture: csn/leads12 cuts its sentences unlike ptbxl/leads12 (detector: 'xqrs' vs "
         "'multilead'); mix only datasets built with the same sentence spec"
@@ -175,7 +175,7 @@ def test_vqhbr_trains_on_a_mixture_of_two_built_datasets(bundled_tfds_dir, csn_t
     config.data.tfds_dir = str(_mixed_tfds_dir(tmp_path, bundled_tfds_dir, csn_tfds_dir))
     config.data.mixture = ("ptbxl:0.75", "csn:0.25")
     config.batch_size = 16
-    stage_configs.validate(config)
+    schema.validate(config)
     fed = _stub_loop(monkeypatch)
     vqhbr.train_and_evaluate(config, tmp_path / "vqhbr")
     ptbxl_train, csn_train = (m.sources["train"] for m in fed["ctx"].mixture)
@@ -204,9 +204,7 @@ def test_pretraining_reads_a_mixture_with_each_examples_own_targets(
 
     vq = vqhbr_config.get_config("tiny")
     vq.dtype = "float32"
-    vocabulary = vqhbr.build_model(
-        stage_configs.validate(vq)
-    )  # untrained: its word ids are as good as any for the wiring
+    vocabulary = vqhbr.build_model(schema.validate(vq))  # untrained: its word ids are as good as any for the wiring
     vocabulary.eval()
     store = checkpointing.RunCheckpoints(tmp_path / "vqhbr")
     store.save(1, vocabulary, None, {}, {})
@@ -223,7 +221,7 @@ def test_pretraining_reads_a_mixture_with_each_examples_own_targets(
     config.vqhbr_workdir = str(tmp_path / "vqhbr")
     config.batch_size = 16
     config.dtype = "float32"
-    stage_configs.validate(config)
+    schema.validate(config)
     fed = _stub_loop(monkeypatch)
     pretrain.train_and_evaluate(config, tmp_path / "pretrain")
     batches = [fed["prepare_batch"](b) for b in _batches(fed["train_data"], 10)]

@@ -30,12 +30,11 @@ import sys
 import time
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from heartlang_jax.configs import schema, typed
+from heartlang_jax.configs import schema
 from heartlang_jax.inference import model_info
 from heartlang_jax.training import checkpointing
 
@@ -475,12 +474,12 @@ def test_gs_workdir_stays_a_url(fake_bucket):
     assert os.fspath(workdir) == url
     assert os.fspath(checkpointing.absolute("local/run")) == os.path.join(os.getcwd(), "local/run")
 
-    config = ml_collections.ConfigDict({"stage": "pretrain", "model": {"size": 1}})
-    checkpointing.claim_workdir(url, typed.as_dict(schema.validate(config)), ("stage", "model"))
+    config = {"stage": "pretrain", "model": {"size": 1}}
+    checkpointing.claim_workdir(url, config, ("stage", "model"))
     assert json.loads((bucket / checkpointing.CONFIG_FILE).read_text())["model"] == {"size": 1}
-    config.model.size = 2
+    config["model"]["size"] = 2
     with pytest.raises(CheckpointError, match=re.escape(url)):  # read back through the URL
-        checkpointing.claim_workdir(url, typed.as_dict(schema.validate(config)), ("stage", "model"))
+        checkpointing.claim_workdir(url, config, ("stage", "model"))
     checkpointing.atomic_write_text(f"{url}/result.json", '{"auc": 1}')
     assert (bucket / "result.json").read_text() == '{"auc": 1}'
     assert not list(bucket.glob("result.json*.tmp"))
@@ -516,7 +515,7 @@ def test_gs_workdir_stays_a_url(fake_bucket):
     sweep_config = sweep_configs.get_config("tiny")
     sweep_config.init_workdir = url
     cell = sweep.Cell("superdiagnostic", 1.0, "linear", "pretrained", 0)
-    assert sweep.cell_config(sweep_config, cell, "gs://bucket/tfds", None).init_workdir == url
+    assert sweep.cell_config(schema.validate(sweep_config), cell, "gs://bucket/tfds", None).init_workdir == url
 
     assert backend.seen and all(p.startswith("gs://bucket/") for p in backend.seen)
     assert any("/checkpoints/3/model" in p for p in backend.seen)  # the arrays went through the fake bucket

@@ -33,8 +33,8 @@ def _config(steps: int):
 
 def _run(workdir, steps: int, prepare_batch=None, total_steps: int = 6):
     """Trains a tiny VQ-HBR for `steps` (of a `total_steps` schedule, so the lr is the same)."""
-    config = _config(steps)
-    model = vqhbr.build_model(schema.validate(config))
+    config = schema.validate(_config(steps))
+    model = vqhbr.build_model(config)
     tx = optim.make_optimizer(config.optimizer, num_train_steps=total_steps, warmup_steps=1)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     result = train_loop.run(

@@ -162,41 +162,41 @@ def run(
     parallel.replicate_module(optimizer, mesh)
     checkpoints = checkpointing.RunCheckpoints(workdir, max_to_keep=max_to_keep, best_metric=best_metric)
     writer = metric_writer.MetricWriter(workdir)
-    iterator = iter(train_data.to_iter_dataset())
-    meta: dict = {}
-    restored = checkpoints.restore_latest(model, optimizer)
-    if restored is None:
-        step = 0
-        writer.write_hparams(_flatten(typed.as_dict(config)))
-        logging.info("[%s] starting a fresh run in %s", stage, workdir)
-    else:
-        step, data_state, meta = restored
-        iterator.set_state(data_state)
-        logging.info("[%s] resumed from the checkpoint at step %d in %s", stage, step, checkpoints.directory)
-    meta.pop("step", None)
-    base_key = jax.random.fold_in(jax.random.key(config.seed), TRAIN_STREAM)
-    progress = metric_writer.Progress(schedule.num_train_steps, first_step=step)
-    # (step, device metrics) not yet fetched: fetching every step would stall async dispatch.
-    # Every step is checked at the next log/eval/checkpoint boundary, always before a save.
-    pending: list[tuple[int, dict]] = []
-    last_eval: dict[str, float] = dict(meta.get("last_eval", {}))
+    try:  # the checkpointer and writer are closed whatever fails below
+        iterator = iter(train_data.to_iter_dataset())
+        meta: dict = {}
+        restored = checkpoints.restore_latest(model, optimizer)
+        if restored is None:
+            step = 0
+            writer.write_hparams(_flatten(typed.as_dict(config)))
+            logging.info("[%s] starting a fresh run in %s", stage, workdir)
+        else:
+            step, data_state, meta = restored
+            iterator.set_state(data_state)
+            logging.info("[%s] resumed from the checkpoint at step %d in %s", stage, step, checkpoints.directory)
+        meta.pop("step", None)
+        base_key = jax.random.fold_in(jax.random.key(config.seed), TRAIN_STREAM)
+        progress = metric_writer.Progress(schedule.num_train_steps, first_step=step)
+        # (step, device metrics) not yet fetched: fetching every step would stall async dispatch.
+        # Every step is checked at the next log/eval/checkpoint boundary, always before a save.
+        pending: list[tuple[int, dict]] = []
+        last_eval: dict[str, float] = dict(meta.get("last_eval", {}))
 
-    def flush() -> None:
-        """Fetches the pending metrics, checks every step's finiteness, logs their mean."""
-        if not pending:
-            return
-        fetched = parallel.to_host([m for _, m in pending])
-        for (s, _), values in zip(pending, fetched):
-            _check_finite(s, {k: float(v) for k, v in values.items() if np.ndim(v) == 0}, stage)
-        scalars = {f"train_{k}": v for k, v in (reduce_metrics or mean_metrics)(fetched).items()}
-        pending.clear()
-        writer.write_scalars(step, scalars)
-        progress.report(step, stage, {k: v for k, v in scalars.items() if k == "train_loss"})
+        def flush() -> None:
+            """Fetches the pending metrics, checks every step's finiteness, logs their mean."""
+            if not pending:
+                return
+            fetched = parallel.to_host([m for _, m in pending])
+            for (s, _), values in zip(pending, fetched):
+                _check_finite(s, {k: float(v) for k, v in values.items() if np.ndim(v) == 0}, stage)
+            scalars = {f"train_{k}": v for k, v in (reduce_metrics or mean_metrics)(fetched).items()}
+            pending.clear()
+            writer.write_scalars(step, scalars)
+            progress.report(step, stage, {k: v for k, v in scalars.items() if k == "train_loss"})
 
-    def save(at_step: int, scores: dict | None = None) -> None:
-        checkpoints.save(at_step, model, optimizer, iterator.get_state(), {**meta, "last_eval": last_eval}, scores)
+        def save(at_step: int, scores: dict | None = None) -> None:
+            checkpoints.save(at_step, model, optimizer, iterator.get_state(), {**meta, "last_eval": last_eval}, scores)
 
-    try:
         with _Preemption() as preemption:
             while step < schedule.num_train_steps:
                 batch = next(iterator)
