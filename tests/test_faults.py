@@ -5,6 +5,7 @@ Each test is named for the numbered point of the issue it covers (`test_p<N>_...
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -17,15 +18,29 @@ import types
 import numpy as np
 import pytest
 import synthetic
+import wfdb
+from etils import epath
 from flax import nnx
 from test_inference import write_run
 
 import heartlang_jax
-from heartlang_jax import checkpointing, input_pipeline, optim, parallel, train_loop, workdir_lock
+from heartlang_jax import (
+    checkpointing,
+    input_pipeline,
+    optim,
+    parallel,
+    ptbxl,
+    records,
+    run_info,
+    sentence_corpus,
+    train_loop,
+    workdir_lock,
+)
 from heartlang_jax.configs import vqhbr as vqhbr_config
 from heartlang_jax.stages import vqhbr
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+DUMMY = REPO / "tfds_ptbxl" / "ptbxl" / "dummy_data"
 SOURCE = synthetic.sentences(48, seed=0)
 
 
@@ -254,3 +269,238 @@ def test_p7_config_in_a_missing_directory_is_one_line(tmp_path):
     assert "directory /nonexistent does not exist" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+# --- 2. physiological range, finite after cast, robust amplitude fit -----------------------------
+
+BUNDLED = ptbxl.bundled_sample_dir() / "records100" / "00000"
+
+
+def _copy_scaled(src: pathlib.Path, dst: pathlib.Path, scale: float, fs: float | None = None) -> pathlib.Path:
+    """A WFDB copy of a bundled record with its signal multiplied by `scale` (units unchanged)."""
+    record = records.load_record(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    wfdb.wrsamp(
+        dst.name,
+        fs=fs or record.fs,
+        units=["mV"] * len(record.lead_names),
+        sig_name=list(record.lead_names),
+        p_signal=(record.signal.T.astype(np.float64) * scale),
+        fmt=["32"] * len(record.lead_names),
+        write_dir=str(dst.parent),
+    )
+    return dst
+
+
+def test_p2_a_record_beyond_the_physiological_bound_is_a_named_error(tmp_path):
+    path = _copy_scaled(BUNDLED / "00001_lr", tmp_path / "00001_uv", 1000.0)  # µV written as mV
+    with pytest.raises(records.RecordError, match=r"00001_uv: \|signal\| reaches .* beyond the physiological bound"):
+        records.load_record(path)
+    spec = sentence_corpus.SentenceSpec()
+    ((_, sentence, reason),) = list(sentence_corpus.tokenize_records([(0, path)], spec))
+    assert sentence is None and "physiological bound" in reason.message  # a named skip in the builders
+    model = heartlang_jax.load(write_run(tmp_path / "run", "pretrain"))
+    with pytest.raises(records.RecordError, match=r"<array>: \|signal\| reaches"):
+        model.embed(np.full((12, 1000), 80.0, np.float32), fs=100)
+
+
+def test_p2_a_word_that_overflows_float16_is_skipped_not_stored_as_inf():
+    spec = sentence_corpus.SentenceSpec()
+    path = BUNDLED / "00001_lr"
+    ((_, sentence, reason),) = list(sentence_corpus.tokenize_records([(0, path)], spec, mean=0.0, std=1e-6))
+    assert sentence is None and reason.kind == "NonFiniteAfterCast" and "00001_lr" in reason.message
+    ((_, sentence, reason),) = list(sentence_corpus.tokenize_records([(0, path)], spec, mean=0.0, std=0.2))
+    assert reason is None and np.isfinite(sentence.words.astype(np.float16)).all()
+
+
+def test_p2_one_record_cannot_hijack_the_amplitude_fit(tmp_path, caplog):
+    spec = sentence_corpus.SentenceSpec()
+    paths = [BUNDLED / f"{i:05d}_lr" for i in range(1, 21)]
+    clean = sentence_corpus.amplitude_moments(paths, spec)
+    hostile = _copy_scaled(BUNDLED / "00001_lr", tmp_path / "hostile", 20.0)  # in range, but 20x every other
+    with caplog.at_level(logging.WARNING):
+        mean, std = sentence_corpus.amplitude_moments([*paths, hostile], spec)
+    assert "left out 1 of 21 records" in caplog.text and "hostile" in caplog.text
+    # The pooled fit over all 21 (the old rule, float64 NumPy) moves std by far more than this.
+    all_samples = np.concatenate([records.load_record(p).signal.astype(np.float64).ravel() for p in [*paths, hostile]])
+    assert np.std(all_samples) > 2 * clean[1]
+    np.testing.assert_allclose([mean, std], clean, rtol=1e-9)
+
+
+# --- 9. faults of the file system and of model.json ----------------------------------------------
+
+
+def test_p9_disk_full_while_writing_leaves_the_old_file_and_no_tmp(tmp_path, monkeypatch):
+    target = tmp_path / "config.json"
+    target.write_text("old")
+
+    def full(self, text, *args, **kwargs):
+        pathlib.Path(os.fspath(self)).write_bytes(text[:3].encode())  # half-written, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(type(epath.Path(target)), "write_text", full)
+    with pytest.raises(checkpointing.CheckpointError, match=r"cannot write .*config.json: No space left on device"):
+        checkpointing.atomic_write_text(target, "new content")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_p9_disk_full_during_a_checkpoint_save_is_one_line(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    def full(*args, **kwargs):
+        raise RuntimeError("save failed") from OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    with pytest.raises(checkpointing.CheckpointError, match=r"step 2\) to .* failed: No space left on device"):
+        _run(tmp_path, 2)
+
+
+def test_p9_a_read_only_workdir_is_one_line(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if os.fspath(path).startswith(str(tmp_path)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(checkpointing.CheckpointError, match=r"cannot write to the workdir .*Read-only file system"):
+        checkpointing.claim_workdir(tmp_path, _config(2), vqhbr.IDENTITY_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda info: info.update(colour="red"), r"model.json: unknown field\(s\) colour"),
+        (lambda info: info["model"]["encoder"].update(num_layerz=2), r"model.json: its pretrain model block"),
+        (lambda info: info["amplitude"].update(std=0.0), r"model.json: amplitude.std must be positive"),
+        (lambda info: info["amplitude"].update(mean=float("nan")), r"model.json: amplitude.mean must be a finite"),
+        (lambda info: info["model"]["encoder"].update(hidden_dim=64), r"does not fit the model its model.json"),
+    ],
+)
+def test_p9_bad_model_json_fields_blame_the_model_json(tmp_path, edit, message):
+    run = write_run(tmp_path / "run", "pretrain")
+    info = json.loads((run / run_info.RUN_INFO_FILE).read_text())
+    edit(info)
+    (run / run_info.RUN_INFO_FILE).write_text(json.dumps(info))
+    with pytest.raises(checkpointing.CheckpointError, match=message) as e:
+        heartlang_jax.load(run)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("fs", ["-100", "nan"])
+def test_p9_a_misread_sampling_rate_is_named_as_such(tmp_path, fs):
+    for suffix in (".hea", ".dat"):
+        shutil.copy(BUNDLED / f"00001_lr{suffix}", tmp_path / f"00001_lr{suffix}")
+    header = tmp_path / "00001_lr.hea"
+    first, *rest = header.read_text().splitlines()
+    fields = first.split()
+    fields[2] = fs
+    header.write_text("\n".join([" ".join(fields), *rest]) + "\n")
+    with pytest.raises(records.RecordError, match="bad sampling rate"):
+        records.load_record(tmp_path / "00001_lr")
+
+
+# --- 10. partial downloads ------------------------------------------------------------------------
+
+
+def test_p10_a_partial_dataset_is_refused_by_default_and_built_when_allowed(tmp_path, caplog):
+    import tensorflow_datasets as tfds
+
+    from tfds_ptbxl.ptbxl import ptbxl_dataset_builder
+
+    folder = tmp_path / "ptbxl"
+    shutil.copytree(DUMMY, folder)
+    (folder / "records100" / "00000" / "00002_lr.hea").unlink()
+
+    def build(**kwargs):
+        builder = ptbxl_dataset_builder.Builder(
+            data_dir=str(tmp_path / "tfds"), file_format="array_record", num_workers=1, **kwargs
+        )
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(folder)))
+        return builder
+
+    with pytest.raises(
+        ptbxl.DatasetLayoutError, match=r"lacks 1 of the 12 records \(e\.g\. records100/00000/00002_lr\)"
+    ):
+        build()
+    with caplog.at_level(logging.WARNING):
+        builder = build(allow_missing_records=True)
+    assert "record records100/00000/00002_lr is missing" in caplog.text
+    assert builder.info.splits["train"].num_examples == 4  # 5 good training records, one missing
+
+
+def test_p10_every_builder_takes_the_option_and_the_config_validates_it():
+    import inspect
+
+    from heartlang_jax import errors, stage_configs
+    from tfds_ptbxl import catalog
+
+    for name in catalog.DATASETS:
+        assert "allow_missing_records" in inspect.signature(catalog.builder_class(name).__init__).parameters, name
+    import ml_collections
+
+    raw = _config(2).to_dict()
+    assert raw["data"]["allow_missing_records"] is False  # the shipped default: refuse
+    raw["data"]["allow_missing_records"] = "yes"
+    with pytest.raises(errors.ConfigError, match=r"data.allow_missing_records: expected bool"):
+        stage_configs.validate(ml_collections.ConfigDict(raw))
+
+
+# --- 8. read only what is used; model.json against the stored shapes -----------------------------
+
+
+def test_p8_records_are_read_only_as_far_as_the_tokenizer_uses(monkeypatch):
+    calls = []
+    real = wfdb.rdrecord
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("sampto"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wfdb, "rdrecord", spy)
+    path = BUNDLED / "00001_lr"
+    part = records.load_record(path, max_seconds=2.5)
+    whole = records.load_record(path)
+    assert calls == [250, None]
+    assert part.signal.shape == (12, 250) and whole.signal.shape == (12, 1000)
+    np.testing.assert_array_equal(part.signal, whole.signal[:, :250])
+    spec = sentence_corpus.SentenceSpec()
+    calls.clear()
+    list(sentence_corpus.tokenize_records([(0, path)], spec))
+    assert calls == [1000]  # 10 s at 100 Hz: the tokenizer's max_duration_s
+
+
+def test_p8_model_json_is_checked_against_stored_shapes_before_allocating(tmp_path, monkeypatch):
+    run = write_run(tmp_path / "run", "pretrain")
+    info = json.loads((run / run_info.RUN_INFO_FILE).read_text())
+    info["model"]["encoder"]["hidden_dim"] = 4096  # a far bigger model than the checkpoint holds
+    (run / run_info.RUN_INFO_FILE).write_text(json.dumps(info))
+    built = []
+    real = run_info._build_model
+    monkeypatch.setattr(run_info, "_build_model", lambda *a, **k: built.append(1) or real(*a, **k))
+    with pytest.raises(checkpointing.CheckpointError, match=r"arrays differ: .*hidden|arrays differ"):
+        heartlang_jax.load(run)
+    assert len(built) == 1  # only the abstract one, inside nnx.eval_shape
+
+
+def test_p9_an_interrupted_embed_run_keeps_what_it_computed(tmp_path, monkeypatch):
+    from heartlang_jax import embed, inference
+
+    run = write_run(tmp_path / "run", "pretrain")
+    real = inference.HeartLangModel.iter_embed
+
+    def interrupted(self, paths, **kwargs):
+        for n, item in enumerate(real(self, paths, **kwargs)):
+            if n == 2:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(inference.HeartLangModel, "iter_embed", interrupted)
+    out = tmp_path / "out" / "embeddings.npz"
+    with pytest.raises(KeyboardInterrupt):
+        embed.run(run, BUNDLED / "0000[1-5]_lr.hea", out, batch_size=2, progress=False)
+    with np.load(out) as saved:
+        assert not bool(saved["complete"]) and saved["embeddings"].shape == (2, 16)
+        assert len(saved["unprocessed_record_ids"]) == 3
+    assert [p.name for p in out.parent.iterdir()] == ["embeddings.npz"]  # no .tmp left
