@@ -504,3 +504,25 @@ def test_p9_an_interrupted_embed_run_keeps_what_it_computed(tmp_path, monkeypatc
         assert not bool(saved["complete"]) and saved["embeddings"].shape == (2, 16)
         assert len(saved["unprocessed_record_ids"]) == 3
     assert [p.name for p in out.parent.iterdir()] == ["embeddings.npz"]  # no .tmp left
+
+
+def test_p9_a_batch_larger_than_the_training_set_is_one_line(tmp_path):
+    from heartlang_jax import errors
+    from heartlang_jax.stages import common
+
+    dataset = common.DatasetInfo(name="ptbxl/leads12", sentence={}, amplitude={})
+    ctx = common.StageContext("vqhbr", _config(2), tmp_path, dataset, {}, parallel.make_mesh(), 64)
+    with pytest.raises(errors.ConfigError, match=r"global batch of 64 is larger than the 10 training examples"):
+        common.train(ctx, model=None, optimizer_config=None, train_step=None, train_data=None, num_train_examples=10)
+
+
+def test_p9_pretraining_without_its_vocabulary_fails_before_any_work(tmp_path):
+    from heartlang_jax import errors
+    from heartlang_jax.configs import pretrain_base
+    from heartlang_jax.stages import pretrain
+
+    config = pretrain_base.get_config("tiny")
+    config.vqhbr_workdir = ""
+    with pytest.raises(errors.CheckpointError, match="config.vqhbr_workdir is empty"):
+        pretrain.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # no dataset built, no workdir claimed
