@@ -135,7 +135,7 @@ def _release(key: str) -> None:
     try:
         if path.read_text() == text:
             path.unlink(missing_ok=True)
-    except OSError:  # already gone, or a read-only folder: nothing to undo
+    except Exception:  # already gone, a read-only folder, a file system gone at exit: nothing to undo
         pass
 
 
