@@ -4,7 +4,8 @@ Every file this project writes outside Orbax (model.json, config.json, results, 
 cached targets, embeddings, downloads, dataset build chunks) goes through `atomic_open`: the
 bytes go to a temporary name beside the target, which is renamed onto it only once complete.
 The rename is atomic on POSIX; on an object store the object appears whole. A write that fails
-part-way removes its temporary file and leaves the target as it was.
+part-way removes its temporary file and leaves the target as it was; a file-system failure
+(disk full, read-only) is one line naming the file (`CheckpointError`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from etils import epath
+
+from heartlang_jax.errors import CheckpointError
 
 # Temporary files end with this; tests check that none are left behind.
 TEMP_SUFFIX = ".tmp"
@@ -34,15 +37,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open writes whole files: mode 'wb' or 'w', got {mode!r}")
     path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open(mode) as f:
             yield f
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        tmp.replace(path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # disk full, read-only: one line; the old file stays as it was
+            raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from e
         raise
-    tmp.replace(path)
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:

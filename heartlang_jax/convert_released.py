@@ -36,8 +36,11 @@ pass those as `--amplitude_mean/--amplitude_std` for a fine-tuned model (default
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -97,7 +100,14 @@ def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
         import torch
     except ImportError as e:
         raise SystemExit("reading .pth checkpoints needs PyTorch: pip install torch (CPU wheel is enough)") from e
-    checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=False)
+    # weights_only: a .pth is a pickle, and unpickling without it runs any code the file names. The
+    # released files also hold their argparse.Namespace of arguments, the one class allowed besides tensors.
+    allow = getattr(getattr(torch, "serialization", None), "safe_globals", None)
+    with allow([argparse.Namespace]) if allow is not None else contextlib.nullcontext():
+        try:
+            checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ConversionError(f"{path}: refused to unpickle a non-tensor object (weights_only=True): {e}") from e
     state = checkpoint.get("model", checkpoint.get("state_dict", checkpoint)) if isinstance(checkpoint, dict) else None
     if not isinstance(state, Mapping):
         raise ConversionError(f"{path}: expected {{'model': state_dict, ...}}")

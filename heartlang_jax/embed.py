@@ -98,27 +98,46 @@ def run(
     logging.info("%r: embedding %d record(s) from %s", model, len(found), records)
     embeddings: dict[int, np.ndarray] = {}
     skipped: dict[int, str] = {}
-    for i, vector, reason in model.iter_embed([path for _, path in found], batch_size=batch_size, progress=progress):
-        if vector is not None:
-            embeddings[i] = vector
-        else:
-            skipped[i] = str(reason)
-            logging.warning("skipped %s", reason)
+
+    def write(complete: bool) -> None:
+        kept = sorted(embeddings)
+        done = set(embeddings) | set(skipped)
+        _write_npz(
+            out,
+            {
+                "embeddings": np.stack([embeddings[i] for i in kept])
+                if kept
+                else np.zeros((0, model.hidden_dim), np.float32),
+                "record_ids": np.asarray([found[i][0] for i in kept], dtype=str),
+                "skipped_record_ids": np.asarray([found[i][0] for i in sorted(skipped)], dtype=str),
+                "skipped_reasons": np.asarray([skipped[i] for i in sorted(skipped)], dtype=str),
+                # what an interrupted run did not reach (empty when complete)
+                "unprocessed_record_ids": np.asarray([r for i, (r, _) in enumerate(found) if i not in done], dtype=str),
+                "complete": np.asarray(complete),
+                "checkpoint": np.asarray(os.fspath(checkpoint)),
+                "kind": np.asarray(model.kind),
+                "step": np.asarray(model.step),
+            },
+        )
+
+    try:
+        for i, vector, reason in model.iter_embed(
+            [path for _, path in found], batch_size=batch_size, progress=progress
+        ):
+            if vector is not None:
+                embeddings[i] = vector
+            else:
+                skipped[i] = str(reason)
+                logging.warning("skipped %s", reason)
+    except BaseException:  # Ctrl-C or an error part way: keep what was computed
+        if embeddings or skipped:
+            write(complete=False)
+            logging.warning(
+                "interrupted: wrote the %d embedding(s) computed so far to %s (complete=False)", len(embeddings), out
+            )
+        raise
     kept = sorted(embeddings)
-    _write_npz(
-        out,
-        {
-            "embeddings": np.stack([embeddings[i] for i in kept])
-            if kept
-            else np.zeros((0, model.hidden_dim), np.float32),
-            "record_ids": np.asarray([found[i][0] for i in kept], dtype=str),
-            "skipped_record_ids": np.asarray([found[i][0] for i in sorted(skipped)], dtype=str),
-            "skipped_reasons": np.asarray([skipped[i] for i in sorted(skipped)], dtype=str),
-            "checkpoint": np.asarray(os.fspath(checkpoint)),
-            "kind": np.asarray(model.kind),
-            "step": np.asarray(model.step),
-        },
-    )
+    write(complete=True)
     summary = {"embedded": len(kept), "skipped": len(skipped), "out": os.fspath(out), "seconds": time.time() - start}
     logging.info(
         "embedded %d of %d record(s) (%d skipped) into %s in %.1f s",

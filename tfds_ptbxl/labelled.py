@@ -17,11 +17,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from heartlang_jax.ecg import sentence_corpus
-from heartlang_jax.errors import DatasetLayoutError
 from tfds_ptbxl import sentences, split_files
 from tfds_ptbxl.sentences import BuilderConfig
-
-_LISTED_MISSING = 3
 
 
 def builder_configs() -> list[BuilderConfig]:
@@ -58,8 +55,17 @@ class SplitFileBuilder:
     HOMEPAGE: str
     FITTED_ON = "train split of the released split file"
 
-    def __init__(self, *, split_file: str | os.PathLike | None = None, num_workers: int | None = None, **kwargs):
-        """`split_file` replaces the shipped split file (same columns; e.g. a subset for a test)."""
+    def __init__(
+        self,
+        *,
+        split_file: str | os.PathLike | None = None,
+        num_workers: int | None = None,
+        allow_missing_records: bool = False,
+        **kwargs,
+    ):
+        """`split_file` replaces the shipped split file (same columns; e.g. a subset for a test).
+        `allow_missing_records`: build without the records the folder lacks (logged by name)."""
+        self._allow_missing = allow_missing_records
         self._split_file = pathlib.Path(split_file) if split_file else self.SPLIT_FILE
         self._num_workers = num_workers or os.cpu_count() or 1
         super().__init__(**sentences.with_default_file_format(kwargs))
@@ -98,11 +104,10 @@ class SplitFileBuilder:
             raise ValueError(f"{self._split_file}: classes {classes} differ from {self.name}'s")
         paths = self._record_paths(root, [row.record for row in rows])
         missing = [row.record for row in rows if row.record not in paths]
-        if missing:
-            raise DatasetLayoutError(
-                f"{self.name} folder {root} lacks {len(missing)} of the {len(rows)} records of the split file "
-                f"(e.g. {', '.join(missing[:_LISTED_MISSING])}). {one_line(self.MANUAL_DOWNLOAD_INSTRUCTIONS)}"
-            )
+        sentences.check_missing_records(
+            self.name, root, missing, len(rows), self._allow_missing, one_line(self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        )
+        rows = [row for row in rows if row.record in paths]
         by_split = {split: [row for row in rows if row.split == split] for split in split_files.SPLITS}
         for split, members in by_split.items():
             if not members:

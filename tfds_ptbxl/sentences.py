@@ -50,6 +50,32 @@ class BuilderConfig(tfds.core.BuilderConfig):
         return SentenceSpec(leads=self.leads, detector=self.detector)  # the spec's lengths: 256 x 96
 
 
+_LISTED_MISSING = 5
+
+
+def check_missing_records(
+    dataset: str, root: os.PathLike, missing: Sequence[str], total: int, allow_missing: bool, how: str = ""
+) -> None:
+    """The one rule for a partial copy of a dataset, in every builder: refuse by default, naming
+    what is missing; with `allow_missing` (`data.allow_missing_records`) build what is there and
+    log every missing record by name."""
+    if not missing:
+        return
+    if not allow_missing:
+        from heartlang_jax.errors import DatasetLayoutError  # the error main.py prints as one line
+
+        listed = ", ".join(missing[:_LISTED_MISSING]) + (", ..." if len(missing) > _LISTED_MISSING else "")
+        raise DatasetLayoutError(
+            f"{dataset} folder {root} lacks {len(missing)} of the {total} records (e.g. {listed}); complete the "
+            f"download, or build from what is there with --config.data.allow_missing_records=True. {how}".strip()
+        )
+    logging.warning(
+        "%s folder %s lacks %d of its %d records; building without them", dataset, root, len(missing), total
+    )
+    for record in missing:
+        logging.warning("%s: record %s is missing from %s; left out", dataset, record, root)
+
+
 def with_default_file_format(kwargs: dict) -> dict:
     """array_record unless the caller names a format: TFDS's default, tfrecord, needs TensorFlow
     (which this project does not install) and fails only at the end of the first split."""
@@ -88,8 +114,12 @@ def task_features(classes: Mapping[str, Sequence[str]]) -> dict:
 
 
 def sentence_fields(sentence: tokenizer_lib.EcgSentence) -> dict:
+    with np.errstate(over="ignore"):  # an overflow is the check below, not a warning
+        words = sentence.words.astype(np.float16)
+    if not np.isfinite(words).all():  # tokenize_records skips such records; never store an inf
+        raise ValueError("a sentence's words overflow float16; it must be skipped before it is stored")
     return {
-        "words": sentence.words.astype(np.float16),
+        "words": words,
         "lead_ids": sentence.lead_ids.astype(np.uint8),
         "time_ids": sentence.time_ids.astype(np.uint8),
         "num_words": sentence.num_words,

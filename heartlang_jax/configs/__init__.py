@@ -40,8 +40,14 @@ def resolve_config_path(argument: str) -> str:
     if os.path.isfile(path):
         return argument
     name = pathlib.PurePath(path)
-    candidates = [PACKAGE_DIR / name.relative_to("configs")] if name.parts[:1] == ("configs",) else []
-    candidates.append(PACKAGE_DIR / name.name)
+    if name.parts[:1] == ("configs",):
+        candidates = [PACKAGE_DIR / name.relative_to("configs")]
+    elif len(name.parts) == 1:  # a bare file name
+        candidates = [PACKAGE_DIR / name.name]
+    else:  # a path with its own directory is that file or nothing, never a shipped one of that name
+        folder = name.parent
+        why = f"directory {folder} does not exist" if not os.path.isdir(folder) else f"no file {name.name} in {folder}"
+        raise ConfigFileError(f"--config={argument}: {why}")
     for candidate in candidates:
         if candidate.is_file() and candidate.suffix == ".py":
             return os.fspath(candidate) + sep + variant

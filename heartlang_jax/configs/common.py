@@ -59,6 +59,9 @@ def data_config() -> ml_collections.ConfigDict:
     data.builder_config = "leads12"
     # Processes used to tokenize records while building (0 = all cores).
     data.num_workers = 0
+    # A dataset folder lacking records is refused, naming them; True builds from what is there
+    # and logs every missing record (the same rule for every dataset).
+    data.allow_missing_records = False
     return data
 
 

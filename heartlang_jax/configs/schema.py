@@ -48,6 +48,8 @@ class DataConfig:
     tfds_dir: str
     builder_config: str
     num_workers: int = field(check=NON_NEGATIVE)
+    # Build from a partial copy of a dataset, without the records its folder lacks (each logged).
+    allow_missing_records: bool = False
 
     def problems(self):
         for name, folder in self.manual_dirs.items():

@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -312,6 +313,8 @@ def type_problem(value, hint) -> str | None:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):  # inf/nan pass every range check written as a comparison
+            return f"must be a finite number, got {value!r}"
     elif hint is str:
         ok = isinstance(value, str)
     else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,24 @@ _BYTES_PER_SAMPLE = {
     "310": 4 / 3,
     "311": 4 / 3,
 }
+
+
+# No surface ECG comes near this: QRS amplitudes are a few mV, pacing spikes and baseline wander
+# stay well inside it. A sample beyond it is a unit error (µV read as mV), a wrong gain or a hostile
+# file, and a record holding one would dominate the amplitude fit and the words cut from it.
+MAX_ABS_MV = 50.0
+
+
+def check_range(signal: np.ndarray, name: object) -> None:
+    """RecordError naming the record if a sample (NaN, the file's "invalid", aside) is beyond
+    ±MAX_ABS_MV mV or infinite: the physiological range check every record passes before use."""
+    with np.errstate(invalid="ignore"):
+        peak = float(np.nanmax(np.abs(signal))) if signal.size and not np.isnan(signal).all() else 0.0
+    if not peak <= MAX_ABS_MV:
+        raise RecordError(
+            f"record {name}: |signal| reaches {peak:.4g} mV, beyond the physiological bound of {MAX_ABS_MV:g} mV "
+            "(wrong units or gain in the header, or a corrupt file)"
+        )
 
 
 def canonical_lead_name(name: str) -> str | None:
@@ -72,15 +91,18 @@ class Record:
     lead_names: tuple[str, ...]
 
 
-def load_record(path: str | os.PathLike) -> Record:
-    """Loads a WFDB or CinC-style `.mat` record; `path` is the record path without extension."""
+def load_record(path: str | os.PathLike, max_seconds: float | None = None) -> Record:
+    """Loads a WFDB or CinC-style `.mat` record; `path` is the record path without extension.
+
+    `max_seconds`: read only the first round(max_seconds x fs) samples (what the tokenizer uses; a
+    WFDB `.dat` is then read only that far, wfdb's `sampto`)."""
     path = Path(path)
     header_path = path.with_name(path.name + ".hea")
     if not header_path.is_file() and path.with_name(path.name + ".mat").is_file():
-        return _read_cpsc2018(path)
+        return _cut(_read_cpsc2018(path), max_seconds)
     if not header_path.is_file():
         raise RecordError(f"record {path}: header file {header_path} not found (give the path without extension)")
-    data_files = _signal_files(path, header_path)
+    data_files, sampto = _signal_files(path, header_path, max_seconds)
     for file_name in sorted(set(data_files)):
         if not (path.parent / file_name).is_file():
             raise RecordError(f"record {path}: signal file {path.parent / file_name} not found")
@@ -89,25 +111,41 @@ def load_record(path: str | os.PathLike) -> Record:
         header = _read_header(path)
         signal = _read_mat(path, header)
     else:
-        header, signal = _read_wfdb(path)
+        header, signal = _read_wfdb(path, sampto)
 
-    if not header.fs or header.fs <= 0:
-        raise RecordError(f"record {path}: header {header_path} has no valid sampling frequency")
-    if header.sig_len is not None and signal.shape != (header.n_sig, header.sig_len):
+    try:
+        fs = float(header.fs)
+    except (TypeError, ValueError):
+        fs = math.nan
+    if not (math.isfinite(fs) and fs > 0):  # NaN passes `fs <= 0`: wfdb misreads some headers so
+        raise RecordError(f"record {path}: bad sampling rate {header.fs!r} Hz in the header {header_path}")
+    expected = header.sig_len if sampto is None or header.sig_len is None else min(sampto, header.sig_len)
+    if header.sig_len is not None and signal.shape != (header.n_sig, expected):
         raise RecordError(
             f"record {path}: signal has shape {signal.shape} (leads, samples), header declares "
             f"({header.n_sig}, {header.sig_len}); the signal file is truncated or corrupt"
         )
+    if max_seconds is not None:  # a .mat is read whole; keep what a WFDB read would have
+        signal = signal[:, : max(1, round(max_seconds * fs))]
+    signal = signal.astype(np.float32)
+    check_range(signal, path)  # after the cast: a float64 beyond float32's range is inf here
     return Record(
         name=header.record_name,
-        signal=signal.astype(np.float32),
+        signal=signal,
         fs=float(header.fs),
         lead_names=tuple(name or "" for name in header.sig_name),
     )
 
 
-def _signal_files(path: Path, header_path: Path) -> list[str]:
-    """The signal file of each lead, from a light read of the header.
+def _cut(record: Record, max_seconds: float | None) -> Record:
+    if max_seconds is None:
+        return record
+    return dataclasses.replace(record, signal=record.signal[:, : max(1, round(max_seconds * record.fs))])
+
+
+def _signal_files(path: Path, header_path: Path, max_seconds: float | None = None) -> tuple[list[str], int | None]:
+    """The signal file of each lead, and the `sampto` of `max_seconds` (None: read all), from a
+    light read of the header.
 
     wfdb's own header parser costs as much as reading the samples, so this routes the record
     (WFDB or `.mat`) and checks the files exist without a second full parse.
@@ -127,7 +165,18 @@ def _signal_files(path: Path, header_path: Path) -> list[str]:
             f"record {path}: corrupt header {header_path}: declares {num_signals} signals, "
             f"has {len(lines) - 1} signal lines"
         )
-    return [fields[0] for fields in lines[1 : 1 + num_signals]]
+    files = [fields[0] for fields in lines[1 : 1 + num_signals]]
+    # wfdb reads a sampling rate it cannot parse ("-100", "nan") as its default 250 Hz, silently.
+    if len(lines[0]) >= 3 and not re.match(r"^(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?(/|\(|$)", lines[0][2]):
+        raise RecordError(f"record {path}: bad sampling rate {lines[0][2]!r} in the header {header_path}")
+    if len(lines[0]) >= 3 and not float(re.match(r"^[\d.eE+-]+", lines[0][2]).group()) > 0:  # type: ignore[union-attr]
+        raise RecordError(f"record {path}: bad sampling rate {lines[0][2]!r} in the header {header_path}")
+    sampto = None
+    if max_seconds is not None and len(lines[0]) >= 4:  # name n_sig fs[/counter][(base)] sig_len ...
+        fs_match = re.match(r"^\d+(?:\.\d*)?", lines[0][2])
+        if fs_match and lines[0][3].isdigit() and float(fs_match.group()) > 0:
+            sampto = min(max(1, round(max_seconds * float(fs_match.group()))), int(lines[0][3]))
+    return files, sampto
 
 
 def _read_header(path: Path) -> wfdb.Record:
@@ -137,10 +186,10 @@ def _read_header(path: Path) -> wfdb.Record:
         raise RecordError(f"record {path}: corrupt header {path}.hea: {e}") from e
 
 
-def _read_wfdb(path: Path) -> tuple[wfdb.Record, np.ndarray]:
-    """Returns the record and its physical signal [leads, samples]."""
+def _read_wfdb(path: Path, sampto: int | None = None) -> tuple[wfdb.Record, np.ndarray]:
+    """Returns the record and its physical signal [leads, samples] (the first `sampto` samples)."""
     try:
-        record = wfdb.rdrecord(str(path), physical=True)
+        record = wfdb.rdrecord(str(path), physical=True, sampto=sampto)
     except Exception as e:
         # Say why if we can: a header wfdb cannot parse, or a `.dat` shorter than it declares.
         _check_dat_sizes(path, _read_header(path))
@@ -203,4 +252,6 @@ def _read_cpsc2018(path: Path) -> Record:
         ) from e
     if data.ndim != 2 or data.shape[0] != len(STANDARD_LEADS) or data.shape[1] == 0:
         raise RecordError(f"record {path}: 'ECG.data' in {mat_path} has shape {data.shape}, expected (12, samples)")
-    return Record(name=path.name, signal=data.astype(np.float32), fs=CPSC2018_FS, lead_names=STANDARD_LEADS)
+    signal = data.astype(np.float32)
+    check_range(signal, path)
+    return Record(name=path.name, signal=signal, fs=CPSC2018_FS, lead_names=STANDARD_LEADS)

@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import gc
 import itertools
+import logging
 import multiprocessing
 import os
 import sys
@@ -72,8 +73,8 @@ def _init_pool_worker(spec: SentenceSpec, mean: float, std: float) -> None:
 
 
 def _moments_of(path: os.PathLike) -> tuple[int, float, float] | None:
-    try:
-        record = records.load_record(path)
+    try:  # the samples the tokenizer uses, and only those are read
+        record = records.load_record(path, max_seconds=_worker["tokenizer"].max_duration_s)
     except records.RecordError:
         return None  # the tokenizing pass logs and counts it
     signal = _selected_rows(record, _worker["spec"].leads).astype(np.float64)
@@ -85,7 +86,7 @@ def _moments_of(path: os.PathLike) -> tuple[int, float, float] | None:
 def _sentence_of(item: tuple[int, os.PathLike]):
     key, path = item
     try:
-        record = records.load_record(path)
+        record = records.load_record(path, max_seconds=_worker["tokenizer"].max_duration_s)
         sentence = _worker["tokenizer"].tokenize(
             standardize(record.signal, _worker["mean"], _worker["std"]),
             record.fs,
@@ -94,6 +95,12 @@ def _sentence_of(item: tuple[int, os.PathLike]):
         )
     except (records.RecordError, tokenizer_lib.TokenizerError) as e:
         return key, None, _skip_reason(e)
+    # The dataset stores words as float16 (max 65504): a word that overflows would be inf on disk.
+    with np.errstate(over="ignore"):
+        stored = sentence.words.astype(np.float16)
+    if not np.isfinite(stored).all():
+        message = f"record {path}: a word overflows float16 after standardizing (|x| > 65504 std units)"
+        return key, None, SkipReason(kind="NonFiniteAfterCast", message=message)
     return key, sentence, None
 
 
@@ -125,17 +132,44 @@ def _imap(fn: Callable, items: Iterable, spec: SentenceSpec, mean: float, std: f
             yield from queued.popleft()
 
 
+# A record is left out of the amplitude fit when its own std, or its mean's distance from the median
+# record's mean, exceeds this many times the median record's std. Relative to the median record, so
+# a dataset of near-identical records (a median absolute deviation near 0) loses none of them.
+OUTLIER_FACTOR = 10.0
+
+
+def _inliers(means: np.ndarray, stds: np.ndarray) -> np.ndarray:
+    """Mask of the records [R] whose mean and std are not outliers among the records (see OUTLIER_FACTOR)."""
+    scale = float(np.median(stds))
+    if not scale > 0:  # most records flat: nothing to compare against, keep them all
+        return np.ones(len(stds), bool)
+    return (stds <= OUTLIER_FACTOR * scale) & (np.abs(means - np.median(means)) <= OUTLIER_FACTOR * scale)
+
+
 def amplitude_moments(paths: Sequence[os.PathLike], spec: SentenceSpec, num_workers: int = 1) -> tuple[float, float]:
-    """Global mean and std of every sample of the spec's leads over `paths` (float64 sums)."""
-    count, total, total_sq = 0, 0.0, 0.0
-    for moments in _imap(_moments_of, paths, spec, 0.0, 1.0, num_workers):
-        if moments is not None:
-            count += moments[0]
-            total += moments[1]
-            total_sq += moments[2]
-    if count == 0:
+    """Mean and std of every sample of the spec's leads over `paths` (float64 sums), robust to a
+    few hostile records: a record whose own std, or whose mean's distance from the median record's
+    mean, exceeds OUTLIER_FACTOR (10) times the median record's std is logged by name and left out,
+    so one record with a wrong gain cannot set the scale of the whole dataset.
+    The pooled moments of the records kept are then exact, as before."""
+    moments = [(path, m) for path, m in zip(paths, _imap(_moments_of, paths, spec, 0.0, 1.0, num_workers)) if m]
+    if not moments:
         raise ValueError(f"none of the {len(paths)} training records could be read to fit the amplitude scale")
-    mean = total / count
+    sums = np.array([m for _, m in moments], dtype=np.float64)  # [R, 3]: count, sum, sum of squares
+    means = sums[:, 1] / sums[:, 0]
+    stds = np.sqrt(np.maximum(sums[:, 2] / sums[:, 0] - means**2, 0.0))
+    keep = _inliers(means, stds)
+    if keep.sum() < len(keep):
+        left_out = [os.fspath(path) for (path, _), k in zip(moments, keep) if not k]
+        logging.warning(
+            "Amplitude fit: left out %d of %d records whose mean or std is an outlier (> %g x the median std): %s",
+            len(left_out),
+            len(keep),
+            OUTLIER_FACTOR,
+            ", ".join(left_out[:20]) + (" ..." if len(left_out) > 20 else ""),
+        )
+    count, total, total_sq = sums[keep].sum(axis=0)
+    mean = float(total / count)
     std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
     if not std > 0:
         raise ValueError("the training records have zero amplitude variance; cannot standardize")

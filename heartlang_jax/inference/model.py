@@ -226,7 +226,7 @@ class HeartLangModel:
                 raise ValueError(
                     f"record {ecg}: fs and lead_names come from the record's header; pass them only with an array"
                 )
-            ecg = records.load_record(record_path(ecg))
+            ecg = records.load_record(record_path(ecg), max_seconds=self.tokenizer.max_duration_s)
         if isinstance(ecg, records.Record):
             return ecg.signal, ecg.fs, ecg.lead_names, name or ecg.name
         name = name or "<array>"
@@ -235,6 +235,7 @@ class HeartLangModel:
         signal = np.asarray(ecg, dtype=np.float32)  # records hold float32 mV, so arrays do too
         if signal.ndim == 1:
             signal = signal[None]
+        records.check_range(signal, name)  # as every record read from a file
         return signal, fs, None if lead_names is None else tuple(lead_names), name
 
     def _standardized(self, signal: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -143,10 +144,22 @@ def read(workdir: str | os.PathLike) -> ModelInfo:
         payload = json.loads(path.read_text())
     except ValueError as e:
         raise checkpointing.CheckpointError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(payload, dict):
+        raise checkpointing.CheckpointError(f"{path}: expected a JSON object, got {type(payload).__name__}")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise checkpointing.CheckpointError(
             f"{path} has format_version {payload['format_version']}; this heartlang_jax reads <= {FORMAT_VERSION}"
         )
+    fields = {f.name for f in dataclasses.fields(ModelInfo)}
+    unknown = sorted(set(payload) - fields)
+    if unknown:
+        raise checkpointing.CheckpointError(
+            f"{path}: unknown field(s) {', '.join(unknown)}; it has {', '.join(sorted(fields))}"
+        )
+    missing = sorted(f for f in ("kind", "model", "sentence", "amplitude", "dataset") if f not in payload)
+    if missing:
+        raise checkpointing.CheckpointError(f"{path}: missing field(s) {', '.join(missing)}")
+    _check_amplitude(path, payload["amplitude"])
     if payload.get("class_names") is not None:
         payload["class_names"] = tuple(payload["class_names"])
     payload["model"] = _explicit_block_details(payload.get("model") or {})
@@ -173,6 +186,19 @@ def _explicit_block_details(model: Mapping[str, Any]) -> dict:
 _ENCODER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ECGFormerConfig)}
 
 
+def _check_amplitude(path, amplitude) -> None:
+    """The standardization every input goes through: a std of 0 or a NaN would make every input
+    non-finite, and the fault is the model.json's, not the record's."""
+    if not isinstance(amplitude, Mapping):
+        raise checkpointing.CheckpointError(f"{path}: amplitude must be {{'mean': ..., 'std': ...}}, got {amplitude!r}")
+    for key in ("mean", "std"):
+        value = amplitude.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise checkpointing.CheckpointError(f"{path}: amplitude.{key} must be a finite number, got {value!r}")
+    if not amplitude["std"] > 0:
+        raise checkpointing.CheckpointError(f"{path}: amplitude.std must be positive, got {amplitude['std']!r}")
+
+
 def encoder_config(fields: Mapping[str, Any], dtype: str | None = None) -> ECGFormerConfig:
     values = dict(fields)
     if dtype is not None:
@@ -188,7 +214,20 @@ def vqhbr_config(fields: Mapping[str, Any], dtype: str | None = None) -> VQHBRCo
 
 
 def build_model(info: ModelInfo, *, dtype: str | None = None, seed: int = 0, **encoder_overrides) -> nnx.Module:
-    """The (randomly initialized) model a run folder describes; restore its weights after."""
+    """The (randomly initialized) model a run folder describes; restore its weights after.
+
+    A `model` block that names an unknown field or a bad value is a CheckpointError naming model.json."""
+    try:
+        return _build_model(info, dtype=dtype, seed=seed, **encoder_overrides)
+    except (TypeError, KeyError, ValueError) as e:  # ConfigError is a ValueError
+        if isinstance(e, checkpointing.CheckpointError):
+            raise
+        raise checkpointing.CheckpointError(
+            f"{MODEL_INFO_FILE}: its {info.kind} model block does not describe a model ({type(e).__name__}: {e})"
+        ) from e
+
+
+def _build_model(info: ModelInfo, *, dtype: str | None, seed: int, **encoder_overrides) -> nnx.Module:
     rngs = nnx.Rngs(seed)
     if info.kind == "vqhbr":
         return VQHBR(vqhbr_config(info.model, dtype), rngs=rngs)
@@ -205,6 +244,21 @@ def load_model(
     info = read(workdir)
     if expect_kind is not None and info.kind != expect_kind:
         raise checkpointing.CheckpointError(f"{workdir} holds a {info.kind!r} run, expected a {expect_kind!r} run")
+    what = f"{info.kind} checkpoint"
+    # The stored shapes are checked against an abstract model first: a model.json describing a far
+    # bigger model than the checkpoint holds is refused before its arrays are allocated.
+    abstract = nnx.eval_shape(lambda: build_model(info, dtype=dtype, **encoder_overrides))
+    try:
+        steps = checkpointing.RunCheckpoints(workdir, read_only=True)
+    except checkpointing.CheckpointError:
+        newest = []  # load_model_from_run says what is missing
+    else:
+        try:
+            newest = steps.steps()
+        finally:
+            steps.close()
+    if newest:
+        checkpointing.check_fits(workdir, newest[-1], abstract, what)
     model = build_model(info, dtype=dtype, **encoder_overrides)
-    step = checkpointing.load_model_from_run(workdir, model, what=f"{info.kind} checkpoint")
+    step = checkpointing.load_model_from_run(workdir, model, what=what)
     return info, model, step

@@ -60,6 +60,7 @@ def open_dataset(data: schema.DataConfig, workdir: str | os.PathLike, dataset: s
         builder_config=data.builder_config,
         manual_dir=data.manual_dirs[name] or None,
         num_workers=data.num_workers or None,
+        builder_kwargs={"allow_missing_records": data.allow_missing_records},
     )
     logging.info("%s", input_pipeline.summarize(builder))
     return builder, builder.as_data_source()
@@ -193,6 +194,11 @@ def train(
     **loop_kwargs,
 ) -> train_loop.LoopResult:
     """The schedule (from the global batch), AdamW, and the shared loop."""
+    if num_train_examples < ctx.global_batch:  # every batch would repeat examples within itself
+        raise errors.ConfigError(
+            f"config.batch_size: the global batch of {ctx.global_batch} is larger than the "
+            f"{num_train_examples} training examples of {ctx.dataset.name}; lower batch_size"
+        )
     schedule = train_loop.Schedule.from_config(ctx.config, num_train_examples, ctx.global_batch)
     logging.info("[%s] %s parameters", ctx.name, f"{parameter_count(model):,}")
     tx = optim.make_optimizer(

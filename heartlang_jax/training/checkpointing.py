@@ -10,6 +10,8 @@ writes each host's shards. Paths go through `etils.epath`, so a workdir may be `
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import logging
 import math
@@ -23,9 +25,12 @@ from flax import nnx
 
 from heartlang_jax import atomic_file
 from heartlang_jax.errors import CheckpointError
+from heartlang_jax.training import parallel, workdir_lock
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+MODEL_INFO_NAME = "model.json"  # model_info.MODEL_INFO_FILE, named in errors
+UNREADABLE_DIR = "checkpoints_unreadable"  # where a resume moves steps it cannot read
 _ITEMS = ("model", "optimizer", "data", "meta")
 _STEP_METRIC = "step"  # saved beside a step's metrics, to break ties between equal best values
 
@@ -75,11 +80,17 @@ def claim_workdir(workdir: str | os.PathLike, config: Mapping, identity_fields) 
     make sense: a Base run must not resume from a Small run's checkpoints.
     """
     workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create the workdir {workdir}: {e.strerror or e}") from e
+    workdir_lock.acquire(workdir)  # also the first write: a read-only workdir fails here, in one line
     path = workdir / CONFIG_FILE
+    text = config_to_json(config)
     if path.is_file():
-        previous = json.loads(path.read_text())
-        current = json.loads(config_to_json(config))  # tuples as lists, as read back
+        previous_text = path.read_text()
+        previous = json.loads(previous_text)
+        current = json.loads(text)
         differing = [d for f in identity_fields for d in _differences(_get(previous, f), _get(current, f), f)]
         if differing:
             details = "; ".join(f"{path}: {there!r} there, {now!r} now" for path, there, now in differing)
@@ -87,7 +98,18 @@ def claim_workdir(workdir: str | os.PathLike, config: Mapping, identity_fields) 
                 f"{workdir} holds a run with a different configuration ({details}). "
                 "Use a new --workdir, or rerun with the original config to resume it."
             )
-    atomic_write_text(path, config_to_json(config))
+        changed = _differences(previous, current, "config")
+        if changed:
+            # The earlier run's settings stay beside the new ones: config.json is always the latest.
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            kept = workdir / f"config-{stamp}.json"
+            for field, there, now in changed:
+                logging.warning(
+                    "Resuming %s with a changed setting: %s: %r before, %r now", workdir, field[7:], there, now
+                )
+            logging.warning("The earlier config of %s is kept as %s", workdir, kept.name)
+            atomic_write_text(kept, previous_text)
+    atomic_write_text(path, text)
 
 
 def _differences(there, now, path: str) -> list[tuple[str, object, object]]:
@@ -166,7 +188,24 @@ class RunCheckpoints:
         if metrics is not None:  # a NaN score (e.g. AUC without positives) ranks last
             metrics = {k: float(v) if math.isfinite(float(v)) else -math.inf for k, v in metrics.items()}
             metrics[_STEP_METRIC] = int(step)
-        self._manager.save(step, args=ocp.args.Composite(**args), force=True, metrics=metrics)
+        with self._saving(f"step {step}"):
+            self._manager.save(step, args=ocp.args.Composite(**args), force=True, metrics=metrics)
+
+    @contextlib.contextmanager
+    def _saving(self, what: str):
+        """A save that fails for the file system (disk full, read-only) is one line. Orbax writes a
+        step to a temporary folder and renames it when complete, so the failed step is never listed
+        and the next run removes its temporary folder."""
+        try:
+            yield
+        except Exception as e:
+            cause = _os_error(e)
+            if cause is None:
+                raise
+            raise CheckpointError(
+                f"saving the checkpoint ({what}) to {self.directory} failed: {cause.strerror or cause}; "
+                "the steps saved before it are intact"
+            ) from e
 
     def restore(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None) -> tuple[dict, dict]:
         """Restores in place into `model`/`optimizer`; returns (data_state, meta)."""
@@ -188,30 +227,119 @@ class RunCheckpoints:
         return dict(restored["data"] or {}), dict(restored["meta"])
 
     def restore_latest(self, model: nnx.Module, optimizer: nnx.Optimizer | None) -> tuple[int, dict, dict] | None:
-        """Newest readable step, or None for a fresh run. An unreadable step is logged and passed over."""
+        """Newest readable step, or None for a fresh run.
+
+        An unreadable step is moved aside to `<workdir>/checkpoints_unreadable/` (named in the
+        log) and passed over: left in place, the resumed run would reach that step again and Orbax
+        would refuse to save over it (StepAlreadyExistsError).
+        """
+        moved = False
+        found = None
         for step in reversed(self.steps()):
             try:
                 data_state, meta = self.restore(step, model, optimizer)
             except Exception as e:  # any failure to read means "not a usable checkpoint"
+                target = self._move_aside(step)
                 logging.warning(
-                    "Checkpoint step %d in %s is unreadable (%s); trying an older one", step, self.directory, e
+                    "Checkpoint step %d in %s is unreadable (%s); moved it to %s, trying an older one",
+                    step,
+                    self.directory,
+                    _one_line(e),
+                    target,
                 )
+                moved = True
                 continue
-            return step, data_state, meta
-        return None
+            found = step, data_state, meta
+            break
+        if moved:
+            parallel.barrier("heartlang_jax.training.checkpointing.moved_aside")
+            self._manager.reload()
+        return found
+
+    def _move_aside(self, step: int) -> epath.Path:
+        """Moves step `step`'s folder to `checkpoints_unreadable/<step>[-n]` (process 0 renames)."""
+        aside = self.directory.parent / UNREADABLE_DIR
+        target = aside / str(step)
+        n = 1
+        while target.exists():
+            target, n = aside / f"{step}-{n}", n + 1
+        if jax.process_index() == 0:
+            aside.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target)
+        return target
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with self._saving("in the background"):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            with self._saving("in the background"):
+                self._manager.wait_until_finished()
+        finally:
+            self._manager.close()
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError (with an errno) behind `error`, following the chain Orbax wraps it in."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{path: (shape, dtype)} of every array of `tree` (real, abstract or Orbax metadata); PRNG keys,
+    stored as their raw data, are left out."""
+    out = {}
+    for path, leaf in jax.tree.leaves_with_path(tree):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            continue
+        out[jax.tree_util.keystr(path, simple=True, separator=".")] = (tuple(leaf.shape), str(dtype))
+    return out
+
+
+def check_fits(workdir: str | os.PathLike, step: int, model: nnx.Module, what: str) -> None:
+    """Compares the model's array shapes (`model` may be abstract, from `nnx.eval_shape`) with those
+    stored in checkpoint `step` (Orbax metadata, no array read): nothing is allocated for a model
+    that cannot be restored. CheckpointError naming the fields that differ, or an unreadable step."""
+    step_dir = absolute(workdir) / CHECKPOINT_DIR / str(step)
+    try:
+        stored = _shapes(ocp.StandardCheckpointHandler().metadata(step_dir / "model"))
+    except Exception as e:  # a missing or corrupt metadata file, whatever Orbax raises for it
+        raise CheckpointError(
+            f"{what}: checkpoint step {step} in {step_dir.parent} is unreadable ({_one_line(e)})"
+        ) from e
+    wanted = {k: v[0] for k, v in _shapes(nnx.to_pure_dict(nnx.state(model))).items()}
+    # PRNG keys are stored as their raw uint32 data and left out of `wanted`: drop them here too
+    have = {k: v[0] for k, v in stored.items() if k in wanted or not k.endswith(".key")}
+    differ = [
+        f"{k}: {have.get(k, 'absent')} stored, {wanted.get(k, 'absent')} in the model"
+        for k in sorted(set(have) | set(wanted))
+        if have.get(k) != wanted.get(k)
+    ]
+    if differ:
+        shown = "; ".join(differ[:5]) + (f"; and {len(differ) - 5} more" if len(differ) > 5 else "")
+        raise CheckpointError(
+            f"{what} at {step_dir} does not fit the model its {MODEL_INFO_NAME} describes ({len(differ)} arrays differ: {shown})"
+        )
 
 
 def load_model_from_run(workdir: str | os.PathLike, model: nnx.Module, what: str) -> int:
     """Initializes `model` from the newest checkpoint of an earlier stage's workdir; returns its step.
 
     `what` names the checkpoint in errors ("tokenizer checkpoint", "pre-training checkpoint").
+    Shapes are checked against the stored ones first; a step whose files cannot be read is
+    "checkpoint step N is unreadable".
     """
     directory = absolute(workdir) / CHECKPOINT_DIR
     try:
@@ -219,14 +347,16 @@ def load_model_from_run(workdir: str | os.PathLike, model: nnx.Module, what: str
         steps = checkpoints.steps()
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise CheckpointError(f"{what} not found: {directory} has no checkpoints ({e})") from e
-    if not steps:
-        raise CheckpointError(f"{what} not found: {directory} has no complete checkpoint")
     try:
-        checkpoints.restore(steps[-1], model, optimizer=None)
-    except Exception as e:
-        raise CheckpointError(
-            f"{what} at {directory}/{steps[-1]} does not fit the model built from its config: {e}"
-        ) from e
+        if not steps:
+            raise CheckpointError(f"{what} not found: {directory} has no complete checkpoint")
+        check_fits(workdir, steps[-1], model, what)
+        try:
+            checkpoints.restore(steps[-1], model, optimizer=None)
+        except Exception as e:
+            raise CheckpointError(
+                f"{what}: checkpoint step {steps[-1]} in {directory} is unreadable ({_one_line(e)})"
+            ) from e
     finally:
         checkpoints.close()
     return steps[-1]

@@ -26,6 +26,7 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -128,6 +129,38 @@ def _check_finite(step: int, metrics: Mapping[str, float], stage: str) -> None:
         )
 
 
+def _check_finite_eval(step: int, scores: Mapping[str, float], stage: str) -> None:
+    """A non-finite evaluation fails the run; an AUC may be NaN (a class without positives)."""
+    bad = {
+        k: v
+        for k, v in scores.items()
+        if np.ndim(v) == 0 and not math.isfinite(float(v)) and not ("auc" in k and math.isnan(float(v)))
+    }
+    if bad:
+        details = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+        raise NonFiniteError(
+            f"[{stage}] non-finite evaluation at step {step} ({details}). The run stopped; the last "
+            "good checkpoint is untouched."
+        )
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jax.dtypes.issubdtype(x.dtype, np.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
+
+
+def _check_finite_state(step: int, model: nnx.Module, optimizer: nnx.Optimizer, stage: str) -> None:
+    """Never save NaN weights: a finite loss can still come with a NaN parameter (e.g. a NaN
+    update to a weight the loss did not reach this step)."""
+    for name, state in (("model", nnx.state(model)), ("optimizer", nnx.state(optimizer))):
+        if not bool(parallel.to_host(_all_finite(nnx.to_pure_dict(state)))):
+            raise NonFiniteError(
+                f"[{stage}] non-finite {name} state at step {step}; not saved. The run stopped; the last "
+                "good checkpoint is untouched."
+            )
+
+
 def run(
     *,
     stage: str,
@@ -195,6 +228,7 @@ def run(
             progress.report(step, stage, {k: v for k, v in scalars.items() if k == "train_loss"})
 
         def save(at_step: int, scores: dict | None = None) -> None:
+            _check_finite_state(at_step, model, optimizer, stage)
             checkpoints.save(at_step, model, optimizer, iterator.get_state(), {**meta, "last_eval": last_eval}, scores)
 
         with _Preemption() as preemption:
@@ -214,6 +248,7 @@ def run(
                 if evaluate is not None and (step % schedule.eval_every_steps == 0 or done):
                     flush()
                     last_eval = evaluate(step)
+                    _check_finite_eval(step, last_eval, stage)
                     evaluated = True
                     writer.write_scalars(step, last_eval)
                     if eval_images is not None:

@@ -141,6 +141,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         chunk_size: int = 2_000,
         amplitude_fit_records: int = 20_000,
         split_batch: int = RELEASED_BATCH,
+        allow_missing_records: bool = False,
         **kwargs,
     ):
         """`chunk_size`: records per checkpoint (2,000 sentences are ~100 MB in memory).
@@ -149,6 +150,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._chunk_size = chunk_size
         self._amplitude_fit_records = amplitude_fit_records
         self._split_batch = split_batch
+        self._allow_missing = allow_missing_records  # build without missing records (each logged)
         super().__init__(**sentences.with_default_file_format(kwargs))
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -175,6 +177,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         """Everything the chunks depend on; the amplitude fit is cached beside them."""
         self._check_layout(root)
         listing = read_record_list(root)
+        # A missing record stays in its place in the split (skipped when tokenized) when allowed.
+        missing = [p for p in listing.path if not (root / (p + ".hea")).is_file()]
+        sentences.check_missing_records(self.name, root, missing, len(listing.path), self._allow_missing)
         is_validation = released_split(len(listing.path), self._split_batch)
         members = {"train": np.flatnonzero(~is_validation), "validation": np.flatnonzero(is_validation)}
         spec = self.builder_config.spec

@@ -75,8 +75,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     and checks every file against PhysioNet's SHA256SUMS.txt.
     """
 
-    def __init__(self, *, download_url: str | None = None, num_workers: int | None = None, **kwargs):
-        """`download_url` replaces PhysioNet (a mirror, or a local copy served over http/file)."""
+    def __init__(
+        self,
+        *,
+        download_url: str | None = None,
+        num_workers: int | None = None,
+        allow_missing_records: bool = False,
+        **kwargs,
+    ):
+        """`download_url` replaces PhysioNet (a mirror, or a local copy served over http/file).
+        `allow_missing_records`: build without the records the folder lacks (logged by name)."""
+        self._allow_missing = allow_missing_records
         self._download_url = download_url or os.environ.get("PTBXL_DOWNLOAD_URL") or ptbxl.DOWNLOAD_URL
         self._num_workers = num_workers or os.cpu_count() or 1
         self._manual_dir_given: str | None = None
@@ -117,6 +126,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         root = self._source_dir(dl_manager)
         rows = ptbxl.read_database(root)
+        rate = self.builder_config.sampling_rate
+        present = {row.ecg_id for row in rows if (root / (row.filename(rate) + ".hea")).is_file()}
+        missing = [row.filename(rate) for row in rows if row.ecg_id not in present]
+        sentences.check_missing_records(self.name, root, missing, len(rows), self._allow_missing)
+        rows = [row for row in rows if row.ecg_id in present]
         for split, folds in ptbxl.SPLIT_FOLDS.items():  # TFDS fails obscurely on an empty split
             if not ptbxl.fold_rows(rows, split):
                 raise ValueError(f"{root / 'ptbxl_database.csv'} has no record in the {split} split (folds {folds})")
