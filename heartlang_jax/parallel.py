@@ -84,7 +84,11 @@ def replicate_module(module: nnx.Module | nnx.Optimizer, mesh: jax.sharding.Mesh
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """This host's rows become its slice of one global array, split along `data`."""
+    """This host's rows become its slice of one global array, split along `data`.
+
+    Fields keep their dtypes: the input pipeline sends words as stored, float16, and ids as
+    uint8 (half and a quarter of the bytes), and the models cast them on the devices (the token
+    embedding casts words to the compute dtype; embedding lookups take any integer ids)."""
     sharding = NamedSharding(mesh, P(DATA_AXIS))
     return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in batch.items()}
 

@@ -19,7 +19,7 @@ import ml_collections
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import checkpointing, errors, input_pipeline, optim, parallel, run_info, train_loop
+from heartlang_jax import checkpointing, errors, input_pipeline, optim, parallel, run_info, split_cache, train_loop
 from heartlang_jax.models import ECGFormerConfig
 
 
@@ -48,7 +48,10 @@ def tfds_dir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> e
 
 def open_dataset(config: ml_collections.ConfigDict, workdir: str | os.PathLike, dataset: str | None = None):
     """Builds a dataset of the config if needed: `config.data.dataset`, or `dataset` (one of
-    `data.mixture`), from its folder `data.manual_dirs.<name>`; returns (builder, {split: source})."""
+    `data.mixture`), from its folder `data.manual_dirs.<name>`; returns (builder, {split: source}).
+
+    Each source reads its split from a memory-mapped cache of the decoded columns
+    (`split_cache.ColumnSource`, built on first use), so batches are gathered, not decoded."""
     data = config.data
     name = dataset or data.dataset
     builder = input_pipeline.prepare_dataset(
@@ -59,7 +62,7 @@ def open_dataset(config: ml_collections.ConfigDict, workdir: str | os.PathLike, 
         num_workers=data.num_workers or None,
     )
     logging.info("%s", input_pipeline.summarize(builder))
-    return builder, builder.as_data_source()
+    return builder, split_cache.cached_sources(builder)
 
 
 def parameter_count(model: nnx.Module) -> int:
