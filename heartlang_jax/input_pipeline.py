@@ -135,7 +135,7 @@ class _ToBatchFields:
 
     def __call__(self, index: int) -> dict[str, Any]:
         example = self.source[index]
-        out = {name: _host_dtype(name, example[name]) for name in SENTENCE_FIELDS}
+        out: dict[str, Any] = {name: _host_dtype(name, example[name]) for name in SENTENCE_FIELDS}
         out["index"] = np.int32(index)
         if self.task is not None:
             out["labels"] = np.asarray(example[self.task], np.float32)
@@ -148,7 +148,7 @@ class _ToBatchFields:
             fields = [self(int(i)) for i in indices]
             return {key: np.stack([f[key] for f in fields]) for key in fields[0]}
         names = (*SENTENCE_FIELDS, self.task) if self.task is not None else SENTENCE_FIELDS
-        columns = self.source.gather(indices, names)
+        columns = self.source.gather(indices, names)  # type: ignore[attr-defined]  # can_gather checked it
         out = {name: _host_dtype(name, columns[name]) for name in SENTENCE_FIELDS}
         out["index"] = indices.astype(np.int32)
         if self.task is not None:
@@ -177,7 +177,8 @@ def labelled_indices(source: Sequence, task: str | None) -> np.ndarray:
     if task is None:
         return np.arange(len(source))
     if can_gather(source):
-        return np.flatnonzero(np.any(source.gather(np.arange(len(source)), (task,))[task], axis=1)).astype(np.int64)
+        labels = source.gather(np.arange(len(source)), (task,))[task]  # type: ignore[attr-defined]
+        return np.flatnonzero(np.any(labels, axis=1)).astype(np.int64)
     return np.asarray([i for i in range(len(source)) if np.any(source[i][task])], np.int64)
 
 
