@@ -4,8 +4,9 @@ Parses flags, starts multi-process JAX when there are several processes, logs th
 hands over to one library function per stage, so that a notebook can call the same functions.
 
 Multi-process settings come from `--coordinator_address`, `--num_processes` and `--process_id`,
-else from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; without them, TPU VM
-pods and SLURM jobs are detected as JAX does. Errors in the user's input (the project's own
+else from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; what they leave unset
+JAX's `jax.distributed.initialize()` detects (TPU VM pods, GKE, Kubernetes, SLURM, Open MPI,
+mpi4py), and with neither the run is one process (`parallel.initialize_distributed`). Errors in the user's input (the project's own
 error types) print as one line and exit 2; anything else is a bug and keeps its traceback.
 """
 

@@ -31,7 +31,7 @@ def _config(steps: int):
     return config
 
 
-def _run(workdir, steps: int, prepare_batch=None, total_steps: int = 6):
+def _run(workdir, steps: int, prepare_batch=None, total_steps: int = 6, train_step=vqhbr.train_step):
     """Trains a tiny VQ-HBR for `steps` (of a `total_steps` schedule, so the lr is the same)."""
     config = schema.validate(_config(steps))
     model = vqhbr.build_model(config)
@@ -43,7 +43,7 @@ def _run(workdir, steps: int, prepare_batch=None, total_steps: int = 6):
         workdir=str(workdir),
         model=model,
         optimizer=optimizer,
-        train_step=vqhbr.train_step,
+        train_step=train_step,
         train_data=input_pipeline.train_dataset(SOURCE, global_batch=8, seed=0),
         mesh=parallel.make_mesh(),
         schedule=train_loop.Schedule.from_config(config, len(SOURCE), 8),
@@ -99,15 +99,16 @@ def test_nonfinite_loss_stops_at_its_step_and_keeps_good_checkpoints(tmp_path):
 
 
 def test_sigterm_saves_then_resumes_identically(tmp_path, uninterrupted):
-    def preempt(batch):
+    # Sent from the 3rd step itself: batches are prepared ahead of the step in another thread.
+    def preempt(*args):
         preempt.calls += 1
         if preempt.calls == 3:
             os.kill(os.getpid(), signal.SIGTERM)
-        return batch
+        return vqhbr.train_step(*args)
 
     preempt.calls = 0
     with pytest.raises(train_loop.Preempted) as info:
-        _run(tmp_path, 6, prepare_batch=preempt)
+        _run(tmp_path, 6, train_step=preempt)
     assert info.value.step == 3
     assert checkpointing.RunCheckpoints(tmp_path).steps()[-1] == 3
     model, _ = _run(tmp_path, 6)

@@ -64,4 +64,6 @@ def get_pretrain_config(size: str, variant: str = "") -> ml_collections.ConfigDi
         common.loop_config(config, epochs=200, warmup_epochs=5, batch=512)
     elif variant:
         raise ValueError(f"unknown variant {variant!r} of the pre-training configs; known: 'tiny', 'released'")
+    if variant != "tiny":
+        common.large_dataset_intervals(config)
     return config

@@ -91,4 +91,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         common.loop_config(config, epochs=100, warmup_epochs=10, batch=512)
     elif variant:
         raise ValueError(f"unknown variant {variant!r} of configs/vqhbr.py; known: 'tiny', 'released'")
+    if variant != "tiny":
+        common.large_dataset_intervals(config)
     return config

@@ -21,7 +21,7 @@ from flax import nnx
 
 from heartlang_jax import errors
 from heartlang_jax.configs import schema, typed
-from heartlang_jax.data import input_pipeline
+from heartlang_jax.data import input_pipeline, split_cache
 from heartlang_jax.inference import model_info
 from heartlang_jax.models import ECGFormerConfig
 from heartlang_jax.training import checkpointing, optim, parallel, train_loop
@@ -52,7 +52,10 @@ def tfds_dir(data: schema.DataConfig, workdir: str | os.PathLike) -> epath.Path:
 
 def open_dataset(data: schema.DataConfig, workdir: str | os.PathLike, dataset: str | None = None):
     """Builds a dataset of `data` if needed: `data.dataset`, or `dataset` (one of `data.mixture`),
-    from its folder `data.manual_dirs[name]`; returns (builder, {split: source})."""
+    from its folder `data.manual_dirs[name]`; returns (builder, {split: source}).
+
+    Each source reads its split from a memory-mapped cache of the decoded columns
+    (`split_cache.ColumnSource`, built on first use), so batches are gathered, not decoded."""
     name = dataset or data.dataset
     builder = input_pipeline.prepare_dataset(
         tfds_dir(data, workdir),
@@ -63,7 +66,7 @@ def open_dataset(data: schema.DataConfig, workdir: str | os.PathLike, dataset: s
         builder_kwargs={"allow_missing_records": data.allow_missing_records},
     )
     logging.info("%s", input_pipeline.summarize(builder))
-    return builder, builder.as_data_source()
+    return builder, split_cache.cached_sources(builder)
 
 
 def parameter_count(model: nnx.Module) -> int:

@@ -4,7 +4,9 @@ A stage's workdir holds `config.json` (the full config that made it) and `checkp
 with four items: `model` and `optimizer` (NNX state), `data` (the grain iterator state) and
 `meta` (step and anything else small). Orbax writes each step to a temporary directory and
 renames it when complete, so a killed save is never listed; restore still falls back past a step
-that cannot be read. Saves are collective: every host calls `save` at the same step, and Orbax
+that cannot be read. Saves are asynchronous (Orbax's `enable_async_checkpointing`): the arrays
+are copied off the devices, then written in the background while training goes on; `wait()`,
+`close()` and every restore wait for a save in flight first. Saves are collective: every host calls `save` at the same step, and Orbax
 writes each host's shards. Paths go through `etils.epath`, so a workdir may be `gs://...`.
 """
 
@@ -155,7 +157,9 @@ class RunCheckpoints:
                 raise CheckpointError(f"no checkpoints in {self.directory}")
             options = ocp.CheckpointManagerOptions(create=False, read_only=True, cleanup_tmp_directories=False)
         elif best_metric is None:
-            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True
+            )
         else:
             policies = ocp.checkpoint_managers
             keep = policies.AnyPreservationPolicy(
@@ -169,7 +173,9 @@ class RunCheckpoints:
                     ),
                 ]
             )
-            options = ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=True, preservation_policy=keep)
+            options = ocp.CheckpointManagerOptions(
+                create=True, cleanup_tmp_directories=True, preservation_policy=keep, enable_async_checkpointing=True
+            )
         self._manager = ocp.CheckpointManager(self.directory, item_names=_ITEMS, options=options)
 
     def steps(self) -> list[int]:
@@ -209,6 +215,7 @@ class RunCheckpoints:
 
     def restore(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None) -> tuple[dict, dict]:
         """Restores in place into `model`/`optimizer`; returns (data_state, meta)."""
+        self._manager.wait_until_finished()  # never read a step still being written
         model_state = nnx.state(model)
         args = {
             "model": ocp.args.StandardRestore(_abstract(_saveable(model_state))),

@@ -14,6 +14,7 @@ the mesh, so the model sees the same batches whatever the number of hosts.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 
@@ -84,7 +85,11 @@ def replicate_module(module: nnx.Module | nnx.Optimizer, mesh: jax.sharding.Mesh
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """This host's rows become its slice of one global array, split along `data`."""
+    """This host's rows become its slice of one global array, split along `data`.
+
+    Fields keep their dtypes: the input pipeline sends words as stored, float16, and ids as
+    uint8 (half and a quarter of the bytes), and the models cast them on the devices (the token
+    embedding casts words to the compute dtype; embedding lookups take any integer ids)."""
     sharding = NamedSharding(mesh, P(DATA_AXIS))
     return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in batch.items()}
 
@@ -148,34 +153,43 @@ def _env_int(name: str) -> int | None:
         raise errors.ConfigError(f"environment variable {name}={value!r} must be an integer") from None
 
 
-def _cluster_detected() -> bool:
-    """A TPU VM pod or a SLURM/Open MPI job with several tasks, which JAX configures itself."""
-    env = os.environ
-    return bool(
-        env.get("TPU_WORKER_HOSTNAMES", "").count(",")
-        or int(env.get("SLURM_NTASKS", "1") or 1) > 1
-        or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
-    )
+# Launchers that set these start every rank of an MPI job (MPICH/Intel MPI hydra, PMIx); JAX's
+# mpi4py detection is opt-in, so it is asked for when mpi4py is installed and one of them is set.
+# (Open MPI's own variables are detected by JAX without mpi4py.)
+_MPI_LAUNCH_VARIABLES = ("PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+
+
+def _mpi4py_launch() -> bool:
+    import importlib.util
+
+    return any(v in os.environ for v in _MPI_LAUNCH_VARIABLES) and importlib.util.find_spec("mpi4py") is not None
 
 
 def initialize_distributed(**flags) -> bool:
-    """Starts multi-process JAX when settings are given or a cluster is detected; True if it did.
+    """Starts multi-process JAX unless this is plainly one process; True if it did.
 
-    Explicit settings (flags, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)
-    must name all three on a machine JAX cannot recognise; on TPU VMs and SLURM, JAX fills in
-    what is missing.
+    JAX's own `jax.distributed.initialize()` detects the cluster (Cloud TPU VM pods and GKE TPU,
+    Kubernetes Jobs/JobSets with the `kubernetes` package, SLURM, Open MPI, and mpi4py under an
+    MPI launcher) and fills in whatever the flags or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+    JAX_PROCESS_ID leave unset. Where it finds no cluster and nothing is set, it stops before
+    any network call and the run is one process, so a laptop never waits on a coordinator;
+    `JAX_NUM_PROCESSES=1` (or `--num_processes=1`) forces one process anywhere.
     """
     settings = distributed_settings(**flags)
     if settings.get("num_processes") == 1 and not settings.get("coordinator_address"):
         return False
-    if not settings and not _cluster_detected():
-        return False
-    if settings and not _cluster_detected():
+    method = "mpi4py" if _mpi4py_launch() else None
+    try:
+        jax.distributed.initialize(**settings, cluster_detection_method=method)
+    except ValueError as e:  # JAX detected no cluster, and the settings do not name one
         missing = [k for k in ("coordinator_address", "num_processes", "process_id") if k not in settings]
-        if missing:
-            raise errors.ConfigError(
-                f"multi-process launch needs {', '.join('--' + m for m in missing)} (or "
-                f"{', '.join('JAX_' + m.upper() for m in missing)}) on a machine that is not a TPU VM or SLURM job"
-            )
-    jax.distributed.initialize(**settings)
+        if not settings:
+            logging.info("no cluster detected (%s); running as one process", e)
+            return False
+        if not missing:
+            raise errors.ConfigError(f"multi-process settings {settings}: {e}") from None
+        raise errors.ConfigError(
+            f"multi-process launch needs {', '.join('--' + m for m in missing)} (or "
+            f"{', '.join('JAX_' + m.upper() for m in missing)}) where JAX detects no cluster: {e}"
+        ) from None
     return True

@@ -33,6 +33,7 @@ from jax.experimental import multihost_utils
 
 from heartlang_jax import errors
 from heartlang_jax.configs import typed
+from heartlang_jax.data import input_pipeline
 from heartlang_jax.training import checkpointing, metric_writer, parallel
 
 # Folded into the seed before the step, so per-step keys never equal the keys that
@@ -195,8 +196,9 @@ def run(
     parallel.replicate_module(optimizer, mesh)
     checkpoints = checkpointing.RunCheckpoints(workdir, max_to_keep=max_to_keep, best_metric=best_metric)
     writer = metric_writer.MetricWriter(workdir)
-    try:  # the checkpointer and writer are closed whatever fails below
-        iterator = iter(train_data.to_iter_dataset())
+    batches: input_pipeline.DevicePrefetcher | None = None
+    try:  # the prefetch thread, checkpointer and writer are closed whatever fails below
+        iterator = input_pipeline.train_iterator(train_data)
         meta: dict = {}
         restored = checkpoints.restore_latest(model, optimizer)
         if restored is None:
@@ -227,17 +229,19 @@ def run(
             writer.write_scalars(step, scalars)
             progress.report(step, stage, {k: v for k, v in scalars.items() if k == "train_loss"})
 
+        # The next batches are read, prepared and copied to the devices in a thread while the
+        # current step runs; `batches.state` is the iterator position after the last batch taken.
+        batches = input_pipeline.DevicePrefetcher(iterator, mesh, prepare_batch)
+
         def save(at_step: int, scores: dict | None = None) -> None:
             _check_finite_state(at_step, model, optimizer, stage)
-            checkpoints.save(at_step, model, optimizer, iterator.get_state(), {**meta, "last_eval": last_eval}, scores)
+            checkpoints.save(at_step, model, optimizer, batches.state, {**meta, "last_eval": last_eval}, scores)
 
         with _Preemption() as preemption:
             while step < schedule.num_train_steps:
-                batch = next(iterator)
-                if prepare_batch is not None:
-                    batch = prepare_batch(batch)
+                batch = next(batches)
                 rng = jax.random.fold_in(base_key, step)
-                metrics = train_step(model, optimizer, parallel.shard_batch(batch, mesh), rng)
+                metrics = train_step(model, optimizer, batch, rng)
                 step += 1
                 pending.append((step, metrics))
                 if step % schedule.log_every_steps == 0 or step == schedule.num_train_steps:
@@ -266,7 +270,9 @@ def run(
                     checkpoints.wait()
                     raise Preempted(step)
     finally:
-        checkpoints.close()
+        if batches is not None:
+            batches.close()
+        checkpoints.close()  # waits for an asynchronous save still being written
         writer.close()
     return LoopResult(step=step, last_eval=last_eval, meta=meta)
 
