@@ -87,6 +87,8 @@ class ECGFormerConfig:
     released_init: bool | None = None
     # Attention kernel: "auto" = cuDNN flash attention on GPU in bfloat16/float16, XLA otherwise.
     attention_implementation: Literal["auto", "xla", "cudnn"] = "auto"
+    # Unroll the layer scan fully ( benchmarks/step_anatomy.py unrolls to count FLOPs).
+    scan_unroll: bool = False
 
     # Set by a training stage from the dataset and `config.dtype`, never by a config file.
     DERIVED: ClassVar[tuple[str, ...]] = ("token_len", "max_len", "num_lead_ids", "num_time_ids", "dtype")
@@ -248,10 +250,14 @@ def stacked_blocks(config: ECGFormerConfig, rngs: nnx.Rngs) -> Block:
     return create(rngs)
 
 
-@nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry)
-def _apply_blocks(x: jax.Array, block: Block, key_mask: jax.Array | None) -> jax.Array:
+def _apply_blocks(x: jax.Array, block: Block, key_mask: jax.Array | None, config: ECGFormerConfig) -> jax.Array:
     """x [B, L, D] through each layer of the stacked `block` in turn."""
-    return block(x, key_mask)
+
+    def layer(x: jax.Array, block: Block, key_mask: jax.Array | None) -> jax.Array:
+        return block(x, key_mask)
+
+    scan = nnx.scan(layer, in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry, unroll=config.scan_unroll)
+    return scan(x, block, key_mask)
 
 
 class ECGFormer(nnx.Module):
@@ -325,7 +331,7 @@ class ECGFormer(nnx.Module):
         if not self.config.mask_padding:
             key_mask = None
         x = self.embed_dropout(x)
-        x = _apply_blocks(x, self.blocks, key_mask)
+        x = _apply_blocks(x, self.blocks, key_mask, self.config)
         return self.final_norm(x)
 
     def __call__(self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array) -> jax.Array:
