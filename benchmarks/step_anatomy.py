@@ -6,6 +6,7 @@ config, a global batch and a compute dtype it prints:
 
 - `flops`: XLA's cost analysis of the lowered loss-and-gradient program (forward + backward,
   optimizer update left out), with the layer scan unrolled so each layer is counted;
+- `flops_at_mean_bucket`: the same for rows of the mean bucket length, when the config buckets;
 - `real_positions`: the fraction of the token positions the encoder computes that are real
   words, on the train split of a built dataset (`--tfds_dir`; the bundled sample builds with
   `python -m heartlang_jax.main --config=configs/dataset.py --workdir=/tmp/i19data`), for the
@@ -44,8 +45,8 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from heartlang_jax import input_pipeline
-from heartlang_jax.models import masked_lm
+from heartlang_jax import input_pipeline, packing
+from heartlang_jax.models import masked_lm, splash
 from heartlang_jax.stages import common
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -53,7 +54,7 @@ from pretrain_throughput import RELEASED_VOCAB, load_config
 
 GIB = 2**30
 # What attention_implementation="auto" picks on each backend in half precision.
-ATTENTION_ON = {"cpu": "xla", "cuda": "cudnn", "tpu": "xla"}
+ATTENTION_ON = {"cpu": "xla", "cuda": "cudnn", "tpu": "splash"}
 
 
 @jax.custom_vjp
@@ -97,12 +98,16 @@ def _standin_attention(query, key, value, bias=None, mask=None, *, implementatio
 _real_attention = jax.nn.dot_product_attention
 
 
-def build(config_path: str, batch: int, dtype: str, attention: str, vocab: int, unroll: bool):
+def build(
+    config_path: str, batch: int, dtype: str, attention: str, vocab: int, unroll: bool, remat: str = "", length: int = 0
+):
     """The abstract model, batch and the pure loss function of the real pre-training step."""
     config = load_config(config_path)
     config.dtype = dtype
     config.model.encoder.attention_implementation = attention
     encoder = common.ecgformer_config(config.model.encoder, dtype)
+    if remat:
+        encoder = dataclasses.replace(encoder, remat_policy=remat)
     if unroll:
         encoder = dataclasses.replace(encoder, scan_unroll=True)
     ratio = config.model.mask_ratio
@@ -112,7 +117,7 @@ def build(config_path: str, batch: int, dtype: str, attention: str, vocab: int, 
 
     model = nnx.eval_shape(make)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    length = encoder.max_len
+    length = length or encoder.max_len
     data = {
         "words": jax.ShapeDtypeStruct((batch, length, encoder.token_len), jnp.float32),
         "lead_ids": jax.ShapeDtypeStruct((batch, length), jnp.int32),
@@ -185,18 +190,22 @@ def attention_calls(loss, args, platform: str, encoder) -> str:
     return f"custom calls {calls or 'none'}; [B,N,L,L] scores {scores or 'none'}; [B,1,L,L] bias {bias or 'none'}"
 
 
-def real_fraction(tfds_dir: str, max_len: int, batch: int, buckets) -> tuple[float, float, int]:
-    """Fraction of computed encoder positions that are real words on the train split, for one
-    sentence per row of max_len or for `buckets` (heartlang_jax.packing); and the LM head's."""
+def real_fraction(
+    tfds_dir: str, max_len: int, batch: int, step: int, window: int, seed: int
+) -> tuple[float, float, float]:
+    """Fraction of computed encoder positions that are real words on the train split, the same
+    for the LM head's rows, and the mean row length: one sentence per row of max_len, or the
+    config's length buckets (heartlang_jax/packing.py) over 64 global batches of the stream."""
     source = input_pipeline.load_builder(tfds_dir).as_data_source()["train"]
-    lengths = np.array([int(np.sum(np.asarray(source[i]["lead_ids"]) != 0)) for i in range(len(source))])
-    masked = np.round(0.5 * lengths)
-    if buckets is None:
-        return lengths.sum() / (len(lengths) * max_len), masked.sum() / (len(lengths) * math.ceil(0.5 * max_len)), 0
-    from heartlang_jax import packing
-
-    rows = packing.bucket_lengths(lengths, buckets, max_len)
-    return lengths.sum() / rows.sum(), masked.sum() / np.ceil(0.5 * rows).sum(), len(lengths)
+    lengths = packing.real_lengths(source)
+    if step <= 0:
+        masked = np.round(0.5 * lengths)
+        head = masked.sum() / (len(lengths) * math.ceil(0.5 * max_len))
+        return lengths.sum() / (len(lengths) * max_len), head, float(max_len)
+    order = packing.LengthGroupedOrder(
+        np.arange(len(lengths)), lengths, seed=seed, global_batch=batch, window=window, step=step, max_len=max_len
+    )
+    return packing.bucketed_fraction(order, 64)
 
 
 def main() -> None:
@@ -206,11 +215,14 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--attention", default="cudnn", help="the attention_implementation to trace (cudnn: a GPU)")
     parser.add_argument("--vocab", type=int, default=RELEASED_VOCAB)
+    parser.add_argument("--remat", default="", help="override model.encoder.remat_policy (none, lean, dots, full)")
     parser.add_argument("--tfds_dir", default="/tmp/i19data/tfds", help="a built dataset ('' to skip)")
     args = parser.parse_args()
     jax.nn.dot_product_attention = _standin_attention  # type: ignore[assignment]  # see the docstring
     try:
-        config, encoder, loss, abstract = build(args.config, args.batch, args.dtype, args.attention, args.vocab, False)
+        config, encoder, loss, abstract = build(
+            args.config, args.batch, args.dtype, args.attention, args.vocab, False, args.remat
+        )
         print(
             f"config={args.config} layers={encoder.num_layers} hidden={encoder.hidden_dim} batch={args.batch} "
             f"dtype={args.dtype} attention={args.attention} remat={getattr(encoder, 'remat_policy', 'none')}"
@@ -219,14 +231,30 @@ def main() -> None:
         print(f"saved_activations={total / GIB:.2f} GiB (vjp residuals less parameters and inputs)")
         for key, count, size in top[:8]:
             print(f"  {size / GIB:7.3f} GiB  {count} x {key}")
-        _, _, loss_u, abstract_u = build(args.config, args.batch, args.dtype, args.attention, args.vocab, True)
+        _, _, loss_u, abstract_u = build(
+            args.config, args.batch, args.dtype, args.attention, args.vocab, True, args.remat
+        )
         print(f"flops={flops(loss_u, abstract_u):.4e} per step (loss and gradient, layers unrolled)")
     finally:
         jax.nn.dot_product_attention = _real_attention  # type: ignore[assignment]
     if args.tfds_dir:
-        buckets = config.get("length_buckets") or None
-        enc, head, _ = real_fraction(args.tfds_dir, encoder.max_len, args.batch, buckets)
-        print(f"real_positions={enc:.3f} of encoder positions, {head:.3f} of LM-head positions (train split)")
+        step, window = int(config.get("length_bucket_step", 0)), int(config.get("length_bucket_window", 1))
+        enc, head, mean_len = real_fraction(args.tfds_dir, encoder.max_len, args.batch, step, window, config.seed)
+        print(
+            f"real_positions={enc:.3f} of encoder positions, {head:.3f} of LM-head positions (train split; "
+            f"length_bucket_step={step}, window={window}, mean row length {mean_len:.0f} of {encoder.max_len})"
+        )
+        if step > 0:
+            jax.nn.dot_product_attention = _standin_attention  # type: ignore[assignment]
+            try:
+                length = round(mean_len)
+                _, _, loss_m, abstract_m = build(
+                    args.config, args.batch, args.dtype, args.attention, args.vocab, True, args.remat, length
+                )
+                print(f"flops_at_mean_bucket={flops(loss_m, abstract_m):.4e} per step (rows of {length} words)")
+            finally:
+                jax.nn.dot_product_attention = _real_attention  # type: ignore[assignment]
+    splash.INTERPRET = False  # lower the TPU kernel itself, not its interpreter
     for platform, implementation in ATTENTION_ON.items():
         _, enc_p, loss_p, abstract_p = build(args.config, 2, args.dtype, implementation, args.vocab, False)
         print(f"attention[{platform}, {implementation}]: {attention_calls(loss_p, abstract_p, platform, enc_p)}")

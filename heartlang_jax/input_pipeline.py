@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from heartlang_jax import parallel, ptbxl
+from heartlang_jax import packing, parallel, ptbxl
 
 SENTENCE_FIELDS = ("words", "lead_ids", "time_ids")
 BUNDLED = "bundled"  # the manual_dir of ptbxl that names the 500-record sample in the package
@@ -175,6 +175,9 @@ def train_dataset(
     task: str | None = None,
     label_fraction: float = 1.0,
     rows: slice | None = None,
+    lengths: np.ndarray | None = None,
+    bucket_step: int = 0,
+    bucket_window: int = 16,
 ) -> grain.MapDataset:
     """Infinite, per-epoch reshuffled global batches, of which this host reads its own `rows`
     (default: `parallel.host_slice`, the rows its devices hold).
@@ -184,6 +187,11 @@ def train_dataset(
     interleaves them deterministically, so every global batch holds each dataset's share up to
     rounding and a resumed iterator continues the same sequence. `index` is the example's index
     in the mixture (its datasets' examples in order), as the pre-training targets are stored.
+
+    With `lengths` (real words of every source example) and `bucket_step` > 0, the batches are
+    length-bucketed (`packing.LengthGroupedOrder`: windows of `bucket_window` global batches
+    sorted by length) and each host's rows carry `bucket_len`, the row length the stage cuts
+    the batch to (`packing.trim`). Mixtures are not bucketed.
     """
     if isinstance(source, MixtureSource):
         offsets = np.cumsum([0, *(len(p) for p in source.parts[:-1])])
@@ -202,10 +210,35 @@ def train_dataset(
                 f"{len(indices)} training examples (task={task}, label_fraction={label_fraction}) are fewer "
                 f"than one global batch of {global_batch}; lower the batch size"
             )
+        if lengths is not None and bucket_step > 0:
+            max_len = int(np.asarray(source[int(indices[0])]["lead_ids"]).shape[0])
+            order = packing.LengthGroupedOrder(
+                indices,
+                lengths,
+                seed=seed,
+                global_batch=global_batch,
+                window=bucket_window,
+                step=bucket_step,
+                max_len=max_len,
+            )
+            host_rows = _HostRows(_ToBatchFields(source, task), rows or parallel.host_slice(global_batch))
+            return grain.MapDataset.source(order).batch(global_batch, drop_remainder=True).map(_BucketedRows(host_rows))
         examples = grain.MapDataset.source(indices).shuffle(seed=seed).repeat(None)
     return examples.batch(global_batch, drop_remainder=True).map(
         _HostRows(_ToBatchFields(source, task), rows or parallel.host_slice(global_batch))
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _BucketedRows:
+    """[global batch, 2] (source index, bucket length) items -> this host's rows + `bucket_len`."""
+
+    host_rows: _HostRows
+
+    def __call__(self, items: np.ndarray) -> dict[str, np.ndarray]:
+        batch = self.host_rows(items[:, 0])
+        batch[packing.BUCKET_KEY] = np.asarray(items[0, 1], np.int32)
+        return batch
 
 
 def eval_batches(source: Sequence, *, global_batch: int, task: str | None = None) -> Iterator[dict[str, np.ndarray]]:

@@ -154,12 +154,23 @@ class UnsupervisedFields(LoopFields):
     # The dataset splits trained on (the others stay unseen; see configs/vqhbr.py).
     train_splits: tuple[Split, ...] = field(non_empty=True)
     optimizer: OptimizerConfig
+    # Length buckets (heartlang_jax/packing.py; configs/common.py: length_bucket_config).
+    length_bucket_step: int = field(default=0, check=NON_NEGATIVE)
+    length_bucket_window: int = field(default=16, check=POSITIVE)
 
 
 @checked(kw_only=True)
 class VQHBRFields(UnsupervisedFields):
     stage: Literal["vqhbr"]
     model: VQHBRModelBlock
+
+    def problems(self):
+        if self.length_bucket_step and not self.model.encoder.mask_padding:
+            yield (
+                "length_bucket_step",
+                "must be 0 when model.encoder.mask_padding is False: padding words are attended, so cutting "
+                "them off would change every sentence",
+            )
 
 
 @checked(kw_only=True)
@@ -171,6 +182,14 @@ class VQHBRStage(VQHBRFields):
 class PretrainFields(UnsupervisedFields):
     stage: Literal["pretrain"]
     model: PretrainModelBlock
+
+    def problems(self):
+        if self.length_bucket_step and not self.model.encoder.mask_padding:
+            yield (
+                "length_bucket_step",
+                "must be 0 when model.encoder.mask_padding is False: padding words are attended, so cutting "
+                "them off would change every sentence",
+            )
 
 
 @checked(kw_only=True)

@@ -19,7 +19,7 @@ import ml_collections
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import checkpointing, errors, input_pipeline, optim, parallel, run_info, train_loop
+from heartlang_jax import checkpointing, errors, input_pipeline, optim, packing, parallel, run_info, train_loop
 from heartlang_jax.models import ECGFormerConfig
 
 
@@ -215,6 +215,32 @@ def train(
     )
     logging.info("[%s] done at step %d: %s", ctx.name, result.step, result.last_eval)
     return result
+
+
+def unsupervised_train_data(ctx: StageContext, source) -> grain.MapDataset:
+    """VQ-HBR's and pre-training's training batches: length-bucketed when the config's
+    length_bucket_step > 0 (heartlang_jax/packing.py; mixtures are not bucketed)."""
+    config = ctx.config
+    step = int(config.get("length_bucket_step", 0))
+    lengths = None
+    if step > 0 and not isinstance(source, input_pipeline.MixtureSource):
+        lengths = packing.real_lengths(source)
+        logging.info("[%s] length buckets of %d words over %d sentences", ctx.name, step, len(lengths))
+    return input_pipeline.train_dataset(
+        source,
+        global_batch=ctx.global_batch,
+        seed=config.seed,
+        lengths=lengths,
+        bucket_step=step,
+        bucket_window=int(config.get("length_bucket_window", 16)),
+    )
+
+
+def trim_to_bucket(batch: dict) -> dict:
+    """A training batch cut to its length bucket, if it has one (the stages' prepare_batch hook)."""
+    if packing.BUCKET_KEY in batch:
+        return packing.trim(batch, int(batch[packing.BUCKET_KEY]))
+    return batch
 
 
 def write_run_info(ctx: StageContext, kind: str, model: dict, **extra) -> None:

@@ -22,7 +22,7 @@ import optax
 from etils import epath
 from flax import nnx
 
-from heartlang_jax import checkpointing, errors, input_pipeline, parallel, run_info, stage_configs
+from heartlang_jax import checkpointing, errors, input_pipeline, packing, parallel, run_info, stage_configs
 from heartlang_jax.models import VQHBR, MaskedEcgModel, masked_lm_loss
 from heartlang_jax.stages import common, vqhbr
 
@@ -187,6 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     def prepare(batch):
         batch["targets"] = train_targets[batch["index"]]
+        if packing.BUCKET_KEY in batch:  # length-bucketed: cut the rows to the batch's bucket
+            batch = packing.trim(batch, int(batch[packing.BUCKET_KEY]))
         return batch
 
     result = common.train(
@@ -194,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         model=model,
         optimizer_config=config.optimizer,
         train_step=make_train_step(ratio),
-        train_data=input_pipeline.train_dataset(train_source, global_batch=ctx.global_batch, seed=config.seed),
+        train_data=common.unsupervised_train_data(ctx, train_source),
         num_train_examples=len(train_source),
         prepare_batch=prepare,
         evaluate=lambda step: evaluate(
