@@ -167,7 +167,7 @@ def saved_activations(loss, args) -> tuple[int, list[tuple[str, int, int]]]:
     return total, top
 
 
-_CALL = re.compile(r'(?:custom_call_target|call_target_name)\s*=\s*"([^"]+)"')
+_CALL = re.compile(r'(?:custom_call_target|call_target_name)\s*=\s*"([^"]+)"|custom_call @(\w+)')
 
 
 def attention_calls(loss, args, platform: str, encoder) -> str:
@@ -182,7 +182,8 @@ def attention_calls(loss, args, platform: str, encoder) -> str:
         )
     except Exception as error:  # report any refusal as the platform's answer
         return f"cannot lower here: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
-    calls = sorted({name for name in _CALL.findall(text) if "Sharding" not in name and "SPMD" not in name})
+    found = {a or b for a, b in _CALL.findall(text)}
+    calls = sorted(name for name in found if "Sharding" not in name and "SPMD" not in name)
     batch = args[2]["lead_ids"].shape[0]
     length = encoder.max_len + int(encoder.position == "learned")
     scores = sorted(set(re.findall(rf"tensor<{batch}x{encoder.num_heads}x{length}x{length}x(\w+)>", text)))

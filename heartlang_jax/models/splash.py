@@ -14,7 +14,6 @@ The kernel tiles the sequence in blocks of 128 (TPU lanes); `supports` says whet
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -36,7 +35,6 @@ def supports(length: int) -> bool:
     return length % _MAX_BLOCK == 0
 
 
-@functools.cache
 def _kernel(length: int, num_heads: int, interpret: bool):
     block = _block(length)
     sizes = kernel_lib.BlockSizes(
@@ -57,6 +55,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Arr
     """q, k, v [B, L, N, H]; key_mask [B, L] bool (True = real) or None -> [B, L, N, H]."""
     _, length, num_heads, head_dim = q.shape
     interpret = jax.default_backend() != "tpu" if INTERPRET is None else INTERPRET
+    # Built per trace (not cached): the kernel holds arrays made while tracing.
     kernel = _kernel(length, num_heads, interpret)
     q = (q.astype(jnp.float32) / math.sqrt(head_dim)).astype(k.dtype)
 
