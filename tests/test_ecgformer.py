@@ -95,9 +95,7 @@ def _reference_forward(model, words, lead_ids, time_ids):
     for i in range(cfg.num_layers):
         h = _layer_norm(x, blocks.norm1, eps, i)
         shape = (batch, length, cfg.num_heads, cfg.head_dim)
-        q = _dense(h, blocks.attn.query, i).reshape(shape)
-        k = _dense(h, blocks.attn.key, i).reshape(shape)
-        v = _dense(h, blocks.attn.value, i).reshape(shape)
+        q, k, v = (part.reshape(shape) for part in np.split(_dense(h, blocks.attn.qkv, i), 3, axis=-1))
         if cfg.position == "rope":
             q, k = _rope(q), _rope(k)
         logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(cfg.head_dim)
@@ -142,12 +140,12 @@ def test_matches_numpy_reference(config):
 def test_blocks_are_stacked_on_a_layer_axis():
     config = dataclasses.replace(TINY, num_layers=3)
     model = ECGFormer(config, rngs=nnx.Rngs(0))
-    assert model.blocks.attn.query.kernel.shape == (3, 16, 12)
+    assert model.blocks.attn.qkv.kernel.shape == (3, 16, 3 * 12)
     assert model.blocks.norm1.scale.shape == (3, 16)
     layer = model.layer(1)
     np.testing.assert_array_equal(layer.mlp.fc1.kernel[...], model.blocks.mlp.fc1.kernel[...][1])
     # Layers are initialised independently.
-    kernels = np.asarray(model.blocks.attn.query.kernel[...])
+    kernels = np.asarray(model.blocks.attn.qkv.kernel[...])
     assert np.abs(kernels[0] - kernels[1]).max() > 1e-3
 
 
@@ -179,7 +177,7 @@ def test_scanned_dropout_matches_unrolled_layers_and_differs_per_layer():
 def test_released_block_details_are_explicit_fields():
     rope = ECGFormer(TINY, rngs=nnx.Rngs(0))
     assert TINY.qkv_bias and TINY.layer_norm_epsilon == 1e-6 and not TINY.released_init
-    assert rope.blocks.attn.query.bias is not None
+    assert rope.blocks.attn.qkv.bias is not None
     # Position alone no longer switches the block details (it used to, silently).
     only_position = dataclasses.replace(TINY, position="learned")
     assert only_position.qkv_bias and only_position.layer_norm_epsilon == 1e-6 and not only_position.released_init
@@ -187,7 +185,7 @@ def test_released_block_details_are_explicit_fields():
     assert not learned_config.qkv_bias and learned_config.layer_norm_epsilon == 1e-5
     assert learned_config.released_init
     learned = ECGFormer(learned_config, rngs=nnx.Rngs(0))
-    assert learned.blocks.attn.query.bias is None and learned.blocks.attn.out.bias is not None
+    assert learned.blocks.attn.qkv.bias is None and learned.blocks.attn.out.bias is not None
     assert learned.final_norm.epsilon == 1e-5
     # PyTorch's N(0, 1) position table and U(+-1/sqrt(fan_in)) linear layers.
     assert 0.8 < float(np.std(learned.pos_embed[...])) < 1.2
@@ -320,15 +318,26 @@ def test_odd_head_dim_allowed_without_rope():
     assert config.head_dim == 5
 
 
-def test_cudnn_path_bias_equals_mask(monkeypatch):
-    """The cuDNN branch's additive padding bias (compute dtype, [B, 1, L, L]) gives the mask's
-    result; run here through XLA, since cuDNN needs a GPU (see the accelerator test below)."""
-    calls = []
+def test_cudnn_path_gives_sequence_lengths_not_a_bias(monkeypatch):
+    """The cuDNN branch passes padding as per-sentence lengths (no [B, 1, L, L] bias, so no bias
+    gradient) and gives the mask's result at real words; run here through XLA, since cuDNN needs
+    a GPU (see the accelerator test below). Gradients too: the backward has no bias to return."""
+    calls, lengths = [], []
     real_attention = jax.nn.dot_product_attention
 
-    def fake(q, k, v, bias=None, mask=None, implementation=None):
-        calls.append((implementation, None if bias is None else (bias.dtype, bias.shape)))
-        return real_attention(q, k, v, bias=bias, mask=mask, implementation="xla")
+    def fake(q, k, v, bias=None, mask=None, *, query_seq_lengths=None, key_value_seq_lengths=None, implementation=None):
+        calls.append((implementation, bias, mask))
+        jax.debug.callback(
+            lambda *a: lengths.append([np.asarray(x) for x in a]), query_seq_lengths, key_value_seq_lengths
+        )
+        return real_attention(
+            q,
+            k,
+            v,
+            query_seq_lengths=query_seq_lengths,
+            key_value_seq_lengths=key_value_seq_lengths,
+            implementation="xla",
+        )
 
     words, lead_ids, time_ids = _batch()
     xla = ECGFormer(dataclasses.replace(TINY, attention_implementation="xla"), rngs=nnx.Rngs(0))
@@ -336,7 +345,11 @@ def test_cudnn_path_bias_equals_mask(monkeypatch):
     cudnn = ECGFormer(dataclasses.replace(TINY, attention_implementation="cudnn"), rngs=nnx.Rngs(0))
     monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
     got = np.asarray(cudnn(words, lead_ids, time_ids))
-    assert calls and all(c == ("cudnn", (jnp.float32, (2, 1, 8, 8))) for c in calls)
+    assert calls and all(call == ("cudnn", None, None) for call in calls)
+    assert len(lengths) == TINY.num_layers
+    for q_lengths, kv_lengths in lengths:
+        np.testing.assert_array_equal(q_lengths, [5, 8])
+        np.testing.assert_array_equal(kv_lengths, [5, 8])
     real = lead_ids != 0
     np.testing.assert_allclose(got[real], want[real], atol=1e-5)
 

@@ -156,9 +156,7 @@ def test_full_finetuning_trains_the_encoder(sources, tmp_path):
     trained = restored_model(config, tmp_path)
     before, after = params(initial.encoder), params(trained.encoder)
     # Blocks are scanned: their parameters are stacked along a leading layer axis.
-    assert not np.array_equal(
-        before["blocks"]["attn"]["query"]["kernel"][0], after["blocks"]["attn"]["query"]["kernel"][0]
-    )
+    assert not np.array_equal(before["blocks"]["attn"]["qkv"]["kernel"][0], after["blocks"]["attn"]["qkv"]["kernel"][0])
     assert not np.array_equal(before["token_embed"]["kernel"], after["token_embed"]["kernel"])
     assert 0.0 <= result["test_auc"] <= 1.0
     check_test_scores(tmp_path, result, sources)

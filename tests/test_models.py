@@ -191,7 +191,7 @@ def test_layer_decay_scales_stacked_blocks():
     opt = optax.chain(optim.scale_by_tree(optim.layer_decay_scales(model, 0.5)))
     ones = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
     updates, _ = opt.update(ones, opt.init(ones))
-    kernel = np.asarray(updates["encoder"]["blocks"]["attn"]["query"]["kernel"][...])
+    kernel = np.asarray(updates["encoder"]["blocks"]["attn"]["qkv"]["kernel"][...])
     np.testing.assert_allclose(kernel[:, 0, 0], [0.125, 0.25, 0.5])
 
 
@@ -217,8 +217,8 @@ def test_vqhbr_train_step_updates_params_by_grad_and_codebook_by_ema():
     assert bool(model.quantizer.initialized[...])
     assert np.abs(np.asarray(model.quantizer.codebook[...]) - codebook_before).max() > 1e-3
     assert not jax.tree.leaves(nnx.state(grads, CodebookVariable))
-    enc_kernel = np.asarray(model.encoder.blocks.attn.query.kernel[...])[0]
-    assert np.abs(enc_kernel - params_before["encoder"]["blocks"]["attn"]["query"]["kernel"][0]).max() > 0
+    enc_kernel = np.asarray(model.encoder.blocks.attn.qkv.kernel[...])[0]
+    assert np.abs(enc_kernel - params_before["encoder"]["blocks"]["attn"]["qkv"]["kernel"][0]).max() > 0
     assert np.isfinite(float(metrics["loss"]))
     assert 1 <= int(metrics["num_used"]) <= VQ.num_codes
 

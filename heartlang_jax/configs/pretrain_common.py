@@ -31,6 +31,7 @@ def get_pretrain_config(size: str, variant: str = "") -> ml_collections.ConfigDi
     )
     # Paper: 100 epochs, 20 warm-up, global batch 256 (the same schedule on any device count).
     common.loop_config(config, epochs=100, warmup_epochs=20, batch=256)
+    common.length_bucket_config(config)
 
     if variant == "tiny":
         model.encoder.update(common.PAPER_SIZES["tiny"])
@@ -40,6 +41,8 @@ def get_pretrain_config(size: str, variant: str = "") -> ml_collections.ConfigDi
         config.num_epochs = 20
         config.warmup_epochs = 2
         config.log_every_steps = 20
+        # One compiled step on CPU: no length buckets at tiny size.
+        config.length_bucket_step = 0
     elif variant == common.RELEASED:
         if size != "base":
             raise ValueError(
@@ -62,6 +65,8 @@ def get_pretrain_config(size: str, variant: str = "") -> ml_collections.ConfigDi
         )
         # --epochs 200 --warmup_epochs 5; --batch_size 64 per process x --world_size 8 = 512.
         common.loop_config(config, epochs=200, warmup_epochs=5, batch=512)
+        # The released model attends padding words: cutting them off would change its sentences.
+        config.length_bucket_step = 0
     elif variant:
         raise ValueError(f"unknown variant {variant!r} of the pre-training configs; known: 'tiny', 'released'")
     if variant != "tiny":

@@ -146,6 +146,17 @@ class UnsupervisedStage(LoopConfig):
     train_splits: tuple[Split, ...] = field(non_empty=True)
     optimizer: OptimizerConfig
     data: DataConfig = set_by_parent()
+    # Length buckets (heartlang_jax/data/packing.py; configs/common.py: length_bucket_config).
+    length_bucket_step: int = field(default=0, check=NON_NEGATIVE)
+    length_bucket_window: int = field(default=16, check=POSITIVE)
+
+    def problems(self):
+        if self.length_bucket_step and not self.model.encoder.mask_padding:
+            yield (
+                "length_bucket_step",
+                "must be 0 when model.encoder.mask_padding is False: padding words are attended, so cutting "
+                "them off would change every sentence",
+            )
 
 
 @checked(kw_only=True)

@@ -53,6 +53,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         learning_rate=5e-5, end_learning_rate=1e-5, b1=0.9, b2=0.99, weight_decay=1e-4, clip=3.0
     )
     common.loop_config(config, epochs=100, warmup_epochs=10, batch=64)
+    common.length_bucket_config(config)
 
     if variant == "tiny":
         for part in (model.encoder, model.decoder):
@@ -73,6 +74,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.log_every_steps = 20
         config.eval_every_steps = 0
         config.checkpoint_every_steps = 0
+        # One compiled step on CPU: no length buckets at tiny size.
+        config.length_bucket_step = 0
     elif variant == common.RELEASED:
         # scripts/vqhbr/MIMIC-IV.sh and run_vqhbr_training.py's defaults. The released run trained
         # on MIMIC-IV-ECG (set data.dataset=mimic_iv_ecg for that); on PTB-XL the training folds
@@ -89,6 +92,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         )
         # --epochs 100 --warmup_epochs 10; --batch_size 64 per process x --world_size 8 = 512.
         common.loop_config(config, epochs=100, warmup_epochs=10, batch=512)
+        # The released model attends padding words: cutting them off would change its sentences.
+        config.length_bucket_step = 0
     elif variant:
         raise ValueError(f"unknown variant {variant!r} of configs/vqhbr.py; known: 'tiny', 'released'")
     if variant != "tiny":

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from heartlang_jax.data import bundled_sample_dir
+from heartlang_jax.data import bundled_sample_dir, packing
 from heartlang_jax.ecg.sentence_spec import SentenceSpec
 from heartlang_jax.training import parallel
 
@@ -215,6 +215,9 @@ def train_dataset(
     label_fraction: float = 1.0,
     rows: slice | None = None,
     indices: np.ndarray | None = None,
+    lengths: np.ndarray | None = None,
+    bucket_step: int = 0,
+    bucket_window: int = 16,
 ) -> grain.MapDataset:
     """Infinite, per-epoch reshuffled global batches, of which this host reads its own `rows`
     (default: `parallel.host_slice`, the rows its devices hold). `indices`: the examples to train
@@ -228,6 +231,11 @@ def train_dataset(
     so every global batch holds each dataset's share up to rounding and a resumed iterator
     continues the same sequence. `index` is the example's index in the mixture (its datasets'
     examples in order), as the pre-training targets are stored.
+
+    With `lengths` (real words of every source example) and `bucket_step` > 0, the batches are
+    length-bucketed (`packing.LengthGroupedOrder`: windows of `bucket_window` global batches
+    sorted by length) and each host's rows carry `bucket_len`, the row length the stage cuts
+    the batch to (`packing.trim`). Mixtures are not bucketed.
     """
     if isinstance(source, MixtureSource):
         offsets = np.cumsum([0, *(len(p) for p in source.parts[:-1])])
@@ -246,10 +254,34 @@ def train_dataset(
                 f"{len(indices)} training examples (task={task}, label_fraction={label_fraction}) are fewer "
                 f"than one global batch of {global_batch}; lower the batch size"
             )
+        host_rows = _HostRows(_ToBatchFields(source, task), rows or parallel.host_slice(global_batch))
+        if lengths is not None and bucket_step > 0:
+            order = packing.LengthGroupedOrder(
+                indices,
+                lengths,
+                seed=seed,
+                global_batch=global_batch,
+                window=bucket_window,
+                step=bucket_step,
+                max_len=int(np.asarray(source[int(indices[0])]["lead_ids"]).shape[0]),
+            )
+            return grain.MapDataset.source(packing.BucketedBatches(order)).map(_BucketedRows(host_rows))
         batches = ShuffledBatches([indices], global_batch=global_batch, seed=seed)
     return grain.MapDataset.source(batches).map(
         _HostRows(_ToBatchFields(source, task), rows or parallel.host_slice(global_batch))
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _BucketedRows:
+    """[global batch, 2] (source index, bucket length) rows -> this host's rows + `bucket_len`."""
+
+    host_rows: _HostRows
+
+    def __call__(self, items: np.ndarray) -> dict[str, np.ndarray]:
+        batch = self.host_rows(items[:, 0])
+        batch[packing.BUCKET_KEY] = np.asarray(items[0, 1], np.int32)
+        return batch
 
 
 # Positions of one turn of a mixture's interleaving pattern: weights are honoured to about 1/1024.

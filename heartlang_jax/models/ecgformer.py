@@ -24,10 +24,13 @@ from typing import Any, ClassVar, Literal
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from heartlang_jax.configs import typed as typed_config
 from heartlang_jax.configs.typed import POSITIVE, RATE, field
+from heartlang_jax.models import splash
 from heartlang_jax.models.dropout import Dropout
+from heartlang_jax.models.layer_norm import LayerNorm
 from heartlang_jax.models.rope import apply_rope
 
 _EMBED_INIT = nnx.initializers.normal(stddev=0.02)
@@ -90,8 +93,18 @@ class ECGFormerConfig:
     # PyTorch's initialisation as in the released code (N(0, 1) embeddings, CLS and positions,
     # nn.Linear's uniform weights and biases, zero mask token); False: std 0.02 normal.
     released_init: bool = False
-    # Attention kernel: "auto" = cuDNN flash attention on GPU in bfloat16/float16, XLA otherwise.
-    attention_implementation: Literal["auto", "xla", "cudnn"] = "auto"
+    # Attention kernel: "auto" = cuDNN flash attention on GPU in bfloat16/float16, the Pallas
+    # splash kernel on TPU (when the length tiles, models/splash.py), XLA otherwise.
+    attention_implementation: Literal["auto", "xla", "cudnn", "splash"] = "auto"
+    # Unroll the layer scan fully (benchmarks/step_anatomy.py unrolls to count FLOPs).
+    scan_unroll: bool = False
+    # What each layer keeps for the backward pass (REMAT_POLICIES; chosen by measurement with
+    # benchmarks/step_anatomy.py, see benchmarks/RESULTS.md): "none" keeps everything autodiff
+    # saves; "lean" keeps the fused QKV projection, the attention output, the residual stream
+    # after attention and the MLP's pre-GELU hidden, and recomputes LayerNorms, RoPE, GELU,
+    # dropout masks and the attention forward; "dots" keeps every matmul output; "full" keeps
+    # only each layer's input.
+    remat_policy: Literal["none", "lean", "dots", "full"] = "lean"
 
     # Set by a training stage from the dataset and `config.dtype`, never by a config file.
     DERIVED: ClassVar[tuple[str, ...]] = ("token_len", "max_len", "num_lead_ids", "num_time_ids", "dtype")
@@ -122,29 +135,43 @@ def dense(
     )
 
 
-def _layer_norm(dim: int, config: ECGFormerConfig, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    # Flax computes LayerNorm statistics in float32 whatever `dtype` is.
-    return nnx.LayerNorm(dim, epsilon=config.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+def _layer_norm(dim: int, config: ECGFormerConfig, dtype: jnp.dtype, rngs: nnx.Rngs) -> LayerNorm:
+    # Statistics in float32 whatever `dtype` is (as Flax's); the backward saves x and 2 floats a row.
+    return LayerNorm(dim, epsilon=config.layer_norm_epsilon, dtype=dtype, rngs=rngs)
 
 
-def _use_cudnn(config: ECGFormerConfig) -> bool:
+# Names of the activations the "lean" remat policy keeps (checkpoint_name in Attention and Block).
+LEAN_SAVED = ("qkv", "attention", "attention_residual", "mlp_hidden")
+REMAT_POLICIES = {
+    "lean": jax.checkpoint_policies.save_only_these_names(*LEAN_SAVED),
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def attention_kernel(config: ECGFormerConfig, backend: str | None = None) -> str:
+    """The attention path the config takes on `backend` (default: JAX's): "xla", "cudnn" or "splash"."""
     if config.attention_implementation != "auto":
-        return config.attention_implementation == "cudnn"
-    return (
-        jax.default_backend() == "gpu"
-        and config.dtype in ("bfloat16", "float16")
-        and config.head_dim % 8 == 0
-        and config.head_dim <= 128
-    )
+        return config.attention_implementation
+    backend = backend or jax.default_backend()
+    length = config.max_len + int(config.position == "learned")  # the released CLS
+    if backend == "tpu" and splash.supports(length):
+        return "splash"
+    half = config.dtype in ("bfloat16", "float16")
+    if backend == "gpu" and half and config.head_dim % 8 == 0 and config.head_dim <= 128:
+        return "cudnn"
+    return "xla"
 
 
 class Attention(nnx.Module):
     """Multi-head self-attention with optional RoPE on Q and K.
 
-    Uses jax.nn.dot_product_attention: XLA's implementation on CPU/TPU, cuDNN's
-    fused flash attention on GPU in half precision, with the padding mask given
-    as an additive bias in the compute dtype (cuDNN takes no boolean mask). That
-    function has no dropout, so when attention dropout is active (rate > 0 and
+    Q, K and V come from one fused projection. The attention itself is
+    jax.nn.dot_product_attention with XLA's implementation (CPU) or cuDNN's fused
+    flash attention (GPU in half precision, padding given as sequence lengths:
+    no [B, 1, L, L] bias, no bias gradient), or the Pallas splash kernel on TPU
+    (padding as segment ids, models/splash.py); `attention_kernel` picks one.
+    None of them has dropout, so when attention dropout is active (rate > 0 and
     train mode) the probabilities are computed explicitly instead; the paths
     give the same result when dropout is off.
     """
@@ -155,20 +182,23 @@ class Attention(nnx.Module):
         self.head_dim = config.head_dim
         self.use_rope = config.position == "rope"
         self.max_wavelength = config.rope_max_wavelength
-        self.use_cudnn = _use_cudnn(config)
-        self.query = dense(config.hidden_dim, inner, config, rngs, use_bias=config.qkv_bias)
-        self.key = dense(config.hidden_dim, inner, config, rngs, use_bias=config.qkv_bias)
-        self.value = dense(config.hidden_dim, inner, config, rngs, use_bias=config.qkv_bias)
+        self.implementation = attention_kernel(config)
+        # One [D, 3 * inner] projection (columns: Q, then K, then V, as the released to_qkv). It
+        # is initialised from three separate draws, in the order three Linears would make them,
+        # so a seed gives the same values as the unfused layers did.
+        parts = [dense(config.hidden_dim, inner, config, rngs, use_bias=config.qkv_bias) for _ in range(3)]
+        self.qkv = dense(config.hidden_dim, 3 * inner, config, nnx.Rngs(0), use_bias=config.qkv_bias)
+        self.qkv.kernel = nnx.Param(jnp.concatenate([p.kernel[...] for p in parts], axis=1))
+        if config.qkv_bias:
+            self.qkv.bias = nnx.Param(jnp.concatenate([p.bias[...] for p in parts]))  # type: ignore[index]
         self.out = dense(inner, config.hidden_dim, config, rngs)
         self.attn_dropout = Dropout(config.attention_dropout_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
         """x [B, L, D]; key_mask [B, L] bool (True = may be attended) or None."""
         batch, length, _ = x.shape
-        split = (batch, length, self.num_heads, self.head_dim)
-        q = self.query(x).reshape(split)  # [B, L, N, H]
-        k = self.key(x).reshape(split)  # [B, L, N, H]
-        v = self.value(x).reshape(split)  # [B, L, N, H]
+        qkv = checkpoint_name(self.qkv(x), "qkv").reshape(batch, length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, N, H] each
         if self.use_rope:
             positions = jnp.arange(length)  # [L]
             q = apply_rope(q, positions, self.max_wavelength)
@@ -176,14 +206,19 @@ class Attention(nnx.Module):
         mask = None if key_mask is None else key_mask[:, None, None, :]  # [B,1,1,L]
         if self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic:
             out = self._attend_with_dropout(q, k, v, mask)
-        elif self.use_cudnn:
-            bias = None
-            if mask is not None:  # [B, 1, L, L]: cuDNN wants the full query and key lengths
-                neg = jnp.asarray(-0.7 * float(jnp.finfo(q.dtype).max), q.dtype)
-                bias = jnp.broadcast_to(jnp.where(mask, jnp.zeros((), q.dtype), neg), (batch, 1, length, length))
-            out = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
+        elif self.implementation == "splash":
+            out = splash.splash_attention(q, k, v, key_mask)
+        elif self.implementation == "cudnn":
+            # Padding is a suffix of every sentence, so sequence lengths say what the mask says:
+            # cuDNN's padding mask needs no [B, 1, L, L] bias and computes no bias gradient.
+            # Queries past the length come out 0 (padding outputs are meaningless anyway).
+            lengths = None if key_mask is None else jnp.sum(key_mask, axis=-1, dtype=jnp.int32)  # [B]
+            out = jax.nn.dot_product_attention(
+                q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths, implementation="cudnn"
+            )
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+        out = checkpoint_name(out, "attention")
         return self.out(out.reshape(batch, length, -1))  # [B, L, D]
 
     def _attend_with_dropout(self, q, k, v, mask):
@@ -203,7 +238,7 @@ class Mlp(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         # Exact GELU, as torch.nn.GELU in the released code.
-        h = self.dropout(jax.nn.gelu(self.fc1(x), approximate=False))
+        h = self.dropout(jax.nn.gelu(checkpoint_name(self.fc1(x), "mlp_hidden"), approximate=False))
         return self.fc2(h)
 
 
@@ -218,7 +253,7 @@ class Block(nnx.Module):
         self.dropout = Dropout(config.dropout_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
-        x = x + self.dropout(self.attn(self.norm1(x), key_mask))
+        x = checkpoint_name(x + self.dropout(self.attn(self.norm1(x), key_mask)), "attention_residual")
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
@@ -233,10 +268,16 @@ def stacked_blocks(config: ECGFormerConfig, rngs: nnx.Rngs) -> Block:
     return create(rngs)
 
 
-@nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry)
-def _apply_blocks(x: jax.Array, block: Block, key_mask: jax.Array | None) -> jax.Array:
+def _apply_blocks(x: jax.Array, block: Block, key_mask: jax.Array | None, config: ECGFormerConfig) -> jax.Array:
     """x [B, L, D] through each layer of the stacked `block` in turn."""
-    return block(x, key_mask)
+
+    def layer(x: jax.Array, block: Block, key_mask: jax.Array | None) -> jax.Array:
+        return block(x, key_mask)
+
+    if config.remat_policy != "none":
+        layer = nnx.remat(layer, policy=REMAT_POLICIES[config.remat_policy], prevent_cse=False)
+    scan = nnx.scan(layer, in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry, unroll=config.scan_unroll)
+    return scan(x, block, key_mask)
 
 
 class ECGFormer(nnx.Module):
@@ -310,7 +351,7 @@ class ECGFormer(nnx.Module):
         if not self.config.mask_padding:
             key_mask = None
         x = self.embed_dropout(x)
-        x = _apply_blocks(x, self.blocks, key_mask)
+        x = _apply_blocks(x, self.blocks, key_mask, self.config)
         return self.final_norm(x)
 
     def __call__(self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array) -> jax.Array:

@@ -18,15 +18,15 @@ import math
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
+from heartlang_jax.models.cross_entropy import softmax_cross_entropy
 from heartlang_jax.models.ecgformer import ECGFormer, ECGFormerConfig, dense
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
 
-def sample_mask(rng: jax.Array, lead_ids: jax.Array, ratio: float = 0.5) -> jax.Array:
+def sample_mask(rng: jax.Array, lead_ids: jax.Array, ratio: float = 0.5, draw_len: int | None = None) -> jax.Array:
     """Chooses exactly round(ratio * num_real) real words per sentence.
 
     Rounding is half-to-even (as numpy.round). Padding is never chosen.
@@ -35,13 +35,17 @@ def sample_mask(rng: jax.Array, lead_ids: jax.Array, ratio: float = 0.5) -> jax.
         rng: PRNG key.
         lead_ids: [B, L] int, 0 = padding.
         ratio: fraction of real words to mask.
+        draw_len: draw the random scores for rows of this length (>= L) and keep the first L,
+            so a batch cut to a length bucket (packing.py) masks the words the full-length
+            batch would with the same key. None: L.
 
     Returns:
         [B, L] bool, True = replace by the mask token.
     """
     real = lead_ids != 0  # [B, L]
     num_mask = jnp.round(ratio * jnp.sum(real, axis=-1))  # [B]
-    scores = jnp.where(real, jax.random.uniform(rng, real.shape), 2.0)
+    draws = jax.random.uniform(rng, (real.shape[0], max(draw_len or 0, real.shape[1])))[:, : real.shape[1]]
+    scores = jnp.where(real, draws, 2.0)
     ranks = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)  # padding last
     return ranks < num_mask[:, None]
 
@@ -89,8 +93,13 @@ class MaskedEcgModel(nnx.Module):
 
     def logits_at(self, hidden: jax.Array, positions: jax.Array) -> jax.Array:
         """hidden [B, L, D], positions [B, M] -> float32 logits [B, M, V]."""
+        return self.head_logits(hidden, positions).astype(jnp.float32)
+
+    def head_logits(self, hidden: jax.Array, positions: jax.Array) -> jax.Array:
+        """hidden [B, L, D], positions [B, M] -> logits [B, M, V] in the compute dtype (the loss
+        upcasts inside its reductions, so no float32 copy of all logits is made)."""
         picked = jnp.take_along_axis(hidden, positions[..., None], axis=1)  # [B,M,D]
-        return self.lm_head(picked).astype(jnp.float32)
+        return self.lm_head(picked)
 
 
 def num_mask_positions(max_len: int, ratio: float) -> int:
@@ -100,15 +109,15 @@ def num_mask_positions(max_len: int, ratio: float) -> int:
 
 def masked_lm_loss(model: MaskedEcgModel, batch, rng, mask_ratio: float):
     """Cross-entropy on masked words only; the LM head sees only the M masked positions."""
-    mask = sample_mask(rng, batch["lead_ids"], mask_ratio)  # [B, L]
+    mask = sample_mask(rng, batch["lead_ids"], mask_ratio, model.encoder.config.max_len)  # [B, L]
     positions, valid = masked_positions(mask, num_mask_positions(mask.shape[1], mask_ratio))  # [B, M]
     hidden = model(batch["words"], batch["lead_ids"], batch["time_ids"], mask)  # [B, L, D]
-    logits = model.logits_at(hidden, positions)  # [B, M, V] float32
+    logits = model.head_logits(hidden, positions)  # [B, M, V] compute dtype
     targets = jnp.take_along_axis(batch["targets"], positions, axis=1)  # [B, M]
     weights = valid.astype(jnp.float32)
     if "mask" in batch:  # padded eval rows
         weights = weights * batch["mask"][:, None]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    ce = softmax_cross_entropy(logits, targets)  # [B, M] float32
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     count = jnp.sum(weights)
     return jnp.sum(ce * weights) / jnp.maximum(count, 1.0), {

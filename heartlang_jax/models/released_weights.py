@@ -93,14 +93,14 @@ def backbone_params(sd: StateDict, prefix: str = "") -> dict:
     layers = []
     for i in range(_num_layers(sd, prefix)):
         p = f"{prefix}transformer.layers.{i}."
-        q, k, v = np.split(_get(sd, p + "0.to_qkv.weight"), 3, axis=0)  # chunk(3) on the output
+        # to_qkv is [3 * inner, D] with Q, K, V stacked on the output (chunk(3)); our fused qkv
+        # kernel is its transpose, columns Q then K then V.
+        qkv = _get(sd, p + "0.to_qkv.weight")
         layers.append(
             {
                 "norm1": _norm(sd, p + "0.norm"),
                 "attn": {
-                    "query": {"kernel": q.T},
-                    "key": {"kernel": k.T},
-                    "value": {"kernel": v.T},
+                    "qkv": {"kernel": qkv.T},
                     "out": _linear(sd, p + "0.to_out.0"),
                 },
                 "norm2": _norm(sd, p + "1.net.0"),

@@ -21,7 +21,7 @@ from flax import nnx
 
 from heartlang_jax import errors
 from heartlang_jax.configs import schema, typed
-from heartlang_jax.data import input_pipeline, split_cache
+from heartlang_jax.data import input_pipeline, packing, split_cache
 from heartlang_jax.inference import model_info
 from heartlang_jax.models import ECGFormerConfig
 from heartlang_jax.training import checkpointing, optim, parallel, train_loop
@@ -225,6 +225,32 @@ def train(
     )
     logging.info("[%s] done at step %d: %s", ctx.name, result.step, result.last_eval)
     return result
+
+
+def unsupervised_train_data(ctx: StageContext, source) -> grain.MapDataset:
+    """VQ-HBR's and pre-training's training batches: length-bucketed when the config's
+    length_bucket_step > 0 (heartlang_jax/packing.py; mixtures are not bucketed)."""
+    config = ctx.config
+    step = config.length_bucket_step
+    lengths = None
+    if step > 0 and not isinstance(source, input_pipeline.MixtureSource):
+        lengths = packing.real_lengths(source)
+        logging.info("[%s] length buckets of %d words over %d sentences", ctx.name, step, len(lengths))
+    return input_pipeline.train_dataset(
+        source,
+        global_batch=ctx.global_batch,
+        seed=config.seed,
+        lengths=lengths,
+        bucket_step=step,
+        bucket_window=config.length_bucket_window,
+    )
+
+
+def trim_to_bucket(batch: dict) -> dict:
+    """A training batch cut to its length bucket, if it has one (the stages' prepare_batch hook)."""
+    if packing.BUCKET_KEY in batch:
+        return packing.trim(batch, int(batch[packing.BUCKET_KEY]))
+    return batch
 
 
 def write_model_info(ctx: StageContext, kind: str, model: nnx.Module, **extra) -> None:

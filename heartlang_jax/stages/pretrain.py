@@ -186,14 +186,14 @@ def train_and_evaluate(config: schema.PretrainStage, workdir: str | os.PathLike)
 
     def prepare(batch):
         batch["targets"] = train_targets[batch["index"]]
-        return batch
+        return common.trim_to_bucket(batch)
 
     result = common.train(
         ctx,
         model=model,
         optimizer_config=config.optimizer,
         train_step=make_train_step(ratio),
-        train_data=input_pipeline.train_dataset(train_source, global_batch=ctx.global_batch, seed=config.seed),
+        train_data=common.unsupervised_train_data(ctx, train_source),
         num_train_examples=len(train_source),
         prepare_batch=prepare,
         evaluate=lambda step: evaluate(
