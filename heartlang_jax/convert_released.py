@@ -28,8 +28,10 @@ mapping functions (`released_weights`) take a dict of NumPy arrays and are teste
 
 Input facts recorded in `model.json`, from the released code (`sentence_spec.RELEASED`): sentences
 are cut by XQRS on lead I at 100 Hz, 256 words of 96 samples, 12 leads. The released MIMIC-IV pre-processing
-(`mimic_preprocess.py`, `is_norm=False`) band-passes (0.67-40 Hz) but does not standardize, so the
-VQ-HBR and pre-training folders record amplitude mean 0, std 1 (raw mV). Its PTB-XL fine-tuning
+(`mimic_preprocess.py`, `is_norm=False`) band-passes (0.67-40 Hz, 5th-order Butterworth, filtfilt at
+100 Hz) but does not standardize, so the VQ-HBR and pre-training folders record that filter
+(`sentence_spec.RELEASED_MIMIC`, applied by `load(...)` to raw records) and amplitude mean 0, std 1
+(raw mV). The fine-tuned folder records no filter (the released PTB-XL data are not filtered). Its PTB-XL fine-tuning
 data come from the PTB-XL benchmark code, which standardizes with the training folds' mean and std;
 pass those as `--amplitude_mean/--amplitude_std` for a fine-tuned model (default 0 and 1).
 """
@@ -67,14 +69,20 @@ def write_run(
     amplitude: Mapping[str, float] | None = None,
     task: str | None = None,
     class_names: Sequence[str] | None = None,
+    spec: sentence_spec.SentenceSpec | None = None,
 ) -> None:
-    """One run folder: model.json (ModelInfo) and checkpoints/0 with the converted weights."""
+    """One run folder: model.json (ModelInfo) and checkpoints/0 with the converted weights.
+
+    `spec`: the sentences the weights read; default the released ones of their training data
+    (`RELEASED_MIMIC` for VQ-HBR and pre-training, `RELEASED`, unfiltered PTB-XL, for fine-tuning)."""
     from heartlang_jax.inference import model_info
     from heartlang_jax.training import checkpointing
 
     encoder = model.config.encoder if kind == "vqhbr" else model.encoder.config
     # The released sentence facts, with the model's own sentence length (256 when released).
-    sentence = dataclasses.replace(sentence_spec.RELEASED, max_len=encoder.max_len, token_len=encoder.token_len)
+    if spec is None:
+        spec = sentence_spec.RELEASED if kind == "finetune" else sentence_spec.RELEASED_MIMIC
+    sentence = dataclasses.replace(spec, max_len=encoder.max_len, token_len=encoder.token_len)
     os.makedirs(out_dir, exist_ok=True)
     checkpoints = checkpointing.RunCheckpoints(out_dir)
     checkpoints.save(0, model, None, {}, {"converted_from": "released PyTorch checkpoint"})

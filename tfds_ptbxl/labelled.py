@@ -24,7 +24,7 @@ from tfds_ptbxl.sentences import BuilderConfig
 _LISTED_MISSING = 3
 
 
-def builder_configs() -> list[BuilderConfig]:
+def builder_configs(dataset: str) -> list[BuilderConfig]:
     return [
         BuilderConfig(name="leads12", description="All 12 standard leads, resampled to 100 Hz."),
         BuilderConfig(name="leads1", leads=("I",), description="Lead I only."),
@@ -33,6 +33,7 @@ def builder_configs() -> list[BuilderConfig]:
             detector="xqrs",
             description="All 12 leads, beats found by XQRS on lead I (the paper's).",
         ),
+        sentences.released_config(dataset),
     ]
 
 
