@@ -87,7 +87,7 @@ def export(
     model = inference.load(checkpoint, dtype="float32")
     if model.kind != "finetune":
         raise ExportError(f"{checkpoint} is a {model.kind} run; export takes a fine-tuned classifier run folder")
-    graphdef, params, rest = nnx.split(model.model, nnx.Param, ...)  # model.model is in eval mode: no dropout
+    graphdef, params, rest = nnx.split(model.model, nnx.Param, ...)  # type: ignore[misc]  # eval mode: no dropout
     leaves, treedef = jax.tree.flatten(params)
     # The rest (dropout RNG state, unused in eval mode) is baked in as constants; rebuilt from plain
     # arrays inside the trace, as nnx variables may not cross trace levels.
