@@ -54,14 +54,14 @@ def test_filtered_500hz_mimic_record_is_filtfilt_on_the_released_coefficients(tm
     assert np.abs(ours - unfiltered).max() > 0.05  # the filter does something (baseline wander, mV)
 
     # The whole released chain, its FFT resampling included (signal.resample), differs from ours only by
-    # the resampler (ours is polyphase): within 1% of the signal's RMS away from the record's ends.
+    # the resampler (ours is polyphase): within 2% of the signal's RMS away from the record's ends (0.9% here).
     raw, _ = wfdb.rdsamp(str(path))
     released = scipy.signal.resample(raw.T, 1000, axis=1)
     released = released[[[lead.upper() for lead in MIMIC_LEADS].index(lead) for lead in STANDARD_LEADS]]
     released = _released_bandpass_filter(released, 0.67, 40, fs=100)
     inner = slice(50, -50)
     rms = np.sqrt(np.mean(np.square(released[:, inner])))
-    assert np.sqrt(np.mean(np.square(ours[:, inner] - released[:, inner]))) < 0.01 * rms
+    assert np.sqrt(np.mean(np.square(ours[:, inner] - released[:, inner]))) < 0.02 * rms
 
 
 def test_default_spec_leaves_todays_tokens_unchanged():
