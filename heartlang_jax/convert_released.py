@@ -24,12 +24,16 @@ Sizes come from the tensors' shapes, except the split of the attention width int
 the state dict does not record: `--head_dim` (64 in every released model).
 
 Reading `.pth` needs PyTorch, an optional extra for this command only (`pip install torch`); the
-mapping functions (`released_weights`) take a dict of NumPy arrays and are tested without it.
+mapping functions (`released_weights`) take a dict of NumPy arrays and are tested without it. A
+state dict saved as `.npz` (`np.savez(path, **state_dict)`) needs no PyTorch.
+`heartlang_jax.load_released()` does the same in one call, from the Hub or a local folder, cached.
 
 Input facts recorded in `model.json`, from the released code (`sentence_spec.RELEASED`): sentences
 are cut by XQRS on lead I at 100 Hz, 256 words of 96 samples, 12 leads. The released MIMIC-IV pre-processing
-(`mimic_preprocess.py`, `is_norm=False`) band-passes (0.67-40 Hz) but does not standardize, so the
-VQ-HBR and pre-training folders record amplitude mean 0, std 1 (raw mV). Its PTB-XL fine-tuning
+(`mimic_preprocess.py`, `is_norm=False`) band-passes (0.67-40 Hz, 5th-order Butterworth, filtfilt at
+100 Hz) but does not standardize, so the VQ-HBR and pre-training folders record that filter
+(`sentence_spec.RELEASED_MIMIC`, applied by `load(...)` to raw records) and amplitude mean 0, std 1
+(raw mV). The fine-tuned folder records no filter (the released PTB-XL data are not filtered). Its PTB-XL fine-tuning
 data come from the PTB-XL benchmark code, which standardizes with the training folds' mean and std;
 pass those as `--amplitude_mean/--amplitude_std` for a fine-tuned model (default 0 and 1).
 """
@@ -70,14 +74,20 @@ def write_run(
     amplitude: Mapping[str, float] | None = None,
     task: str | None = None,
     class_names: Sequence[str] | None = None,
+    spec: sentence_spec.SentenceSpec | None = None,
 ) -> None:
-    """One run folder: model.json (ModelInfo) and checkpoints/0 with the converted weights."""
+    """One run folder: model.json (ModelInfo) and checkpoints/0 with the converted weights.
+
+    `spec`: the sentences the weights read; default the released ones of their training data
+    (`RELEASED_MIMIC` for VQ-HBR and pre-training, `RELEASED`, unfiltered PTB-XL, for fine-tuning)."""
     from heartlang_jax.inference import model_info
     from heartlang_jax.training import checkpointing
 
     encoder = model.config.encoder if kind == "vqhbr" else model.encoder.config
     # The released sentence facts, with the model's own sentence length (256 when released).
-    sentence = dataclasses.replace(sentence_spec.RELEASED, max_len=encoder.max_len, token_len=encoder.token_len)
+    if spec is None:
+        spec = sentence_spec.RELEASED if kind == "finetune" else sentence_spec.RELEASED_MIMIC
+    sentence = dataclasses.replace(spec, max_len=encoder.max_len, token_len=encoder.token_len)
     os.makedirs(out_dir, exist_ok=True)
     checkpoints = checkpointing.RunCheckpoints(out_dir)
     checkpoints.save(0, model, None, {}, {"converted_from": "released PyTorch checkpoint"})
@@ -118,9 +128,9 @@ def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def define_flags() -> None:
     """The command's flags (the names of the earlier argparse command); defined only when it runs,
     so importing this module beside another absl command (embed.py has --out too) is fine."""
-    flags.DEFINE_string("vqhbr", None, "Released VQ-HBR checkpoint (.pth).")
-    flags.DEFINE_string("pretrain", None, "Released pre-training checkpoint (.pth).")
-    flags.DEFINE_string("finetune", None, "Released fine-tuning checkpoint (.pth).")
+    flags.DEFINE_string("vqhbr", None, "Released VQ-HBR checkpoint (.pth, or its state dict as .npz).")
+    flags.DEFINE_string("pretrain", None, "Released pre-training checkpoint (.pth or .npz).")
+    flags.DEFINE_string("finetune", None, "Released fine-tuning checkpoint (.pth or .npz).")
     flags.DEFINE_string("out", None, "Folder for the run folders vqhbr/, pretrain/, finetune/.")
     flags.DEFINE_integer("head_dim", RELEASED_HEAD_DIM, "Attention head size (released: 64).")
     flags.DEFINE_string("task", None, "Fine-tuning task name, e.g. superdiagnostic.")
@@ -136,17 +146,19 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     if not (f.vqhbr or f.pretrain or f.finetune):
         raise app.UsageError("give at least one of --vqhbr, --pretrain, --finetune")
+    from heartlang_jax.inference.released import read_state  # .pth (PyTorch) or .npz (NumPy)
+
     out = str(f.out)  # a required flag: never None
     done = []
     if f.vqhbr:
-        write_run(os.path.join(out, "vqhbr"), "vqhbr", build_vqhbr(read_pth(f.vqhbr), head_dim=f.head_dim))
+        write_run(os.path.join(out, "vqhbr"), "vqhbr", build_vqhbr(read_state(f.vqhbr), head_dim=f.head_dim))
         done.append("vqhbr")
     if f.pretrain:
-        model = build_pretrain(read_pth(f.pretrain), head_dim=f.head_dim)
+        model = build_pretrain(read_state(f.pretrain), head_dim=f.head_dim)
         write_run(os.path.join(out, "pretrain"), "pretrain", model)
         done.append("pretrain")
     if f.finetune:
-        model = build_finetune(read_pth(f.finetune), head_dim=f.head_dim)
+        model = build_finetune(read_state(f.finetune), head_dim=f.head_dim)
         num_classes = int(model.head.kernel.shape[1])
         names = [n for n in f.class_names.split(",") if n] or [f"class_{i}" for i in range(num_classes)]
         if len(names) != num_classes:

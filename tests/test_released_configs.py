@@ -156,7 +156,7 @@ def test_released_pretrain_and_finetune_configs_are_the_released_base():
 def test_released_recipe_values():
     """The released scripts' values (scripts/{vqhbr,pretrain}/MIMIC-IV.sh, scripts/finetune/)."""
     config = pipeline.get_config(common.RELEASED)
-    assert config.data.builder_config == "leads12_xqrs"
+    assert config.data.builder_config == "released"  # XQRS on lead I after the dataset's released band-pass
     vq = config.vqhbr
     assert (vq.model.num_codes, vq.model.code_dim, vq.model.dead_code_patience) == (8192, 128, 0)
     assert vq.model.commitment_weighting == "mean"
@@ -175,7 +175,7 @@ def test_released_recipe_values():
     assert (ft.num_epochs, ft.warmup_epochs, ft.batch_size) == (100, 10, 256)
     assert config.sweep.modes == ("linear",) and config.sweep.label_fractions == (0.01, 0.1, 1.0)
     for stage in (finetune, sweep, vqhbr, pretrain_base):
-        assert stage.get_config(common.RELEASED).data.builder_config == "leads12_xqrs"
+        assert stage.get_config(common.RELEASED).data.builder_config == "released"
 
 
 def test_released_pretraining_is_base_only():

@@ -130,7 +130,7 @@ def test_tasks_and_builder_config_are_those_of_the_chosen_dataset():
     assert problems.endswith("\n  task: must be one of the tasks of cpsc2018 ('rhythm',), got 'diagnosis'")
     problems = _problems(_edited("vqhbr", "tiny", {"data.dataset": "mimic_iv_ecg", "data.builder_config": "leads1"}))
     assert problems.endswith(
-        "\n  data.builder_config: must be one of ('leads12', 'leads12_xqrs') for mimic_iv_ecg, got 'leads1'"
+        "\n  data.builder_config: must be one of ('leads12', 'leads12_xqrs', 'released') for mimic_iv_ecg, got 'leads1'"
     )
 
 

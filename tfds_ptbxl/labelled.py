@@ -21,7 +21,7 @@ from tfds_ptbxl import sentences, split_files
 from tfds_ptbxl.sentences import BuilderConfig
 
 
-def builder_configs() -> list[BuilderConfig]:
+def builder_configs(dataset: str) -> list[BuilderConfig]:
     return [
         BuilderConfig(name="leads12", description="All 12 standard leads, resampled to 100 Hz."),
         BuilderConfig(name="leads1", leads=("I",), description="Lead I only."),
@@ -30,6 +30,7 @@ def builder_configs() -> list[BuilderConfig]:
             detector="xqrs",
             description="All 12 leads, beats found by XQRS on lead I (the paper's).",
         ),
+        sentences.released_config(dataset),
     ]
 
 

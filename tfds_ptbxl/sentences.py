@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import tensorflow_datasets as tfds
 
-from heartlang_jax.ecg import sentence_corpus
+from heartlang_jax.ecg import filters, sentence_corpus
 from heartlang_jax.ecg import tokenizer as tokenizer_lib
 from heartlang_jax.ecg.records import STANDARD_LEADS
 from heartlang_jax.ecg.sentence_spec import SentenceSpec
@@ -40,14 +40,35 @@ DEFAULT_FILE_FORMAT = "array_record"
 
 @dataclasses.dataclass
 class BuilderConfig(tfds.core.BuilderConfig):
-    """Which leads form the sentence and which QRS detector cuts the beats (non-PTB-XL builders)."""
+    """Which leads form the sentence, which QRS detector cuts the beats and which band-pass (if
+    any) comes first (non-PTB-XL builders)."""
 
     leads: tuple[str, ...] = STANDARD_LEADS
     detector: Literal["multilead", "xqrs"] = "multilead"
+    filter: filters.BandPass | None = None
 
     @property
     def spec(self) -> SentenceSpec:
-        return SentenceSpec(leads=self.leads, detector=self.detector)  # the spec's lengths: 256 x 96
+        # the spec's lengths: 256 x 96
+        return SentenceSpec(leads=self.leads, detector=self.detector, filter=self.filter)
+
+
+RELEASED_CONFIG = "released"
+
+
+def released_config(dataset: str, config_class=BuilderConfig):
+    """The builder config `released`: the released code's tokenization (XQRS on lead I, 12 leads)
+    of records band-passed as the released preprocessing of `dataset` does (filters.RELEASED_FILTERS)."""
+    band = filters.RELEASED_FILTERS[dataset]
+    what = (
+        "no band-pass, as released" if band is None else f"{band.low:g}-{band.high:g} Hz band-pass first, as released"
+    )
+    return config_class(
+        name=RELEASED_CONFIG,
+        detector="xqrs",
+        filter=band,
+        description=f"The released code's preprocessing: all 12 leads, XQRS on lead I, {what}.",
+    )
 
 
 _LISTED_MISSING = 5

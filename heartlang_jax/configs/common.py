@@ -30,8 +30,11 @@ RELEASED_SIZES = {
 # Dropout of the released models (get_model_default_params): VQ-HBR 0.0; the pre-training and
 # fine-tuning models 0.1, used alike on embeddings, attention weights and block outputs.
 RELEASED_DROPOUT = {"vqhbr": 0.0, "base": 0.1}
-# The released tokenization (QRSTokenizer.py): XQRS on lead I of the 12 leads at 100 Hz.
-RELEASED_BUILDER_CONFIG = "leads12_xqrs"
+# The released preprocessing and tokenization: every dataset's builder config `released` is XQRS
+# on lead I of the 12 leads at 100 Hz (QRSTokenizer.py) after that dataset's released band-pass:
+# MIMIC-IV-ECG and CSN 0.67-40 Hz, 5th-order Butterworth, filtfilt (mimic_preprocess.py,
+# make_csn_datasets.py), PTB-XL and CPSC 2018 none (heartlang_jax/ecg/filters.py, RELEASED_FILTERS).
+RELEASED_BUILDER_CONFIG = "released"
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -55,7 +58,8 @@ def data_config() -> ml_collections.ConfigDict:
     data.tfds_dir = ""
     # TFDS builder config, the same for every dataset read. ptbxl: leads12 (default),
     # leads12_xqrs, leads1, leads3, leads6, leads12_500hz; cpsc2018, csn: leads12, leads12_xqrs,
-    # leads1; mimic_iv_ecg: leads12, leads12_xqrs.
+    # leads1; mimic_iv_ecg: leads12, leads12_xqrs; every dataset: released (XQRS on lead I after
+    # the dataset's released band-pass, if any).
     data.builder_config = "leads12"
     # Processes used to tokenize records while building (0 = all cores).
     data.num_workers = 0

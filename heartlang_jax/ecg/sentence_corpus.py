@@ -80,6 +80,8 @@ def _moments_of(path: os.PathLike) -> tuple[int, float, float] | None:
     signal = _selected_rows(record, _worker["spec"].leads).astype(np.float64)
     if signal.size == 0 or not np.isfinite(signal).all():
         return None
+    if _worker["spec"].filter is not None:  # the moments of what the tokenizer reads: filtered, at its rate
+        signal = _worker["tokenizer"].at_rate(signal, record.fs)
     return signal.size, float(signal.sum()), float(np.square(signal).sum())
 
 

@@ -13,6 +13,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from heartlang_jax.ecg.filters import RELEASED_BANDPASS, BandPass
 from heartlang_jax.ecg.records import STANDARD_LEADS, canonical_lead_name
 
 Detector = Literal["multilead", "xqrs"]
@@ -25,8 +26,9 @@ QRS_BAND_TOP_HZ = 15.0
 @dataclasses.dataclass(frozen=True)
 class SentenceSpec:
     """Which leads (in sentence order), how many words of how many samples at which rate, which
-    QRS detector, how long a record is read, and when flat leads reject a record (see
-    `tokenizer.QRSTokenizer` for what each does). Checked when built."""
+    QRS detector, how long a record is read, when flat leads reject a record, and the band-pass
+    in front of the tokenizer (`filter`: None = none, the paper's; see `filters`). See
+    `tokenizer.QRSTokenizer` for what each does. Checked when built."""
 
     fs: float = 100.0
     max_len: int = 256
@@ -36,6 +38,7 @@ class SentenceSpec:
     max_duration_s: float = 10.0
     min_leads: int = 1
     reject_flat_leads: bool = False
+    filter: BandPass | None = None
 
     def __post_init__(self) -> None:
         # Checked here: a wrong type would otherwise fail deep in numpy/scipy, or not at all.
@@ -60,6 +63,12 @@ class SentenceSpec:
         object.__setattr__(self, "leads", canonical)
         if self.detector not in DETECTORS:
             raise ValueError(f"unknown QRS detector {self.detector!r}; use 'multilead' or 'xqrs'")
+        if isinstance(self.filter, Mapping):  # the JSON form, or dataclasses.asdict's
+            object.__setattr__(self, "filter", BandPass.from_dict(self.filter))
+        if self.filter is not None:
+            if not isinstance(self.filter, BandPass):
+                raise ValueError(f"{what}.filter must be None or a filters.BandPass, got {self.filter!r}")
+            self.filter.check_rate(float(self.fs))
 
     @property
     def spec(self) -> SentenceSpec:
@@ -73,8 +82,9 @@ class SentenceSpec:
         return QRSTokenizer(**dataclasses.asdict(self.spec))
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form stored in dataset info and model.json (the same keys and types as ever)."""
-        return {
+        """The JSON form stored in dataset info and model.json (the same keys and types as ever;
+        `filter` only when there is one, so a spec without one reads as before)."""
+        values = {
             "leads": list(self.leads),
             "max_len": int(self.max_len),
             "token_len": int(self.token_len),
@@ -84,6 +94,9 @@ class SentenceSpec:
             "min_leads": int(self.min_leads),
             "reject_flat_leads": bool(self.reject_flat_leads),
         }
+        if self.filter is not None:
+            values["filter"] = self.filter.to_dict()
+        return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SentenceSpec:
@@ -100,3 +113,6 @@ class SentenceSpec:
 # The released code's tokenization (QRSTokenizer.py): XQRS on lead I at 100 Hz, 256 words of 96
 # samples, 12 leads.
 RELEASED = SentenceSpec(detector="xqrs")
+# What the released weights read: that tokenization of MIMIC-IV-ECG band-passed as its released
+# preprocessing does (0.67-40 Hz, 5th-order Butterworth, filtfilt at 100 Hz; filters.RELEASED_FILTERS).
+RELEASED_MIMIC = SentenceSpec(detector="xqrs", filter=RELEASED_BANDPASS)

@@ -22,6 +22,7 @@ import scipy.signal
 import wfdb.processing
 
 from heartlang_jax import errors
+from heartlang_jax.ecg import filters
 from heartlang_jax.ecg.records import STANDARD_LEADS, canonical_lead_name
 from heartlang_jax.ecg.sentence_spec import DEFAULT_DETECTOR, QRS_BAND_TOP_HZ, Detector, SentenceSpec
 
@@ -257,6 +258,9 @@ class QRSTokenizer(SentenceSpec):
     gives fewer beats (fewer words, more padding), and its time ids stop at its last second. So time
     ids stay in 1..ceil(max_duration_s) for any record length.
 
+    Filter: a spec with a `filter` band-passes every lead after resampling, at `fs`, before the
+    detector and the words (`filters`; None, the default, leaves the signal as it is).
+
     Flat leads: a lead whose peak-to-peak range is below 1e-3 of the record's widest lead carries
     no ECG (a disconnected electrode; Ningbo and CinC 2021 store such all-zero leads). By default it
     is treated as a missing lead: its words are left out, a warning names the record and the lead,
@@ -311,7 +315,7 @@ class QRSTokenizer(SentenceSpec):
             raise BadSignalError(f"record {name}: lead {leads[int(np.argmin(finite))]} contains NaN or inf")
         x, leads, flat_leads = self._drop_flat_leads(x, leads, name)
 
-        x = self._resample(x, fs)
+        x = self.at_rate(x, fs)
         beats = detect_qrs(x, self.fs, self.detector, name)
         if beats.size == 0:
             raise NoBeatsError(f"record {name}: the {self.detector} detector found no heartbeat on leads {leads}")
@@ -366,6 +370,11 @@ class QRSTokenizer(SentenceSpec):
         if not present:
             raise LeadError(f"record {name}: none of the leads {self.leads} is in {tuple(lead_names)}")
         return present, [row_of[lead] for lead in present]
+
+    def at_rate(self, x: np.ndarray, fs: float) -> np.ndarray:
+        """[leads, samples] at the tokenizer's rate, cropped to `max_duration_s`, band-passed by the
+        spec's `filter` (if any): the signal the detector and the words see."""
+        return filters.apply(self._resample(x, fs), self.fs, self.filter)
 
     def _resample(self, x: np.ndarray, fs: float) -> np.ndarray:
         """Resamples [leads, samples] from `fs` to `self.fs` and crops to `max_duration_s`."""

@@ -20,7 +20,7 @@ class Builder(labelled.SplitFileBuilder, tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "ECG sentences from the QRSTokenizer, the released split and 9 rhythm classes."}
-    BUILDER_CONFIGS = labelled.builder_configs()
+    BUILDER_CONFIGS = labelled.builder_configs("cpsc2018")
     DEFAULT_CONFIG_NAME = "leads12"
     TASK = "rhythm"
     SPLIT_FILE = pathlib.Path(__file__).parent / "splits.csv.gz"

@@ -21,7 +21,7 @@ class Builder(labelled.SplitFileBuilder, tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "ECG sentences from the QRSTokenizer, the released split and its 38 classes."}
-    BUILDER_CONFIGS = labelled.builder_configs()
+    BUILDER_CONFIGS = labelled.builder_configs("csn")
     DEFAULT_CONFIG_NAME = "leads12"
     TASK = "diagnosis"
     SPLIT_FILE = pathlib.Path(__file__).parent / "splits.csv.gz"

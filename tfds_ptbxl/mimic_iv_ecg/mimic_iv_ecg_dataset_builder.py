@@ -121,6 +121,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             detector="xqrs",
             description="All 12 leads, beats found by XQRS on lead I (the paper's).",
         ),
+        sentences.released_config("mimic_iv_ecg", BuilderConfig),
     ]
     DEFAULT_CONFIG_NAME = "leads12"
 

@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from heartlang_jax.data import bundled_sample_dir
 from heartlang_jax.ecg import sentence_corpus
+from heartlang_jax.ecg.filters import BandPass
 from heartlang_jax.ecg.records import STANDARD_LEADS
 from heartlang_jax.ecg.sentence_spec import SentenceSpec
 from tfds_ptbxl import sentences
@@ -35,10 +36,12 @@ class BuilderConfig(tfds.core.BuilderConfig):
     leads: tuple[str, ...] = STANDARD_LEADS
     sampling_rate: int = 100  # the files read; sentences are always at 100 Hz
     detector: Literal["multilead", "xqrs"] = "multilead"  # "xqrs": the paper's and released code's
+    filter: BandPass | None = None  # a band-pass before tokenizing (heartlang_jax.ecg.filters)
 
     @property
     def spec(self) -> SentenceSpec:
-        return SentenceSpec(leads=self.leads, detector=self.detector)  # the spec's lengths: 256 x 96
+        # the spec's lengths: 256 x 96
+        return SentenceSpec(leads=self.leads, detector=self.detector, filter=self.filter)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -66,6 +69,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             detector="xqrs",
             description="All 12 leads, beats found by XQRS on lead I (the paper's and released code's tokenization).",
         ),
+        sentences.released_config("ptbxl", BuilderConfig),
     ]
     DEFAULT_CONFIG_NAME = "leads12"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
