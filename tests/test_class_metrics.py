@@ -60,3 +60,54 @@ def test_threshold_of_a_class_without_positives_is_one_half():
     labels = np.array([[0, 1], [0, 0], [0, 1]], np.float32)
     chosen = metrics.choose_thresholds(labels, np.array([[0.9, 0.8], [0.2, 0.1], [0.3, 0.7]]))
     assert chosen[0] == metrics.DEFAULT_THRESHOLD and chosen[1] == pytest.approx(0.7)
+
+
+def _finetune_config(pos_weight: str):
+    from heartlang_jax.configs import finetune as finetune_config
+    from heartlang_jax.configs import schema
+
+    config = finetune_config.get_config("tiny")
+    config.model.pos_weight = pos_weight
+    return schema.validate(config)
+
+
+def _numpy_weighted_bce(logits, labels, weights):
+    x, y = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
+    p = 1 / (1 + np.exp(-x))
+    return np.mean(-(weights[None, :] * y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def test_balanced_pos_weight_bce_matches_numpy_float64():
+    import jax.numpy as jnp
+
+    from heartlang_jax.models import classifier_bce_loss
+    from heartlang_jax.stages import finetune
+
+    labels, _ = _scores(5, n=64, classes=4)
+    labels[:, 3] = 0  # a class with no training positive: weight 1
+    weights = finetune.pos_weights(_finetune_config("balanced"), labels, ["a", "b", "c", "d"])
+    n_pos = labels.sum(axis=0)
+    np.testing.assert_allclose(weights[:3], (64 - n_pos[:3]) / n_pos[:3], rtol=1e-6)
+    assert weights[3] == 1.0
+    logits = np.random.default_rng(6).normal(scale=3, size=labels.shape).astype(np.float32)
+    rows = np.broadcast_to(weights, labels.shape)  # as the training batches carry it
+    got = float(classifier_bce_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(rows)))
+    assert got == pytest.approx(_numpy_weighted_bce(logits, labels, weights.astype(np.float64)), rel=1e-5)
+    # "none" is today's loss exactly; unit weights give the same number
+    plain = float(classifier_bce_loss(jnp.asarray(logits), jnp.asarray(labels)))
+    ones = float(classifier_bce_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.ones(4)))
+    assert plain == pytest.approx(ones, rel=1e-6)
+    assert finetune.pos_weights(_finetune_config("none"), labels, list("abcd")) is None
+
+
+def test_pos_weight_list_is_checked_against_the_classes():
+    from heartlang_jax.errors import ConfigError
+    from heartlang_jax.stages import finetune
+
+    weights = finetune.pos_weights(_finetune_config("1,2.5,4"), None, ["a", "b", "c"])
+    np.testing.assert_array_equal(weights, np.float32([1, 2.5, 4]))
+    with pytest.raises(ConfigError, match=r"pos_weight has 3 weights, task superdiagnostic has 5 classes") as e:
+        finetune.pos_weights(_finetune_config("1,2.5,4"), None, ["NORM", "MI", "STTC", "CD", "HYP"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"model.pos_weight: must be 'none', 'balanced' or positive weights"):
+        _finetune_config("balance")
