@@ -198,7 +198,7 @@ def parse_pos_weight(value: str) -> str | tuple[float, ...]:
         weights = ()
     if not weights or not all(w > 0 and w < float("inf") for w in weights):
         raise ValueError(
-            f"must be 'none', 'balanced' or positive weights separated by commas, one per class (e.g. '1,4.5,2')"
+            "must be 'none', 'balanced' or positive weights separated by commas, one per class (e.g. '1,4.5,2')"
         )
     return weights
 
