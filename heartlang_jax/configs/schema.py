@@ -24,6 +24,7 @@ from typing import Literal
 from heartlang_jax.configs import typed
 from heartlang_jax.configs.typed import FRACTION, NON_NEGATIVE, POSITIVE, RATE, checked, field, set_by_parent
 from heartlang_jax.data import input_pipeline
+from heartlang_jax.ecg.sentence_spec import SentenceSpec
 from heartlang_jax.errors import ConfigError
 from heartlang_jax.models import ECGFormerConfig, VQHBRConfig
 from tfds_ptbxl import catalog
@@ -61,6 +62,8 @@ class DataConfig:
             yield "csv", "is empty; data.dataset='csv' reads the CSV it names (--config.data.csv=PATH)"
         if self.dataset != "csv" and self.csv:
             yield "csv", f"names a CSV but data.dataset={self.dataset!r}; set data.dataset='csv' to read it"
+        if self.csv_window_s > SentenceSpec().max_duration_s:
+            yield "csv_window_s", f"must be at most a sentence's {SentenceSpec().max_duration_s:g} s (0 = that)"
         if "csv" in self.mixture_names():
             yield "mixture", "cannot hold 'csv' (a CSV dataset is for fine-tuning and the sweep)"
         for name, folder in self.manual_dirs.items():

@@ -54,12 +54,21 @@ def open_dataset(data: schema.DataConfig, workdir: str | os.PathLike, dataset: s
     """Builds a dataset of `data` if needed: `data.dataset`, or `dataset` (one of `data.mixture`),
     from its folder `data.manual_dirs[name]`; returns (builder, {split: source})."""
     name = dataset or data.dataset
+    builder_kwargs = None
+    if name == "csv":  # the records are where the CSV says; its builder config name carries its hash
+        builder_kwargs = dict(
+            csv_path=os.path.abspath(data.csv),
+            window_s=data.csv_window_s,
+            stride_s=data.csv_stride_s,
+            default_fs=data.csv_fs,
+        )
     builder = input_pipeline.prepare_dataset(
         tfds_dir(data, workdir),
         dataset=name,
         builder_config=data.builder_config,
-        manual_dir=data.manual_dirs[name] or None,
+        manual_dir=data.manual_dirs.get(name) or None,
         num_workers=data.num_workers or None,
+        builder_kwargs=builder_kwargs,
     )
     logging.info("%s", input_pipeline.summarize(builder))
     return builder, builder.as_data_source()

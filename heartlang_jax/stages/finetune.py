@@ -58,6 +58,8 @@ TEST_SCORES_FILE = "test_scores.npz"
 # {"classes": [...], "thresholds": [...], "rule": "..."}.
 THRESHOLDS_FILE = "thresholds.json"
 SPLITS = ("train", "validation", "test")
+# Datasets whose every example is labelled, with or without a positive class.
+ALL_LABELLED = ("csv",)
 # The parameters linear probing trains.
 HEAD = nnx.All(nnx.Param, nnx.PathContains("head"))
 # Encoder fields that are this run's choice even when the architecture comes from a pre-trained run.
@@ -404,7 +406,12 @@ def finetune(config: schema.FinetuneStage, workdir, sources: dict, class_names, 
     """Trains and evaluates on `sources` ({split: indexable examples}); writes and returns the result."""
     task, seed = config.task, config.seed
     # Each split's labelled examples, found once (reading a split's labels visits every example).
-    labelled = {split: input_pipeline.labelled_indices(sources[split], task) for split in SPLITS}
+    # A CSV's rows are all labelled, a row without a positive class too (its negatives are data).
+    every = dataset.name.split("/")[0] in ALL_LABELLED
+    labelled = {
+        split: np.arange(len(sources[split])) if every else input_pipeline.labelled_indices(sources[split], task)
+        for split in SPLITS
+    }
     train_indices = input_pipeline.label_fraction_subset(labelled["train"], config.label_fraction, seed)
     num_train = len(train_indices)
     ctx = common.prepare(
