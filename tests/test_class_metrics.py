@@ -111,3 +111,23 @@ def test_pos_weight_list_is_checked_against_the_classes():
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match=r"model.pos_weight: must be 'none', 'balanced' or positive weights"):
         _finetune_config("balance")
+
+
+def test_results_table_lists_per_class_means_over_seeds():
+    from heartlang_jax.evaluation import report
+
+    def cell(seed, auroc, f1):
+        figures = {"auroc": auroc, "auprc": 0.5, "f1": f1, "sensitivity": 1.0, "specificity": None, "threshold": 0.4}
+        return {
+            "init_kind": "random", "mode": "linear", "task": "classes", "label_fraction": 1.0, "seed": seed,
+            "test_auc": auroc, "per_class": {"test": {"AF": {**figures, "positives": 3}}},
+        }  # fmt: skip
+
+    (summary,) = report.summarize([cell(0, 0.8, 0.5), cell(1, 0.6, None)])
+    af = summary["per_class"]["AF"]
+    assert af["auroc"] == pytest.approx(0.7) and af["f1"] == 0.5 and af["specificity"] is None
+    table = report.per_class_markdown([summary])
+    assert "| AF | 3 | 0.700 | 0.500 | 0.500 | 1.000 | n/a | 0.400 |" in table
+    old = {**cell(2, 0.7, 0.5)}
+    del old["per_class"]  # a cell finished before per-class figures: no per-class table
+    assert report.summarize([old])[0]["per_class"] is None

@@ -186,5 +186,14 @@ def test_fine_tuning_on_a_csv_through_the_cli_writes_per_class_metrics_and_thres
     scores = np.load(workdir / "test_scores.npz")
     assert summary["num_test_windows"] == summary["num_test_records"] + 2 == len(scores["index"]) + 2
     assert len(set(scores["index"].tolist())) == len(scores["index"]) and 60 in scores["index"]
+    # The per-class test figures are scikit-learn's on the saved per-record scores.
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    probabilities = 1 / (1 + np.exp(-scores["logits"].astype(np.float64)))
+    for c, name in enumerate(classes):
+        figures, y = summary["per_class"]["test"][name], scores["labels"][:, c]
+        if 0 < y.sum() < len(y):
+            assert figures["auroc"] == pytest.approx(roc_auc_score(y, probabilities[:, c]), abs=1e-9)
+            assert figures["auprc"] == pytest.approx(average_precision_score(y, probabilities[:, c]), abs=1e-9)
     model_json = json.loads((workdir / "model.json").read_text())
     assert model_json["class_names"] == classes
