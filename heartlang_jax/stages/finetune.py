@@ -9,6 +9,13 @@ end the best weights are restored and the test macro AUC is measured on them, in
 from which the sweep bootstraps an interval over the test records. Any task the dataset declares
 (its `metadata["classes"]`) can be used.
 
+`model.pos_weight` weights each class's positive BCE term ("balanced": n_negative / n_positive
+over the training examples). `result.json` also holds per-class figures of the validation and
+test splits (AUROC, AUPRC; F1, sensitivity, specificity at thresholds chosen on validation by
+`metrics.choose_thresholds`), and the thresholds go to `<workdir>/thresholds.json`. On a dataset
+whose records are cut into windows (`csv`), each window trains as an example and validation and
+test are scored per record: the mean of its windows' probabilities.
+
 The two modes are two strategies with the same methods (`STRATEGIES`): `LinearProbe` freezes the
 encoder and runs it in eval mode, so its features are a fixed function of each record: they are
 computed once per split and the head trains on them (exactly training a head on a frozen encoder,
