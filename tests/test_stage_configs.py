@@ -114,7 +114,7 @@ def test_wrong_type_is_named(name, path, value, expected):
             "finetune",
             "data.dataset",
             "ptb-xl",
-            "data.dataset: must be one of ('ptbxl', 'cpsc2018', 'csn', 'mimic_iv_ecg')",
+            "data.dataset: must be one of ('ptbxl', 'cpsc2018', 'csn', 'mimic_iv_ecg', 'csv')",
         ),
         ("finetune", "task", "diagnosis", "task: must be one of the tasks of ptbxl ('superdiagnostic', "),
         ("pipeline", "sweep.tasks", ("rhythm", "diag"), "sweep.tasks[1]: must be one of the tasks of ptbxl"),

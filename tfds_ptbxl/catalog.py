@@ -15,8 +15,12 @@ BUILDER_MODULES = {
     "cpsc2018": "tfds_ptbxl.cpsc2018.cpsc2018_dataset_builder",
     "csn": "tfds_ptbxl.csn.csn_dataset_builder",
     "mimic_iv_ecg": "tfds_ptbxl.mimic_iv_ecg.mimic_iv_ecg_dataset_builder",
+    # The user's own records and labels, listed in a CSV (`data.csv`), not a published folder.
+    "csv": "tfds_ptbxl.csv_labels.csv_labels_dataset_builder",
 }
 DATASETS = tuple(BUILDER_MODULES)
+# The datasets read from a folder in their own published layout (`data.manual_dirs.<name>`).
+FOLDER_DATASETS = tuple(name for name in DATASETS if name != "csv")
 
 
 def builder_class(dataset: str) -> Any:

@@ -47,7 +47,7 @@ def data_config() -> ml_collections.ConfigDict:
     # e.g. --config.data.manual_dirs.csn=/data/ecg-arrhythmia. ptbxl: "bundled" = the 500-record
     # sample in the package, "" = download from PhysioNet. Others: "" = <tfds_dir>/downloads/manual.
     data.manual_dirs = ml_collections.ConfigDict(
-        {name: "bundled" if name == "ptbxl" else "" for name in catalog.DATASETS}
+        {name: "bundled" if name == "ptbxl" else "" for name in catalog.FOLDER_DATASETS}
     )
     # VQ-HBR and pre-training only: train on several datasets at once, drawn by weight, e.g.
     # --config.data.mixture='("ptbxl:0.25","mimic_iv_ecg:0.75")' (each "dataset:weight"; weights
@@ -66,6 +66,16 @@ def data_config() -> ml_collections.ConfigDict:
     # A dataset folder lacking records is refused, naming them; True builds from what is there
     # and logs every missing record (the same rule for every dataset).
     data.allow_missing_records = False
+    # Your own data (README "Your own data"): with dataset="csv", the CSV listing each record
+    # (a path relative to the CSV), its split and its labels; its one task is "classes".
+    data.csv = ""
+    # Records longer than a window are cut into windows of csv_window_s seconds every
+    # csv_stride_s seconds, each a training example of its record; evaluation averages a
+    # record's windows. 0 = the sentence's window (10 s); stride 0 = the window (no overlap).
+    data.csv_window_s = 0.0
+    data.csv_stride_s = 0.0
+    # Sampling rate (Hz) of `.npy` records when the CSV has no `fs` column.
+    data.csv_fs = 0.0
     return data
 
 

@@ -21,7 +21,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # Which stage main.py runs.
     config.stage = "finetune"
     config.data = common.data_config()
-    # PTB-XL task: superdiagnostic, subdiagnostic, form or rhythm.
+    # PTB-XL task: superdiagnostic, subdiagnostic, form or rhythm; "classes" for data.dataset="csv".
     config.task = "superdiagnostic"
     # "linear" (frozen encoder, only a new linear head trains) or "full" (everything trains).
     config.mode = "linear"
@@ -48,6 +48,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # 0.9^(num_layers + 1); 1.0 disables.
     optimizer.full.layer_decay = 0.9
     config.optimizer = optimizer
+    model = ml_collections.ConfigDict()
+    # Weight of each class's positive term in the BCE: "none" (plain mean BCE), "balanced"
+    # (n_negative / n_positive per class over the training examples; 1 for a class without a
+    # positive) or comma-separated floats, one per class ("1,4.5,2").
+    model.pos_weight = "none"
+    config.model = model
 
     # 50 epochs with 5 warm-up; validation + test macro AUC are computed every epoch and the
     # epoch with the best validation AUC is reported.

@@ -24,6 +24,7 @@ from typing import Literal
 from heartlang_jax.configs import typed
 from heartlang_jax.configs.typed import FRACTION, NON_NEGATIVE, POSITIVE, RATE, checked, field, set_by_parent
 from heartlang_jax.data import input_pipeline
+from heartlang_jax.ecg.sentence_spec import SentenceSpec
 from heartlang_jax.errors import ConfigError
 from heartlang_jax.models import ECGFormerConfig, VQHBRConfig
 from tfds_ptbxl import catalog
@@ -42,7 +43,7 @@ class DataConfig:
     # A TFDS builder of tfds_ptbxl (tfds_ptbxl/catalog.py).
     dataset: str = field(check=_one_of_datasets)
     # Each dataset's folder in its own published layout (the TFDS manual_dir), by dataset name.
-    manual_dirs: dict[str, str] = field(keys=catalog.DATASETS)
+    manual_dirs: dict[str, str] = field(keys=catalog.FOLDER_DATASETS)
     # "dataset:weight" entries (VQ-HBR and pre-training); () = `dataset` alone.
     mixture: tuple[str, ...]
     tfds_dir: str
@@ -50,8 +51,23 @@ class DataConfig:
     num_workers: int = field(check=NON_NEGATIVE)
     # Build from a partial copy of a dataset, without the records its folder lacks (each logged).
     allow_missing_records: bool = False
+    # dataset="csv": the CSV of records and labels (tfds_ptbxl/csv_labels); its rows' records are
+    # cut into windows of csv_window_s seconds every csv_stride_s seconds (0 = the sentence's
+    # 10 s window, 0 = no overlap); csv_fs is the rate of `.npy` records without an `fs` column.
+    csv: str = ""
+    csv_window_s: float = field(default=0.0, check=NON_NEGATIVE)
+    csv_stride_s: float = field(default=0.0, check=NON_NEGATIVE)
+    csv_fs: float = field(default=0.0, check=NON_NEGATIVE)
 
     def problems(self):
+        if self.dataset == "csv" and not self.csv:
+            yield "csv", "is empty; data.dataset='csv' reads the CSV it names (--config.data.csv=PATH)"
+        if self.dataset != "csv" and self.csv:
+            yield "csv", f"names a CSV but data.dataset={self.dataset!r}; set data.dataset='csv' to read it"
+        if self.csv_window_s > SentenceSpec().max_duration_s:
+            yield "csv_window_s", f"must be at most a sentence's {SentenceSpec().max_duration_s:g} s (0 = that)"
+        if "csv" in self.mixture_names():
+            yield "mixture", "cannot hold 'csv' (a CSV dataset is for fine-tuning and the sweep)"
         for name, folder in self.manual_dirs.items():
             if name != "ptbxl" and folder == input_pipeline.BUNDLED:
                 yield (
@@ -77,6 +93,12 @@ class DataConfig:
                     f"{name} has no builder config {self.builder_config!r} (data.builder_config); "
                     f"its configs are {catalog.builder_configs(name)}",
                 )
+
+    def mixture_names(self) -> list[str]:
+        try:
+            return [name for name, _ in input_pipeline.parse_mixture(self.mixture)]
+        except ValueError:
+            return []
 
     def datasets(self) -> list[str]:
         """`dataset`, then the other datasets of `mixture`."""
@@ -179,6 +201,40 @@ class FinetuneOptimizers:
         return self.linear if mode == "linear" else self.full
 
 
+POS_WEIGHT_CHOICES = ("none", "balanced")
+
+
+def parse_pos_weight(value: str) -> str | tuple[float, ...]:
+    """`model.pos_weight`: "none", "balanced", or comma-separated floats (one per class)."""
+    if value in POS_WEIGHT_CHOICES:
+        return value
+    try:
+        weights = tuple(float(w) for w in value.replace(" ", "").strip("()[]").split(","))
+    except ValueError:
+        weights = ()
+    if not weights or not all(w > 0 and w < float("inf") for w in weights):
+        raise ValueError(
+            "must be 'none', 'balanced' or positive weights separated by commas, one per class (e.g. '1,4.5,2')"
+        )
+    return weights
+
+
+def _pos_weight_problem(value: str) -> str | None:
+    try:
+        parse_pos_weight(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+@checked(kw_only=True)
+class FinetuneModelBlock:
+    # Weight of each class's positive term in the BCE: "none" (the plain mean BCE), "balanced"
+    # (n_negative / n_positive of each class among the training examples; 1 for a class with no
+    # positive) or comma-separated floats, one per class.
+    pos_weight: str = field(default="none", check=_pos_weight_problem)
+
+
 # The fields of a fine-tuning config that each sweep cell sets (configs/sweep.py: PER_CELL_FIELDS).
 FINETUNE_CELL_FIELDS = ("stage", "data", "task", "mode", "label_fraction", "seed", "init_workdir")
 
@@ -187,6 +243,7 @@ FINETUNE_CELL_FIELDS = ("stage", "data", "task", "mode", "label_fraction", "seed
 class FinetuneStage(LoopConfig):
     encoder: ECGFormerConfig = _encoder_block()
     optimizer: FinetuneOptimizers
+    model: FinetuneModelBlock = field(default=FinetuneModelBlock())
     stage: str = set_by_parent()
     data: DataConfig = set_by_parent()
     task: str = set_by_parent()
@@ -243,7 +300,14 @@ def _task_problems(dataset: str, name: str, tasks):
     for i, task in enumerate(tasks):
         if task not in known:
             where = name if name == "task" else f"{name}[{i}]"
-            yield where, f"must be one of the tasks of {dataset} {known}, got {task!r}"
+            if dataset == "csv":
+                yield (
+                    where,
+                    f"a csv dataset has one task, {known[0]!r}: the class columns (or `labels`) of its CSV; "
+                    f"superdiagnostic, subdiagnostic, form and rhythm are PTB-XL's. Set it to {known[0]!r}, got {task!r}",
+                )
+            else:
+                yield where, f"must be one of the tasks of {dataset} {known}, got {task!r}"
 
 
 def validate(config):

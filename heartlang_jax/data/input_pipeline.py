@@ -121,6 +121,12 @@ def summarize(builder: tfds.core.DatasetBuilder) -> str:
         f"  amplitude (train fit): mean={amp['mean']:.5f} mV, std={amp['std']:.5f} mV",
         f"  skipped records: {skipped['total']} ({reasons})",
     ]
+    windows = meta.get("windows")  # the csv dataset: records cut into windows
+    if windows is not None:
+        lines.append(
+            f"  windows: {windows['windows']} of {windows['records']} records "
+            f"({windows['cut']} records longer than one window were cut)"
+        )
     flat = meta.get("flat_leads")
     if flat is not None:
         leads = ", ".join(f"{k}={v}" for k, v in sorted(flat["by_lead"].items())) or "none"

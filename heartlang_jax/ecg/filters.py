@@ -105,4 +105,6 @@ RELEASED_FILTERS: dict[str, BandPass | None] = {
     "csn": RELEASED_BANDPASS,
     "cpsc2018": None,
     "ptbxl": None,
+    # Your own data: as the released fine-tuning recipe (PTB-XL), unfiltered.
+    "csv": None,
 }

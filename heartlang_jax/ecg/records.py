@@ -236,6 +236,49 @@ def _read_mat(path: Path, header: wfdb.Record) -> np.ndarray:
     return (digital - baseline) / gain
 
 
+@dataclasses.dataclass(frozen=True)
+class ArrayFile:
+    """A `.npy` record (a plain array has no header, so its rate comes with it): a 2-D array in
+    mV, [leads, samples] or [samples, leads] (the shorter axis is the leads), of the 12 standard
+    leads in STANDARD_LEADS order, or one lead, read as lead I."""
+
+    path: str
+    fs: float
+
+
+def load(source: str | os.PathLike | ArrayFile, max_seconds: float | None = None) -> Record:
+    """`load_record` of a record path, or `load_array` of an `ArrayFile`; `max_seconds` as in
+    `load_record` (an array is cut after it is read)."""
+    if not isinstance(source, ArrayFile):
+        return load_record(source, max_seconds=max_seconds)
+    record = load_array(source)
+    if max_seconds is not None:
+        record = dataclasses.replace(record, signal=record.signal[:, : max(1, round(max_seconds * record.fs))])
+    return record
+
+
+def load_array(source: ArrayFile) -> Record:
+    path = Path(source.path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:  # OSError, ValueError (not an .npy, or a pickled object array)
+        raise RecordError(f"record {path}: cannot read the array: {e}") from e
+    if data.ndim != 2 or not np.issubdtype(data.dtype, np.number) or data.size == 0:
+        raise RecordError(
+            f"record {path}: expected a 2-D numeric array [leads, samples], got {data.dtype} {data.shape}"
+        )
+    signal = data if data.shape[0] <= data.shape[1] else data.T
+    if signal.shape[0] not in (1, len(STANDARD_LEADS)):
+        raise RecordError(
+            f"record {path}: {signal.shape[0]} leads; a .npy record holds the 12 standard leads (I, II, III, aVR, aVL, "
+            f"aVF, V1-V6, in that order) or one lead (read as I), as [leads, samples] or [samples, leads]"
+        )
+    if not source.fs or not source.fs > 0:
+        raise RecordError(f"record {path}: no sampling frequency (an `fs` column, or data.csv_fs)")
+    leads = STANDARD_LEADS if signal.shape[0] == len(STANDARD_LEADS) else ("I",)
+    return Record(name=path.stem, signal=signal.astype(np.float32), fs=float(source.fs), lead_names=leads)
+
+
 CPSC2018_FS = 500.0  # the original CPSC 2018 files carry no header: 500 Hz, the 12 standard leads
 
 

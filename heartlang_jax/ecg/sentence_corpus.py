@@ -24,7 +24,15 @@ from heartlang_jax.ecg import records
 from heartlang_jax.ecg import tokenizer as tokenizer_lib
 from heartlang_jax.ecg.sentence_spec import SentenceSpec
 
-__all__ = ["SentenceSpec", "SkipReason", "amplitude_moments", "standardize", "tokenize_records"]
+__all__ = [
+    "SentenceSpec",
+    "SkipReason",
+    "amplitude_moments",
+    "standardize",
+    "tokenize_records",
+    "tokenize_windows",
+    "window_starts",
+]
 
 _CHUNKSIZE = 8
 _WINDOW_CHUNKS = 4
@@ -72,9 +80,9 @@ def _init_pool_worker(spec: SentenceSpec, mean: float, std: float) -> None:
     _init_worker(spec, mean, std)
 
 
-def _moments_of(path: os.PathLike) -> tuple[int, float, float] | None:
+def _moments_of(path: os.PathLike | records.ArrayFile) -> tuple[int, float, float] | None:
     try:  # the samples the tokenizer uses, and only those are read
-        record = records.load_record(path, max_seconds=_worker["tokenizer"].max_duration_s)
+        record = records.load(path, max_seconds=_worker["tokenizer"].max_duration_s)
     except records.RecordError:
         return None  # the tokenizing pass logs and counts it
     signal = _selected_rows(record, _worker["spec"].leads).astype(np.float64)
@@ -88,7 +96,7 @@ def _moments_of(path: os.PathLike) -> tuple[int, float, float] | None:
 def _sentence_of(item: tuple[int, os.PathLike]):
     key, path = item
     try:
-        record = records.load_record(path, max_seconds=_worker["tokenizer"].max_duration_s)
+        record = records.load(path, max_seconds=_worker["tokenizer"].max_duration_s)
         sentence = _worker["tokenizer"].tokenize(
             standardize(record.signal, _worker["mean"], _worker["std"]),
             record.fs,
@@ -104,6 +112,38 @@ def _sentence_of(item: tuple[int, os.PathLike]):
         message = f"record {path}: a word overflows float16 after standardizing (|x| > 65504 std units)"
         return key, None, SkipReason(kind="NonFiniteAfterCast", message=message)
     return key, sentence, None
+
+
+def window_starts(num_samples: int, window: int, stride: int) -> list[int]:
+    """First samples of the windows of a record of `num_samples`: every `stride` samples while a
+    whole `window` fits (a tail shorter than that is left out); one window, the whole record, when
+    it is no longer than a window."""
+    if num_samples <= window:
+        return [0]
+    return list(range(0, num_samples - window + 1, stride))
+
+
+def _windows_of(item: tuple):
+    """(key, [(window index, sentence or None, reason or None)], window count, record seconds)
+    or (key, None, reason) for a record that cannot be read."""
+    key, path, window_s, stride_s = item
+    try:
+        record = records.load(path)
+    except records.RecordError as e:
+        return key, None, _skip_reason(e)
+    window, stride = max(1, round(window_s * record.fs)), max(1, round(stride_s * record.fs))
+    signal = standardize(record.signal, _worker["mean"], _worker["std"])
+    out: list[tuple[int, tokenizer_lib.EcgSentence | None, SkipReason | None]] = []
+    for i, start in enumerate(window_starts(signal.shape[1], window, stride)):
+        try:
+            sentence = _worker["tokenizer"].tokenize(
+                signal[:, start : start + window], record.fs, lead_names=record.lead_names, record_name=record.name
+            )
+        except tokenizer_lib.TokenizerError as e:
+            out.append((i, None, _skip_reason(e)))
+            continue
+        out.append((i, sentence, None))
+    return key, out, signal.shape[1] / record.fs
 
 
 def _imap(fn: Callable, items: Iterable, spec: SentenceSpec, mean: float, std: float, num_workers: int) -> Iterator:
@@ -190,3 +230,20 @@ def tokenize_records(
     Amplitudes are standardized as `(x - mean) / std` before tokenizing, so zero-padding stays 0.
     """
     yield from _imap(_sentence_of, items, spec, mean, std, num_workers)
+
+
+def tokenize_windows(
+    items: Sequence[tuple[int, os.PathLike | records.ArrayFile]],
+    spec: SentenceSpec,
+    mean: float,
+    std: float,
+    num_workers: int,
+    window_s: float,
+    stride_s: float,
+) -> Iterator[tuple]:
+    """Like `tokenize_records`, for records cut into windows of `window_s` seconds every
+    `stride_s` seconds (`window_starts`), each standardized then tokenized on its own. Yields
+    `(key, [(window, sentence | None, reason | None)], seconds)` per record, in order, or
+    `(key, None, reason)` for a record that cannot be read."""
+    jobs = ((key, path, window_s, stride_s) for key, path in items)
+    yield from _imap(_windows_of, jobs, spec, mean, std, num_workers)

@@ -140,3 +140,102 @@ def bootstrap_interval(
         return float("nan"), float("nan")
     low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
+
+
+# ------------------------------------------------------------------- per-class figures
+#
+# What a clinical reader asks of each class beside its AUC: the area under the precision-recall
+# curve (informative when positives are rare), and F1, sensitivity and specificity at one
+# decision threshold per class. The thresholds are chosen on the validation split
+# (`choose_thresholds`) and applied unchanged to the test split.
+
+THRESHOLD_RULE = (
+    "max F1 on the validation split (probability >= threshold is positive; ties: the highest threshold); "
+    "0.5 for a class without a positive or a negative there"
+)
+DEFAULT_THRESHOLD = 0.5
+
+
+def per_class_average_precision(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Average precision (area under the step precision-recall curve) of every class [C]:
+    sum over the distinct score thresholds, from high to low, of (recall gained) x precision,
+    as scikit-learn's `average_precision_score`; NaN where a class has no positive."""
+    labels = np.asarray(labels) > 0.5
+    scores = np.asarray(scores, np.float64)
+    if labels.shape != scores.shape or labels.ndim != 2:
+        raise ValueError(f"labels and scores must both be [N, C], got {labels.shape} and {scores.shape}")
+    out = np.full(labels.shape[1], np.nan)
+    for c in range(labels.shape[1]):
+        positives = int(labels[:, c].sum())
+        if positives == 0:
+            continue
+        tp, fp = _counts_at_thresholds(labels[:, c], scores[:, c])[1:3]
+        recall = tp / positives
+        precision = tp / (tp + fp)
+        out[c] = float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    return out
+
+
+def _counts_at_thresholds(positive: np.ndarray, scores: np.ndarray):
+    """For each distinct score t, from the highest down: (t, true positives, false positives) of
+    calling `scores >= t` positive."""
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    last = np.r_[np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), len(scores) - 1]  # end of each tie group
+    tp = np.cumsum(positive[order])[last].astype(np.float64)
+    fp = (last + 1) - tp
+    return sorted_scores[last], tp, fp
+
+
+def choose_thresholds(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """One decision threshold per class [C], by `THRESHOLD_RULE`: of the candidate thresholds
+    (the distinct probabilities of the split), the one whose `probability >= threshold` gives the
+    highest F1; among equal F1s the highest threshold (fewest positive calls). A class with no
+    positive or no negative in the split keeps `DEFAULT_THRESHOLD`."""
+    labels = np.asarray(labels) > 0.5
+    probabilities = np.asarray(probabilities, np.float64)
+    thresholds = np.full(labels.shape[1], DEFAULT_THRESHOLD)
+    for c in range(labels.shape[1]):
+        positives = int(labels[:, c].sum())
+        if positives == 0 or positives == len(labels):
+            continue
+        candidates, tp, fp = _counts_at_thresholds(labels[:, c], probabilities[:, c])
+        f1 = 2 * tp / (tp + fp + positives)  # 2TP / (2TP + FP + FN), FN = positives - TP
+        thresholds[c] = candidates[int(np.argmax(f1))]  # argmax: the first (highest) of equal F1s
+    return thresholds
+
+
+def per_class_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray, class_names: Sequence[str]
+) -> dict[str, dict[str, float | int | None]]:
+    """{class: {auroc, auprc, f1, sensitivity, specificity, threshold, positives}} of one split.
+
+    AUROC and AUPRC from the probabilities; F1, sensitivity (TP / positives) and specificity
+    (TN / negatives) from `probability >= threshold`. A figure a class cannot have in this split
+    (AUROC without a positive or a negative, sensitivity without a positive, ...) is None."""
+    labels = np.asarray(labels) > 0.5
+    probabilities = np.asarray(probabilities, np.float64)
+    auroc = per_class_auc(labels, probabilities)
+    auprc = per_class_average_precision(labels, probabilities)
+    calls = probabilities >= np.asarray(thresholds, np.float64)[None, :]
+
+    def ratio(num: float, den: float) -> float | None:
+        return float(num / den) if den > 0 else None
+
+    out: dict[str, dict[str, float | int | None]] = {}
+    for c, name in enumerate(class_names):
+        positive, called = labels[:, c], calls[:, c]
+        tp = float(np.sum(positive & called))
+        fp = float(np.sum(~positive & called))
+        fn = float(np.sum(positive & ~called))
+        tn = float(np.sum(~positive & ~called))
+        out[str(name)] = {
+            "auroc": None if np.isnan(auroc[c]) else float(auroc[c]),
+            "auprc": None if np.isnan(auprc[c]) else float(auprc[c]),
+            "f1": ratio(2 * tp, 2 * tp + fp + fn),
+            "sensitivity": ratio(tp, tp + fn),
+            "specificity": ratio(tn, tn + fp),
+            "threshold": float(thresholds[c]),
+            "positives": int(tp + fn),
+        }
+    return out

@@ -158,9 +158,51 @@ def summarize(results: Sequence[dict], intervals: dict | None = None) -> list[di
                 "ci_high": None,
                 "num_test_records": None,
                 **(test_interval(rows, intervals) or {}),
+                "per_class": per_class_means(rows),
             }
         )
     return summary
+
+
+PER_CLASS_FIGURES = ("auroc", "auprc", "f1", "sensitivity", "specificity", "threshold")
+
+
+def per_class_means(rows: Sequence[dict]) -> dict[str, dict[str, float | None]] | None:
+    """{class: {figure: mean over seeds}} of the cells' test per-class figures (result.json's
+    `per_class`; a figure a seed lacks is left out of its mean, None when every seed lacks it);
+    None when a cell predates them."""
+    tables = [r.get("per_class", {}).get("test") for r in rows]
+    if not tables or any(t is None for t in tables):
+        return None
+    out: dict[str, dict[str, float | None]] = {}
+    for name in tables[0]:
+        out[name] = {"positives": tables[0][name].get("positives")}
+        for figure in PER_CLASS_FIGURES:
+            values = [t[name][figure] for t in tables if t.get(name, {}).get(figure) is not None]
+            out[name][figure] = float(np.mean(values)) if values else None
+    return out
+
+
+def per_class_markdown(summary: Sequence[dict]) -> str:
+    """One table per setting: each class's test AUROC, AUPRC, and F1, sensitivity and specificity
+    at the threshold chosen on the validation split (means over seeds)."""
+    parts = []
+    for s in summary:
+        if not s.get("per_class"):
+            continue
+        init = "pre-trained" if s["init"] == "pretrained" else "random init"
+        lines = [
+            f"Per class, {s['task']} {s['label_fraction'] * 100:g}%, {init}, {s['mode']} "
+            f"(test; mean over seeds {s['seeds']}; thresholds: {metrics_lib.THRESHOLD_RULE}):",
+            "",
+            "| class | test positives | AUROC | AUPRC | F1 | sensitivity | specificity | threshold |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, figures in s["per_class"].items():
+            cells = ["n/a" if figures[f] is None else f"{figures[f]:.3f}" for f in PER_CLASS_FIGURES]
+            lines.append(f"| {name} | {figures.get('positives')} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 def _fmt(mean: float | None, std: float | None, low: float | None = None, high: float | None = None) -> str:
@@ -222,7 +264,9 @@ def results_markdown(config: schema.SweepStage, summary: Sequence[dict]) -> str:
             f"Our encoder: {enc['num_layers']} layers, hidden {enc['hidden_dim']}, {enc['num_heads']} heads, "
             f"position={enc['position']}, pre-trained in {os.fspath(checkpointing.absolute(config.init_workdir))}."
         )
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    per_class = per_class_markdown(summary)
+    tail = f"\n{per_class}\n" if per_class else ""
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n" + tail
 
 
 def write_results(config: schema.SweepStage, workdir, results: Sequence[dict], intervals: dict | None = None) -> str:

@@ -39,6 +39,14 @@ class EcgClassifier(nnx.Module):
         return self.head(self.features(words, lead_ids, time_ids))
 
 
-def classifier_bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean sigmoid BCE over examples and classes (torch's BCEWithLogitsLoss)."""
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), labels))
+def classifier_bce_loss(logits: jax.Array, labels: jax.Array, pos_weight: jax.Array | None = None) -> jax.Array:
+    """Mean sigmoid BCE over examples and classes (torch's BCEWithLogitsLoss).
+
+    `pos_weight` ([C], or [B, C] rows of it) multiplies each class's positive term, as torch's
+    `pos_weight` does: -(w y log s(x) + (1 - y) log(1 - s(x))). None is the plain loss."""
+    logits = logits.astype(jnp.float32)
+    if pos_weight is None:
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
+    positive = -jax.nn.log_sigmoid(logits)  # -log s(x)
+    negative = -jax.nn.log_sigmoid(-logits)  # -log(1 - s(x))
+    return jnp.mean(pos_weight.astype(jnp.float32) * labels * positive + (1.0 - labels) * negative)

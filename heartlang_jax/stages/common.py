@@ -57,13 +57,21 @@ def open_dataset(data: schema.DataConfig, workdir: str | os.PathLike, dataset: s
     Each source reads its split from a memory-mapped cache of the decoded columns
     (`split_cache.ColumnSource`, built on first use), so batches are gathered, not decoded."""
     name = dataset or data.dataset
+    builder_kwargs: dict = {"allow_missing_records": data.allow_missing_records}
+    if name == "csv":  # the records are where the CSV says; its builder config name carries its hash
+        builder_kwargs.update(
+            csv_path=os.path.abspath(data.csv),
+            window_s=data.csv_window_s,
+            stride_s=data.csv_stride_s,
+            default_fs=data.csv_fs,
+        )
     builder = input_pipeline.prepare_dataset(
         tfds_dir(data, workdir),
         dataset=name,
         builder_config=data.builder_config,
-        manual_dir=data.manual_dirs[name] or None,
+        manual_dir=data.manual_dirs.get(name) or None,
         num_workers=data.num_workers or None,
-        builder_kwargs={"allow_missing_records": data.allow_missing_records},
+        builder_kwargs=builder_kwargs,
     )
     logging.info("%s", input_pipeline.summarize(builder))
     return builder, split_cache.cached_sources(builder)

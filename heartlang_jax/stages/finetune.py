@@ -9,6 +9,13 @@ end the best weights are restored and the test macro AUC is measured on them, in
 from which the sweep bootstraps an interval over the test records. Any task the dataset declares
 (its `metadata["classes"]`) can be used.
 
+`model.pos_weight` weights each class's positive BCE term ("balanced": n_negative / n_positive
+over the training examples). `result.json` also holds per-class figures of the validation and
+test splits (AUROC, AUPRC; F1, sensitivity, specificity at thresholds chosen on validation by
+`metrics.choose_thresholds`), and the thresholds go to `<workdir>/thresholds.json`. On a dataset
+whose records are cut into windows (`csv`), each window trains as an example and validation and
+test are scored per record: the mean of its windows' probabilities.
+
 The two modes are two strategies with the same methods (`STRATEGIES`): `LinearProbe` freezes the
 encoder and runs it in eval mode, so its features are a fixed function of each record: they are
 computed once per split and the head trains on them (exactly training a head on a frozen encoder,
@@ -54,7 +61,12 @@ IDENTITY_FIELDS = (
 )
 RESULT_FILE = "result.json"
 TEST_SCORES_FILE = "test_scores.npz"
+# The per-class decision thresholds chosen on the validation split, read by `predict`:
+# {"classes": [...], "thresholds": [...], "rule": "..."}.
+THRESHOLDS_FILE = "thresholds.json"
 SPLITS = ("train", "validation", "test")
+# Datasets whose every example is labelled, with or without a positive class.
+ALL_LABELLED = ("csv",)
 # The parameters linear probing trains.
 HEAD = nnx.All(nnx.Param, nnx.PathContains("head"))
 # Encoder fields that are this run's choice even when the architecture comes from a pre-trained run.
@@ -119,7 +131,7 @@ def linear_train_step(model: EcgClassifier, optimizer: nnx.Optimizer, batch, rng
     del rng  # no randomness: the encoder is frozen in eval mode, the head has no dropout
 
     def loss_fn(model):
-        return classifier_bce_loss(model.head(batch["features"]), batch["labels"])
+        return classifier_bce_loss(model.head(batch["features"]), batch["labels"], batch.get("pos_weight"))
 
     loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, HEAD))(model)
     optimizer.update(model, grads)
@@ -132,7 +144,8 @@ def full_train_step(model: EcgClassifier, optimizer: nnx.Optimizer, batch, rng):
     del rng
 
     def loss_fn(model):
-        return classifier_bce_loss(model(batch["words"], batch["lead_ids"], batch["time_ids"]), batch["labels"])
+        logits = model(batch["words"], batch["lead_ids"], batch["time_ids"])
+        return classifier_bce_loss(logits, batch["labels"], batch.get("pos_weight"))
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)
@@ -181,6 +194,60 @@ def split_metrics(prefix: str, labels: np.ndarray, logits: np.ndarray, class_nam
     return {f"{prefix}auc": metrics_lib.macro_auc(labels, logits, class_names), f"{prefix}loss": float(bce)}
 
 
+def pos_weights(config: schema.FinetuneStage, train_labels: np.ndarray | None, class_names) -> np.ndarray | None:
+    """The BCE's per-class positive weights [C] of `config.model.pos_weight` (None = plain BCE):
+    "balanced" is n_negative / n_positive of each class over the training examples
+    (`train_labels` [N, C]), 1 for a class without a positive (its positive term never occurs);
+    a list must have one weight per class."""
+    choice = schema.parse_pos_weight(config.model.pos_weight)
+    if choice == "none":
+        return None
+    if choice == "balanced":
+        assert train_labels is not None
+        positives = (np.asarray(train_labels) > 0.5).sum(axis=0).astype(np.float64)
+        negatives = len(train_labels) - positives
+        absent = [name for name, n in zip(class_names, positives) if n == 0]
+        if absent:
+            logging.warning("[%s] pos_weight=balanced: no training positive of %s; their weight is 1", STAGE, absent)
+        weights = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+    else:
+        weights = np.asarray(choice, np.float64)
+        if len(weights) != len(class_names):
+            raise errors.ConfigError(
+                f"config.model.pos_weight has {len(weights)} weights, task {config.task} has {len(class_names)} "
+                f"classes ({', '.join(class_names)})"
+            )
+    logging.info("[%s] BCE positive weights: %s", STAGE, dict(zip(class_names, np.round(weights, 4).tolist())))
+    return weights.astype(np.float32)
+
+
+def window_records(source, index: np.ndarray) -> np.ndarray | None:
+    """The record id of each example of `index`, when the dataset cuts records into windows
+    (its examples carry `window`); None otherwise (one example per record)."""
+    if not len(index) or "window" not in source[int(index[0])]:
+        return None
+    return np.asarray([int(source[int(i)]["record_id"]) for i in index], np.int64)
+
+
+def per_record(records: np.ndarray | None, index, labels, logits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A windowed split's scores per record: (record ids, labels, logit of the mean of the
+    windows' probabilities), records in order of first appearance. Unchanged without windows."""
+    if records is None:
+        return index, labels, logits
+    ids, first, inverse = np.unique(records, return_index=True, return_inverse=True)
+    probabilities = 0.5 + 0.5 * np.tanh(0.5 * np.asarray(logits, np.float64))  # sigmoid
+    mean = np.zeros((len(ids), probabilities.shape[1]))
+    np.add.at(mean, inverse, probabilities)
+    mean /= np.bincount(inverse, minlength=len(ids))[:, None]
+    mean = np.clip(mean, 1e-12, 1 - 1e-12)
+    order = np.argsort(first, kind="stable")
+    return ids[order], np.asarray(labels)[first][order], (np.log(mean) - np.log1p(-mean))[order]
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 0.5 + 0.5 * np.tanh(0.5 * np.asarray(logits, np.float64))
+
+
 def write_test_scores(path, index: np.ndarray, labels: np.ndarray, logits: np.ndarray, class_names) -> None:
     """The test split's per-record labels and scores of the reported weights, as `.npz`:
     `index` [N] (position in the split), `labels` [N, C], `logits` [N, C], `probabilities` [N, C]
@@ -201,6 +268,18 @@ def write_test_scores(path, index: np.ndarray, labels: np.ndarray, logits: np.nd
             probabilities=(0.5 + 0.5 * np.tanh(0.5 * logits.astype(np.float64))).astype(np.float32),  # sigmoid
             class_names=np.asarray(list(class_names), dtype=str),
         )
+
+
+def write_thresholds(path, class_names, thresholds: np.ndarray) -> None:
+    """`thresholds.json` (process 0, atomic): the classes, their thresholds and the rule."""
+    if jax.process_index() != 0:
+        return
+    payload = {
+        "classes": list(class_names),
+        "thresholds": [float(t) for t in thresholds],
+        "rule": metrics_lib.THRESHOLD_RULE,
+    }
+    checkpointing.atomic_write_text(path, json.dumps(payload, indent=2))
 
 
 def _record_best(steps_per_epoch: int):
@@ -269,6 +348,9 @@ class LinearProbe:
     def prepare_batch(self, batch: dict) -> dict:
         return {"features": self.features_by_index[batch["index"]], "labels": batch["labels"]}
 
+    def with_pos_weight(self, prepare, weights: np.ndarray | None):
+        return _with_pos_weight(prepare, weights)
+
     def logits(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         index, labels, features = self.frozen[split]
         return index, labels, parallel.to_host(_head_logits(self.model, parallel.replicate(features, self.mesh)))
@@ -280,6 +362,9 @@ class FullFinetune:
     wrt = nnx.Param
     train_step = staticmethod(full_train_step)
     prepare_batch = None
+
+    def with_pos_weight(self, prepare, weights: np.ndarray | None):
+        return _with_pos_weight(prepare, weights)
 
     def __init__(self, model: EcgClassifier, sources: Mapping, labelled: Mapping, task: str, global_batch: int, mesh):
         self.model, self.sources, self.labelled, self.task = model, sources, labelled, task
@@ -293,6 +378,18 @@ class FullFinetune:
         return predict(
             self.model, _logits, self.sources[split], self.task, self.global_batch, self.mesh, self.labelled[split]
         )
+
+
+def _with_pos_weight(prepare, weights: np.ndarray | None):
+    """`prepare` (a batch -> batch, or None), also giving every row the BCE's positive weights."""
+    if weights is None:
+        return prepare
+
+    def prepared(batch: dict) -> dict:
+        batch = prepare(batch) if prepare is not None else batch
+        return {**batch, "pos_weight": np.broadcast_to(weights, batch["labels"].shape).copy()}
+
+    return prepared
 
 
 # config.mode -> how that mode trains and scores (the modes of schema.FinetuneMode).
@@ -316,7 +413,12 @@ def finetune(config: schema.FinetuneStage, workdir, sources: dict, class_names, 
     """Trains and evaluates on `sources` ({split: indexable examples}); writes and returns the result."""
     task, seed = config.task, config.seed
     # Each split's labelled examples, found once (reading a split's labels visits every example).
-    labelled = {split: input_pipeline.labelled_indices(sources[split], task) for split in SPLITS}
+    # A CSV's rows are all labelled, a row without a positive class too (its negatives are data).
+    every = dataset.name.split("/")[0] in ALL_LABELLED
+    labelled = {
+        split: np.arange(len(sources[split])) if every else input_pipeline.labelled_indices(sources[split], task)
+        for split in SPLITS
+    }
     train_indices = input_pipeline.label_fraction_subset(labelled["train"], config.label_fraction, seed)
     num_train = len(train_indices)
     ctx = common.prepare(
@@ -340,9 +442,18 @@ def finetune(config: schema.FinetuneStage, workdir, sources: dict, class_names, 
     opt_cfg = config.optimizer.of(config.mode)
     global_batch = ctx.global_batch
     strategy = STRATEGIES[config.mode](model, sources, labelled, task, global_batch, ctx.mesh)
+    balanced = config.model.pos_weight == "balanced"  # reads the training labels only then
+    train_labels = np.stack([np.asarray(sources["train"][int(i)][task]) for i in train_indices]) if balanced else None
+    weights = pos_weights(config, train_labels, class_names)
+    # A windowed (csv) dataset is scored per record: the mean of its windows' probabilities.
+    records = {split: window_records(sources[split], labelled[split]) for split in ("validation", "test")}
+
+    def split_logits(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        index, labels, logits = strategy.logits(split)
+        return per_record(records[split], index, labels, logits)
 
     def scores(prefix: str, split: str) -> dict[str, float]:
-        _, labels, logits = strategy.logits(split)
+        _, labels, logits = split_logits(split)
         return split_metrics(prefix, labels, logits, class_names)
 
     result = common.train(
@@ -354,7 +465,7 @@ def finetune(config: schema.FinetuneStage, workdir, sources: dict, class_names, 
         # The test AUC of every evaluation is logged for the learning curve; the reported one is
         # measured again on the restored best weights below (and equals the logged one).
         evaluate=lambda step: {**scores("eval_", "validation"), **scores("eval_test_", "test")},
-        prepare_batch=strategy.prepare_batch,
+        prepare_batch=strategy.with_pos_weight(strategy.prepare_batch, weights),
         on_eval=_record_best(max(num_train // global_batch, 1)),
         max_to_keep=1,
         best_metric="eval_auc",
@@ -370,9 +481,16 @@ def finetune(config: schema.FinetuneStage, workdir, sources: dict, class_names, 
         checkpoints = checkpointing.RunCheckpoints(ctx.workdir, read_only=True)
         checkpoints.restore(best_step, model, None)
         checkpoints.close()
-    test_index, test_labels, test_logits = strategy.logits("test")
+    _, val_labels, val_logits = split_logits("validation")
+    thresholds = metrics_lib.choose_thresholds(val_labels, _sigmoid(val_logits))
+    write_thresholds(ctx.workdir / THRESHOLDS_FILE, class_names, thresholds)
+    test_index, test_labels, test_logits = split_logits("test")
     test = split_metrics("test_", test_labels, test_logits, class_names)
     write_test_scores(ctx.workdir / TEST_SCORES_FILE, test_index, test_labels, test_logits, class_names)
+    per_class = {
+        "validation": metrics_lib.per_class_metrics(val_labels, _sigmoid(val_logits), thresholds, class_names),
+        "test": metrics_lib.per_class_metrics(test_labels, _sigmoid(test_logits), thresholds, class_names),
+    }
     summary = {
         "dataset": ctx.dataset.name,
         "task": task,
@@ -387,7 +505,13 @@ def finetune(config: schema.FinetuneStage, workdir, sources: dict, class_names, 
         "val_auc": meta.get("best_val_auc"),
         "test_auc": test["test_auc"],
         "final_val_auc": result.last_eval.get("eval_auc"),
+        "pos_weight": None if weights is None else dict(zip(class_names, weights.astype(float).tolist())),
+        "threshold_rule": metrics_lib.THRESHOLD_RULE,
+        "per_class": per_class,
     }
+    if records["test"] is not None:
+        summary["num_test_windows"] = len(records["test"])
+        summary["num_test_records"] = len(test_index)
     checkpointing.atomic_write_text(ctx.workdir / RESULT_FILE, json.dumps(summary, indent=2, sort_keys=True))
     logging.info(
         "[%s] best validation macro AUC %s at epoch %s; test macro AUC of those weights %s",
