@@ -3,10 +3,14 @@
     python -m heartlang_jax.embed --checkpoint=runs/demo/pretrain --records=ptb-xl/records100 --out=emb.npz
 
 `--records` is a folder (searched recursively for `.hea` records and original CPSC 2018 `.mat`
-files), a glob (`'data/**/*.hea'`, quoted) or one record. The `.npz` holds:
+files), a records CSV (its `record` column, paths relative to the CSV), a glob
+(`'data/**/*.hea'`, quoted) or one record (`inference.record_files`). The `.npz` holds:
 
-  embeddings          [N, hidden] float32, what the linear probe sees (`HeartLangModel.embed`)
+  embeddings          [N, hidden] float32, what the linear probe sees (`HeartLangModel.embed`;
+                      `--pool`/`--layer` choose other features), the mean over the record's windows
   record_ids          [N] the records embedded, relative to the folder (else as found), no extension
+  num_windows         [N] the windows each record was read in (a record longer than the model's
+                      window, 10 s, is cut into windows: `--window_s`, `--stride_s`)
   skipped_record_ids  [M] the records that could not be read or tokenized
   skipped_reasons     [M] why, one line each naming the record
   checkpoint, kind, step  the run that made them
@@ -18,10 +22,8 @@ embedded (the file is still written), 2 on bad arguments.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
-import pathlib
 import sys
 import time
 from collections.abc import Sequence
@@ -29,49 +31,26 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
-from heartlang_jax import atomic_file, errors
+from heartlang_jax import atomic_file
+from heartlang_jax.inference.record_files import NoRecordsError, find_records
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run folder (vqhbr, pretrain or finetune), local or gs://.")
-_RECORDS = flags.DEFINE_string("records", None, "A folder of records, a glob, or one record.")
-_OUT = flags.DEFINE_string("out", None, "Output .npz file (local or gs://).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Records per device batch.")
-_DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype: float32, or bfloat16 for speed on GPU/TPU.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar with the ETA.")
+__all__ = ["NoRecordsError", "find_records", "run"]
 
-_GLOB_CHARS = frozenset("*?[")
+FLAGS = flags.FLAGS
 
 
-class NoRecordsError(errors.HeartLangError, ValueError):
-    """`--records` names nothing that looks like a record."""
-
-
-def find_records(spec: str | os.PathLike) -> list[tuple[str, pathlib.Path]]:
-    """(record id, record path without extension) of every record `spec` names, sorted.
-
-    A folder gives every `.hea` record below it and every `.mat` without a `.hea` (original CPSC
-    2018 files), ids relative to the folder; a glob gives the records of the files it matches; any
-    other path is one record (which may then fail to load, and is reported as skipped).
-    """
-    from heartlang_jax.inference import model as inference
-
-    text = os.fspath(spec)
-    path = pathlib.Path(text)
-    if path.is_dir():
-        found = {p.with_suffix("") for p in path.rglob("*.hea")}
-        found |= {p.with_suffix("") for p in path.rglob("*.mat") if not p.with_suffix(".hea").exists()}
-        if not found:
-            raise NoRecordsError(f"--records={text}: the folder holds no .hea or .mat record")
-        return sorted((p.relative_to(path).as_posix(), p) for p in found)
-    if _GLOB_CHARS & set(text):
-        matches = [pathlib.Path(m) for m in glob.glob(text, recursive=True)]
-        found = {
-            inference.record_path(m) for m in matches if m.is_file() and m.suffix.lower() in inference.RECORD_EXTENSIONS
-        }
-        if not found:
-            raise NoRecordsError(f"--records={text}: the glob matches no .hea, .dat or .mat file")
-        return sorted((p.as_posix(), p) for p in found)
-    record = inference.record_path(path)
-    return [(record.as_posix(), record)]
+def define_flags() -> None:
+    """The command's flags, defined when it runs (not on import: the commands share flag names)."""
+    flags.DEFINE_string("checkpoint", None, "Run folder (vqhbr, pretrain or finetune), local or gs://.")
+    flags.DEFINE_string("records", None, "A folder of records, a records CSV, a glob, or one record.")
+    flags.DEFINE_string("out", None, "Output .npz file (local or gs://).")
+    flags.DEFINE_integer("batch_size", 64, "Windows per device batch.")
+    flags.DEFINE_string("dtype", "float32", "Compute dtype: float32, or bfloat16 for speed on GPU/TPU.")
+    flags.DEFINE_bool("progress", True, "Show a progress bar with the ETA.")
+    flags.DEFINE_enum("pool", None, ["mean", "cls"], "Pooling (default: what the linear probe reads).")
+    flags.DEFINE_integer("layer", None, "Features of block k (1-based; 0 = embeddings; default: the last).")
+    flags.DEFINE_float("window_s", None, "Window length in seconds (default: the model's, 10 s).")
+    flags.DEFINE_float("stride_s", None, "Window stride in seconds (default: window_s, no overlap).")
 
 
 def _write_npz(out: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
@@ -88,15 +67,22 @@ def run(
     batch_size: int = 64,
     dtype: str = "float32",
     progress: bool = True,
+    pool: str | None = None,
+    layer: int | None = None,
+    window_s: float | None = None,
+    stride_s: float | None = None,
 ) -> dict:
     """Embeds every record `records` names and writes `out`; returns a summary dict."""
     from heartlang_jax.inference import model as inference
 
+    if pool == "none":
+        raise ValueError("pool='none' gives per-word features of a different length per record; use iter_embed")
     start = time.time()
     found = find_records(records)
     model = inference.load(checkpoint, dtype=dtype)
     logging.info("%r: embedding %d record(s) from %s", model, len(found), records)
     embeddings: dict[int, np.ndarray] = {}
+    windows: dict[int, int] = {}
     skipped: dict[int, str] = {}
 
     def write(complete: bool) -> None:
@@ -109,6 +95,7 @@ def run(
                 if kept
                 else np.zeros((0, model.hidden_dim), np.float32),
                 "record_ids": np.asarray([found[i][0] for i in kept], dtype=str),
+                "num_windows": np.asarray([windows[i] for i in kept], dtype=np.int64),
                 "skipped_record_ids": np.asarray([found[i][0] for i in sorted(skipped)], dtype=str),
                 "skipped_reasons": np.asarray([skipped[i] for i in sorted(skipped)], dtype=str),
                 # what an interrupted run did not reach (empty when complete)
@@ -121,14 +108,21 @@ def run(
         )
 
     try:
-        for i, vector, reason in model.iter_embed(
-            [path for _, path in found], batch_size=batch_size, progress=progress
+        for result in model.iter_embed(
+            [path for _, path in found],
+            batch_size=batch_size,
+            progress=progress,
+            pool=pool,
+            layer=layer,
+            window_s=window_s,
+            stride_s=stride_s,
         ):
-            if vector is not None:
-                embeddings[i] = vector
+            if result.reason is None:
+                embeddings[result.position] = result.value
+                windows[result.position] = result.num_windows
             else:
-                skipped[i] = str(reason)
-                logging.warning("skipped %s", reason)
+                skipped[result.position] = result.reason
+                logging.warning("skipped %s", result.reason)
     except BaseException:  # Ctrl-C or an error part way: keep what was computed
         if embeddings or skipped:
             write(complete=False)
@@ -138,14 +132,21 @@ def run(
         raise
     kept = sorted(embeddings)
     write(complete=True)
-    summary = {"embedded": len(kept), "skipped": len(skipped), "out": os.fspath(out), "seconds": time.time() - start}
+    summary = {
+        "embedded": len(kept),
+        "skipped": len(skipped),
+        "windows": int(sum(windows.values())),
+        "out": os.fspath(out),
+        "seconds": time.time() - start,
+    }
     logging.info(
-        "embedded %d of %d record(s) (%d skipped) into %s in %.1f s",
+        "embedded %d of %d record(s) (%d skipped) into %s in %.1f s (%d window(s))",
         len(kept),
         len(found),
         len(skipped),
         out,
         summary["seconds"],
+        summary["windows"],
     )
     return summary
 
@@ -153,18 +154,22 @@ def run(
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from heartlang_jax.training import checkpointing
+    from heartlang_jax import errors
 
     try:
         summary = run(
-            str(_CHECKPOINT.value),
-            str(_RECORDS.value),
-            str(_OUT.value),  # required flags: never None
-            batch_size=_BATCH_SIZE.value,
-            dtype=_DTYPE.value,
-            progress=_PROGRESS.value,
+            str(FLAGS.checkpoint),
+            str(FLAGS.records),
+            str(FLAGS.out),  # required flags: never None
+            batch_size=FLAGS.batch_size,
+            dtype=FLAGS.dtype,
+            progress=FLAGS.progress,
+            pool=FLAGS.pool,
+            layer=FLAGS.layer,
+            window_s=FLAGS.window_s,
+            stride_s=FLAGS.stride_s,
         )
-    except (NoRecordsError, checkpointing.CheckpointError) as e:
+    except (errors.HeartLangError, ValueError) as e:
         logging.error("%s", e)
         sys.exit(2)
     if summary["embedded"] == 0:
@@ -173,5 +178,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flags_as_required(["checkpoint", "records", "out"])
     app.run(main)

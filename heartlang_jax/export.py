@@ -37,9 +37,15 @@ from absl import app, flags
 
 from heartlang_jax import atomic_file, errors
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A fine-tuned run folder, local or gs://.")
-_OUT = flags.DEFINE_string("out", None, "Folder to write the artifact, its weights, export.json and the loader into.")
-_PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "jax.export target platforms.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags, defined when it runs (not on import: the commands share flag names)."""
+    flags.DEFINE_string("checkpoint", None, "A fine-tuned run folder, local or gs://.")
+    flags.DEFINE_string("out", None, "Folder to write the artifact, its weights, export.json and the loader into.")
+    flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "jax.export target platforms.")
+
 
 FORMAT = "heartlang_jax.export/1"
 ARTIFACT = "model.jax_export"
@@ -150,13 +156,14 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        info = export(str(_CHECKPOINT.value), str(_OUT.value), platforms=_PLATFORMS.value)
+        info = export(str(FLAGS.checkpoint), str(FLAGS.out), platforms=FLAGS.platforms)
     except errors.HeartLangError as e:
         logging.error("%s", e)
         sys.exit(2)
-    print(f"{_OUT.value}: {ARTIFACT} for {', '.join(info['platforms'])}; classes {', '.join(info['class_names'])}")
+    print(f"{FLAGS.out}: {ARTIFACT} for {', '.join(info['platforms'])}; classes {', '.join(info['class_names'])}")
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flags_as_required(["checkpoint", "out"])
     app.run(main)

@@ -41,6 +41,7 @@ def test_folder_with_a_corrupt_record_writes_the_others_and_lists_it(run_dir, fo
         ids = list(npz["record_ids"])
         assert ids == ["part0/00001_lr", "part0/00003_lr", "part1/00002_lr", "part1/00004_lr"]
         assert npz["embeddings"].shape == (4, 16) and npz["embeddings"].dtype == np.float32
+        assert list(npz["num_windows"]) == [1, 1, 1, 1]  # 10 s records: one window each
         assert list(npz["skipped_record_ids"]) == ["part0/00005_lr"]
         assert "00005_lr" in str(npz["skipped_reasons"][0]) and "truncated" in str(npz["skipped_reasons"][0])
         assert str(npz["kind"]) == "pretrain" and int(npz["step"]) == 7

@@ -31,7 +31,7 @@ __all__ = [
     "standardize",
     "tokenize_records",
     "tokenize_windows",
-    "window_starts",
+    "window_spans",
 ]
 
 _CHUNKSIZE = 8
@@ -114,13 +114,18 @@ def _sentence_of(item: tuple[int, os.PathLike]):
     return key, sentence, None
 
 
-def window_starts(num_samples: int, window: int, stride: int) -> list[int]:
-    """First samples of the windows of a record of `num_samples`: every `stride` samples while a
-    whole `window` fits (a tail shorter than that is left out); one window, the whole record, when
-    it is no longer than a window."""
+def window_spans(num_samples: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """[start, end) samples of the windows a record of `num_samples` is read in, by datasets and
+    by inference alike: one window, the whole record, when it is no longer than `window`; else a
+    window every `stride` samples while a whole one fits, and, when those stop short of the end,
+    one more that ends on the last sample (so no part of a record is left out, and every window
+    is a whole `window` long)."""
     if num_samples <= window:
-        return [0]
-    return list(range(0, num_samples - window + 1, stride))
+        return [(0, num_samples)]
+    spans = [(start, start + window) for start in range(0, num_samples - window + 1, stride)]
+    if spans[-1][1] < num_samples:
+        spans.append((num_samples - window, num_samples))
+    return spans
 
 
 def _windows_of(item: tuple):
@@ -134,10 +139,10 @@ def _windows_of(item: tuple):
     window, stride = max(1, round(window_s * record.fs)), max(1, round(stride_s * record.fs))
     signal = standardize(record.signal, _worker["mean"], _worker["std"])
     out: list[tuple[int, tokenizer_lib.EcgSentence | None, SkipReason | None]] = []
-    for i, start in enumerate(window_starts(signal.shape[1], window, stride)):
+    for i, (start, end) in enumerate(window_spans(signal.shape[1], window, stride)):
         try:
             sentence = _worker["tokenizer"].tokenize(
-                signal[:, start : start + window], record.fs, lead_names=record.lead_names, record_name=record.name
+                signal[:, start:end], record.fs, lead_names=record.lead_names, record_name=record.name
             )
         except tokenizer_lib.TokenizerError as e:
             out.append((i, None, _skip_reason(e)))
@@ -242,7 +247,7 @@ def tokenize_windows(
     stride_s: float,
 ) -> Iterator[tuple]:
     """Like `tokenize_records`, for records cut into windows of `window_s` seconds every
-    `stride_s` seconds (`window_starts`), each standardized then tokenized on its own. Yields
+    `stride_s` seconds (`window_spans`), each standardized then tokenized on its own. Yields
     `(key, [(window, sentence | None, reason | None)], seconds)` per record, in order, or
     `(key, None, reason)` for a record that cannot be read."""
     jobs = ((key, path, window_s, stride_s) for key, path in items)

@@ -10,6 +10,7 @@ and `figure_to_image` renders them to an RGB array for TensorBoard).
     codebook_usage_figure(ids, words)                   # histogram + the most frequent words
     embedding_projection_figure(embeddings, labels)     # PCA (UMAP if installed)
     results_figure("runs/demo/sweep/results.json")      # pre-trained vs random init, with error bars
+    explanation_figure(classifier.explain(path, "NORM"))  # attributions per word, lead and beat
 """
 
 from __future__ import annotations
@@ -120,6 +121,72 @@ def ecg_figure(
         + (" (sentence full: later leads have no words)" if truncated else "")
         + "; amplitudes standardized",
         fontsize=10,
+    )
+    return figure
+
+
+# --------------------------------------------------------------------------- explanations
+
+
+def explanation_figure(sentence, explanation=None, *, leads: Sequence[str] | None = None, title: str | None = None):
+    """Integrated-gradients attributions (`model.explain(ecg, target)`) over the ECG, one axis per lead.
+
+    Each word's span is shaded by its attribution (red raises the class's logit, blue lowers it;
+    the colour scale is the largest |attribution| of the record), the trace is drawn over it, each
+    lead's label carries its lead sum and the top axis each beat's sum (all leads).
+
+    Args:
+      sentence: the record's `inference.Sentence` (`explanation.sentence`); or the `Explanation`
+        itself, then `explanation` is left out.
+      explanation: `inference.Explanation` of that sentence.
+      leads: lead names to draw (default: every lead of the sentence).
+    """
+    from matplotlib import colormaps
+
+    if explanation is None:
+        explanation, sentence = sentence, sentence.sentence
+    names = [canonical_lead_name(lead) for lead in leads] if leads else list(sentence.leads)
+    unknown = [lead for lead, name in zip(leads or (), names) if name is None or name not in sentence.leads]
+    if unknown:
+        raise ValueError(f"lead {unknown[0]!r} is not one of this record's leads {sentence.leads}")
+    rows = [sentence.leads.index(name) for name in names]
+    words = np.asarray(explanation.words, dtype=np.float64)
+    scale = float(np.abs(words).max()) if words.size else 0.0
+    scale = scale if scale > 0 else 1.0
+    cmap = colormaps["RdBu_r"]
+    fs = sentence.fs
+    t = np.arange(sentence.signal.shape[1]) / fs
+    figure = _figure(12, 0.75 + 1.0 * len(rows))
+    axes = figure.subplots(len(rows), 1, sharex=True, squeeze=False)[:, 0]
+    word_lead, word_beat = sentence.word_lead, sentence.word_beat
+    for ax, row in zip(axes, rows):
+        for k in np.flatnonzero(word_lead == row):
+            start, end = sentence.beat_spans[word_beat[k]]
+            ax.axvspan(start / fs, end / fs, color=cmap(0.5 + 0.5 * words[k] / scale), alpha=0.8, lw=0)
+        ax.plot(t, sentence.signal[row], color="black", lw=0.7)
+        ax.set_ylabel(
+            f"{sentence.leads[row]}\n{explanation.leads[row]:+.2g}", rotation=0, ha="right", va="center", fontsize=8
+        )
+        ax.tick_params(labelsize=7)
+        ax.margins(x=0)
+    for b, (start, end) in enumerate(sentence.beat_spans[: len(explanation.beats)]):
+        axes[0].text(
+            (start + end) / 2 / fs,
+            1.02,
+            f"{explanation.beats[b]:+.2g}",
+            transform=axes[0].get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=6,
+        )
+    axes[-1].set_xlabel("time (s)")
+    window = f", window {explanation.window + 1} of {explanation.num_windows}" if explanation.num_windows > 1 else ""
+    figure.suptitle(
+        title
+        or f"{sentence.name}{window}: integrated gradients of {explanation.class_name} (logit "
+        f"{explanation.logit:.3g}, flat-word baseline {explanation.baseline_logit:.3g}); red raises it, blue "
+        f"lowers it (scale ±{scale:.2g}); per lead at the left, per beat on top",
+        fontsize=9,
     )
     return figure
 

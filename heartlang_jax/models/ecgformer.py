@@ -335,8 +335,15 @@ class ECGFormer(nnx.Module):
         """words [B, L, T] -> [B, L, D]; each output mixes a word and its neighbours."""
         return self.token_embed(words.astype(self.config.compute_dtype))
 
-    def encode(self, x: jax.Array, lead_ids: jax.Array, time_ids: jax.Array) -> jax.Array:
-        """x [B, L, D] word embeddings -> [B, L + num_prefix_tokens, D] float32."""
+    def encode(
+        self, x: jax.Array, lead_ids: jax.Array, time_ids: jax.Array, num_blocks: int | None = None
+    ) -> jax.Array:
+        """x [B, L, D] word embeddings -> [B, L + num_prefix_tokens, D] float32.
+
+        `num_blocks` (a Python int, 0..num_layers; None = all) runs only the first blocks, then the
+        final norm: the features of an intermediate layer, from the same stacked parameters (sliced,
+        not copied into a second model).
+        """
         batch, length, dim = x.shape
         if length > self.config.max_len:
             raise ValueError(f"Sentence length {length} exceeds max_len {self.config.max_len}.")
@@ -351,7 +358,14 @@ class ECGFormer(nnx.Module):
         if not self.config.mask_padding:
             key_mask = None
         x = self.embed_dropout(x)
-        x = _apply_blocks(x, self.blocks, key_mask, self.config)
+        blocks = self.blocks
+        if num_blocks is not None and num_blocks != self.config.num_layers:
+            if not 0 <= num_blocks <= self.config.num_layers:
+                raise ValueError(f"num_blocks must be in 0..{self.config.num_layers}, got {num_blocks}")
+            graphdef, state = nnx.split(self.blocks)
+            blocks = nnx.merge(graphdef, jax.tree.map(lambda a: a[:num_blocks], state))
+        if num_blocks != 0:
+            x = _apply_blocks(x, blocks, key_mask, self.config)
         return self.final_norm(x)
 
     def __call__(self, words: jax.Array, lead_ids: jax.Array, time_ids: jax.Array) -> jax.Array:

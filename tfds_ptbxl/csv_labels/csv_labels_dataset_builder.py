@@ -25,8 +25,8 @@ fine-tuning runs with `--config.task=classes`. Every row is an example of that t
 without a positive class.
 
 A record longer than a window (`data.csv_window_s`, default the sentence's 10 s) is cut into
-windows every `data.csv_stride_s` seconds (default: the window, no overlap); a tail shorter than
-that is left out, and a record no longer than a window is one window (as every other builder
+windows every `data.csv_stride_s` seconds (default: the window, no overlap), plus one window ending on
+the last sample when those stop short (`sentence_corpus.window_spans`, inference's rule too); a record no longer than a window is one window (as every other builder
 reads it). Each window is an example with the record's labels, its `record_id` (the CSV row,
 0-based, not counting the header), `window` (0-based) and `num_windows`; the windows are logged
 in total and `info.metadata["windows"]` counts them. Fine-tuning trains on windows and scores a

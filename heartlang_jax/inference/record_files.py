@@ -1,0 +1,80 @@
+"""Which records a `--records=` argument names: the one record discovery of the `embed` and
+`predict` commands (and of anyone listing records for `HeartLangModel.embed_many/predict_many`).
+
+`--records` is
+  - a folder: every `.hea` record below it and every `.mat` without a `.hea` (original CPSC 2018
+    files), ids relative to the folder, sorted;
+  - a records CSV (a file ending in `.csv`): its `record` column holds paths relative to the CSV's
+    folder (the format of the `csv` dataset's label file; other columns are ignored), ids as
+    written without extension, in the CSV's row order;
+  - a glob (`'data/**/*.hea'`, quoted): the records of the files it matches, sorted;
+  - any other path: one record (which may then fail to load, and is reported as skipped).
+Only the names are listed here; reading a record, and skipping one that cannot be read, is the
+model's job.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import pathlib
+
+from heartlang_jax import errors
+
+# Extensions that name a record's files; the record itself is the path without them.
+RECORD_EXTENSIONS = (".hea", ".dat", ".mat")
+# The column of a records CSV that holds the record paths.
+RECORD_COLUMN = "record"
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+class NoRecordsError(errors.HeartLangError, ValueError):
+    """`--records` names nothing that looks like a record, or its records CSV is malformed."""
+
+
+def record_path(path: str | os.PathLike) -> pathlib.Path:
+    """A record's path without extension ('x/00001_lr.hea' -> 'x/00001_lr')."""
+    path = pathlib.Path(path)
+    return path.with_suffix("") if path.suffix.lower() in RECORD_EXTENSIONS else path
+
+
+def find_records(spec: str | os.PathLike) -> list[tuple[str, pathlib.Path]]:
+    """(record id, record path without extension) of every record `spec` names (module docstring)."""
+    text = os.fspath(spec)
+    path = pathlib.Path(text)
+    if path.is_dir():
+        found = {p.with_suffix("") for p in path.rglob("*.hea")}
+        found |= {p.with_suffix("") for p in path.rglob("*.mat") if not p.with_suffix(".hea").exists()}
+        if not found:
+            raise NoRecordsError(f"--records={text}: the folder holds no .hea or .mat record")
+        return sorted((p.relative_to(path).as_posix(), p) for p in found)
+    if path.suffix.lower() == ".csv" and path.is_file():
+        return _csv_records(path)
+    if _GLOB_CHARS & set(text):
+        matches = [pathlib.Path(m) for m in glob.glob(text, recursive=True)]
+        found = {record_path(m) for m in matches if m.is_file() and m.suffix.lower() in RECORD_EXTENSIONS}
+        if not found:
+            raise NoRecordsError(f"--records={text}: the glob matches no .hea, .dat or .mat file")
+        return sorted((p.as_posix(), p) for p in found)
+    record = record_path(path)
+    return [(record.as_posix(), record)]
+
+
+def _csv_records(path: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
+    """The records of a records CSV, in row order; a malformed file or row is one line naming it."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        if RECORD_COLUMN not in columns:
+            raise NoRecordsError(f"--records={path}: no {RECORD_COLUMN!r} column (columns: {', '.join(columns)})")
+        found = []
+        for row_number, row in enumerate(reader, start=2):  # row 1 is the header
+            value = (row.get(RECORD_COLUMN) or "").strip()
+            if not value:
+                raise NoRecordsError(f"--records={path}: row {row_number}: empty {RECORD_COLUMN!r} field")
+            found.append((record_path(value).as_posix(), record_path(path.parent / value)))
+    if not found:
+        raise NoRecordsError(f"--records={path}: the CSV has no rows")
+    return found
