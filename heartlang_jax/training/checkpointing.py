@@ -21,6 +21,7 @@ import os
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
@@ -62,6 +63,47 @@ def _restore_into(state: nnx.State, restored: Mapping) -> None:
 
 def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+# Checkpoints written before attention fused its projections hold `attn.{query,key,value}`
+# ([..., D, inner] kernels, [..., inner] biases) where the model now has one `attn.qkv`
+# ([..., D, 3 * inner], columns Q then K then V); such a step is read in its own layout and fused.
+_UNFUSED = ("query", "key", "value")
+
+
+def _stored_unfused(item_dir: epath.Path) -> bool:
+    """Whether the stored item holds the unfused attention projections (Orbax metadata only)."""
+    try:
+        stored = ocp.StandardCheckpointHandler().metadata(item_dir)
+    except Exception:  # unreadable metadata: the restore itself reports it
+        return False
+    return any(".attn.query." in f".{path}." for path in _shapes(stored))
+
+
+def _split_qkv(tree):
+    """An (abstract) tree in the fused layout -> the same in the unfused one."""
+    if not isinstance(tree, Mapping):
+        return tree
+    out = {k: _split_qkv(v) for k, v in tree.items()}
+    if "qkv" in out and isinstance(out["qkv"], Mapping) and not any(k in out for k in _UNFUSED):
+        fused = out.pop("qkv")
+        for name in _UNFUSED:
+            out[name] = {
+                param: jax.ShapeDtypeStruct((*leaf.shape[:-1], leaf.shape[-1] // 3), leaf.dtype, sharding=leaf.sharding)
+                for param, leaf in fused.items()
+            }
+    return out
+
+
+def _fuse_qkv(tree):
+    """A restored tree in the unfused layout -> the fused one (Q, K, V concatenated, last axis)."""
+    if not isinstance(tree, Mapping):
+        return tree
+    out = {k: _fuse_qkv(v) for k, v in tree.items()}
+    if all(k in out and isinstance(out[k], Mapping) for k in _UNFUSED):
+        parts = [out.pop(name) for name in _UNFUSED]
+        out["qkv"] = {param: jnp.concatenate([p[param] for p in parts], axis=-1) for param in parts[0]}
+    return out
 
 
 def config_to_json(config: Mapping) -> str:
@@ -214,22 +256,28 @@ class RunCheckpoints:
             ) from e
 
     def restore(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None) -> tuple[dict, dict]:
-        """Restores in place into `model`/`optimizer`; returns (data_state, meta)."""
+        """Restores in place into `model`/`optimizer`; returns (data_state, meta).
+
+        A step saved before attention fused its Q, K and V projections (`attn.query/key/value`)
+        is read in that layout and fused on the way in (`_split_qkv` / `_fuse_qkv`)."""
         self._manager.wait_until_finished()  # never read a step still being written
+        unfused = _stored_unfused(self.directory / str(step) / "model")
+        layout = _split_qkv if unfused else (lambda tree: tree)
+        back = _fuse_qkv if unfused else (lambda tree: tree)
         model_state = nnx.state(model)
         args = {
-            "model": ocp.args.StandardRestore(_abstract(_saveable(model_state))),
+            "model": ocp.args.StandardRestore(layout(_abstract(_saveable(model_state)))),
             "data": ocp.args.JsonRestore(),
             "meta": ocp.args.JsonRestore(),
         }
         if optimizer is not None:
-            args["optimizer"] = ocp.args.StandardRestore(_abstract(_saveable(nnx.state(optimizer))))
+            args["optimizer"] = ocp.args.StandardRestore(layout(_abstract(_saveable(nnx.state(optimizer)))))
         restored = self._manager.restore(step, args=ocp.args.Composite(**args))
-        _restore_into(model_state, restored["model"])
+        _restore_into(model_state, back(restored["model"]))
         nnx.update(model, model_state)
         if optimizer is not None:
             opt_state = nnx.state(optimizer)
-            _restore_into(opt_state, restored["optimizer"])
+            _restore_into(opt_state, back(restored["optimizer"]))
             nnx.update(optimizer, opt_state)
         return dict(restored["data"] or {}), dict(restored["meta"])
 
@@ -315,6 +363,18 @@ def _shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
     return out
 
 
+def _fused_shapes(stored: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """`_shapes` of a stored item as `restore` fuses it (`attn.query/key/value` -> `attn.qkv`)."""
+    out = {}
+    for path, (shape, dtype) in stored.items():
+        head, sep, tail = path.partition(".attn.query.")
+        if sep:
+            out[f"{head}.attn.qkv.{tail}"] = ((*shape[:-1], 3 * shape[-1]), dtype)
+        elif ".attn.key." not in path and ".attn.value." not in path:
+            out[path] = (shape, dtype)
+    return out
+
+
 def check_fits(workdir: str | os.PathLike, step: int, model: nnx.Module, what: str) -> None:
     """Compares the model's array shapes (`model` may be abstract, from `nnx.eval_shape`) with those
     stored in checkpoint `step` (Orbax metadata, no array read): nothing is allocated for a model
@@ -326,6 +386,7 @@ def check_fits(workdir: str | os.PathLike, step: int, model: nnx.Module, what: s
         raise CheckpointError(
             f"{what}: checkpoint step {step} in {step_dir.parent} is unreadable ({_one_line(e)})"
         ) from e
+    stored = _fused_shapes(stored)
     wanted = {k: v[0] for k, v in _shapes(nnx.to_pure_dict(nnx.state(model))).items()}
     # PRNG keys are stored as their raw uint32 data and left out of `wanted`: drop them here too
     have = {k: v[0] for k, v in stored.items() if k in wanted or not k.endswith(".key")}
