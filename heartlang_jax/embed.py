@@ -32,6 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from heartlang_jax import atomic_file
+from heartlang_jax.inference import record_files
 from heartlang_jax.inference.record_files import NoRecordsError, find_records
 
 __all__ = ["NoRecordsError", "find_records", "run"]
@@ -41,16 +42,11 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command's flags, defined when it runs (not on import: the commands share flag names)."""
-    flags.DEFINE_string("checkpoint", None, "Run folder (vqhbr, pretrain or finetune), local or gs://.")
-    flags.DEFINE_string("records", None, "A folder of records, a records CSV, a glob, or one record.")
-    flags.DEFINE_string("out", None, "Output .npz file (local or gs://).")
-    flags.DEFINE_integer("batch_size", 64, "Windows per device batch.")
-    flags.DEFINE_string("dtype", "float32", "Compute dtype: float32, or bfloat16 for speed on GPU/TPU.")
-    flags.DEFINE_bool("progress", True, "Show a progress bar with the ETA.")
+    record_files.define_command_flags(
+        "Run folder (vqhbr, pretrain or finetune), local or gs://.", "Output .npz file (local or gs://)."
+    )
     flags.DEFINE_enum("pool", None, ["mean", "cls"], "Pooling (default: what the linear probe reads).")
     flags.DEFINE_integer("layer", None, "Features of block k (1-based; 0 = embeddings; default: the last).")
-    flags.DEFINE_float("window_s", None, "Window length in seconds (default: the model's, 10 s).")
-    flags.DEFINE_float("stride_s", None, "Window stride in seconds (default: window_s, no overlap).")
 
 
 def _write_npz(out: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
@@ -179,5 +175,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    flags.mark_flags_as_required(["checkpoint", "records", "out"])
     app.run(main)

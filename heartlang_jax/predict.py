@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from heartlang_jax import atomic_file
+from heartlang_jax.inference import record_files
 from heartlang_jax.inference.record_files import find_records
 
 FLAGS = flags.FLAGS
@@ -44,14 +45,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command's flags, defined when it runs (not on import: the commands share flag names)."""
-    flags.DEFINE_string("checkpoint", None, "A fine-tuning run folder, local or gs://.")
-    flags.DEFINE_string("records", None, "A folder of records, a records CSV, a glob, or one record.")
-    flags.DEFINE_string("out", None, "Output .csv file (local or gs://).")
-    flags.DEFINE_integer("batch_size", 64, "Windows per device batch.")
-    flags.DEFINE_string("dtype", "float32", "Compute dtype: float32, or bfloat16 for speed on GPU/TPU.")
-    flags.DEFINE_bool("progress", True, "Show a progress bar with the ETA.")
-    flags.DEFINE_float("window_s", None, "Window length in seconds (default: the model's, 10 s).")
-    flags.DEFINE_float("stride_s", None, "Window stride in seconds (default: window_s, no overlap).")
+    record_files.define_command_flags("A fine-tuning run folder, local or gs://.", "Output .csv file (local or gs://).")
     flags.DEFINE_bool("per_window", False, "One row per window instead of per record.")
 
 
@@ -170,5 +164,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    flags.mark_flags_as_required(["checkpoint", "records", "out"])
     app.run(main)

@@ -34,6 +34,21 @@ class NoRecordsError(errors.HeartLangError, ValueError):
     """`--records` names nothing that looks like a record, or its records CSV is malformed."""
 
 
+def define_command_flags(checkpoint_help: str, out_help: str) -> None:
+    """The flags the `embed` and `predict` commands share (each defines them when it runs)."""
+    from absl import flags
+
+    flags.DEFINE_string("checkpoint", None, checkpoint_help)
+    flags.DEFINE_string("records", None, "A folder of records, a records CSV, a glob, or one record.")
+    flags.DEFINE_string("out", None, out_help)
+    flags.DEFINE_integer("batch_size", 64, "Windows per device batch.")
+    flags.DEFINE_string("dtype", "float32", "Compute dtype: float32, or bfloat16 for speed on GPU/TPU.")
+    flags.DEFINE_bool("progress", True, "Show a progress bar with the ETA.")
+    flags.DEFINE_float("window_s", None, "Window length in seconds (default: the model's, 10 s).")
+    flags.DEFINE_float("stride_s", None, "Window stride in seconds (default: window_s, no overlap).")
+    flags.mark_flags_as_required(["checkpoint", "records", "out"])
+
+
 def record_path(path: str | os.PathLike) -> pathlib.Path:
     """A record's path without extension ('x/00001_lr.hea' -> 'x/00001_lr')."""
     path = pathlib.Path(path)
