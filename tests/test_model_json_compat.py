@@ -68,7 +68,7 @@ def test_none_block_details_resolve_as_position_used_to(tmp_path, position, bias
     encoder = info.model["encoder"]
     assert (encoder["qkv_bias"], encoder["layer_norm_epsilon"], encoder["released_init"]) == (bias, epsilon, torch_init)
     model = model_info.build_model(info)
-    assert (model.encoder.blocks.attn.query.bias is not None) is bias
+    assert (model.encoder.blocks.attn.qkv.bias is not None) is bias
     assert model.encoder.final_norm.epsilon == epsilon
 
 
