@@ -7,6 +7,8 @@ inputs. Used by `tests/test_released_conversion.py` and `benchmarks/released_che
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -82,3 +84,70 @@ def compare_with_recorded(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
         model = build_finetune(recorded_state(arrays, "finetune"), head_dim=head_dim)
         record("finetune_logits", np.asarray(model(words, lead_ids, time_ids)), arrays["finetune_logits"])
     return figures
+
+
+def compare_filtered_records(
+    arrays: Mapping[str, np.ndarray], scratch: str | os.PathLike, *, our_filter: bool = True
+) -> dict[str, float]:
+    """Our whole path from a raw record against the released preprocessing + get_codebook_indices.
+
+    Writes the recorded raw 500 Hz records (`filtered_records`) in MIMIC-IV-ECG's layout under
+    `scratch`, converts the recorded VQ-HBR into a run folder (`convert_released.write_run`: its
+    model.json carries the released MIMIC band-pass) and reads each record with
+    `heartlang_jax.load(run).word_ids(path)`: our resampling, filter and tokenizer. The recording
+    (`tools/make_released_fixture.py`) filtered the same records with the released script's own
+    functions, cut them with our tokenizer at the released settings and ran the released
+    `get_codebook_indices`. Returns the word-id agreement over the released sentences' real words
+    (a word whose lead and beat position differ from ours counts as a disagreement), and the
+    number of records whose sentences (lead and time ids) differ. `our_filter=False` writes the
+    run folder without the filter (a control: the unfiltered words the issue was about).
+    """
+    import dataclasses
+    import pathlib
+
+    import heartlang_jax
+    from heartlang_jax import convert_released
+    from heartlang_jax.ecg import sentence_spec
+    from heartlang_jax.ecg.records import STANDARD_LEADS
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
+    from make_released_fixture import write_mimic_record
+
+    scratch = pathlib.Path(scratch)
+    head_dim = int(arrays["head_dim"])
+    want_leads = np.asarray(arrays["filtered_lead_ids"])
+    # The tiny recording reads leads I-III (lead ids 1-3), the released-size one all 12.
+    leads = STANDARD_LEADS[: int(want_leads.max())]
+    spec = dataclasses.replace(sentence_spec.RELEASED_MIMIC, leads=leads)
+    if not our_filter:
+        spec = dataclasses.replace(spec, filter=None)
+    vq = build_vqhbr(recorded_state(arrays, "vqhbr"), head_dim=head_dim)
+    convert_released.write_run(scratch / "vqhbr", "vqhbr", vq, spec=spec)
+    model = heartlang_jax.load(scratch / "vqhbr")
+    agree = total = differing = 0
+    for i, digital in enumerate(np.asarray(arrays["filtered_records"])):
+        study = 40000000 + i
+        path = write_mimic_record(scratch / "files" / "p1000" / "p10000032" / f"s{study}", study, digital)
+        ids = model.word_ids(path)
+        sentence = model.sentence(path)
+        real = want_leads[i] != 0
+        want = np.asarray(arrays["filtered_vqhbr_ids"])[i][real]
+        total += int(real.sum())
+        same = (
+            sentence.num_words == int(real.sum())
+            and np.array_equal(sentence.lead_ids[: sentence.num_words], want_leads[i][real])
+            and np.array_equal(
+                sentence.time_ids[: sentence.num_words], np.asarray(arrays["filtered_time_ids"])[i][real]
+            )
+        )
+        if same:
+            agree += int(np.sum(ids == want))
+        else:
+            differing += 1
+    return {
+        "filtered_records": float(len(arrays["filtered_records"])),
+        "filtered_real_words": float(total),
+        "filtered_word_id_agreement": agree / total,
+        "filtered_word_id_mismatches": float(total - agree),
+        "filtered_records_with_other_sentences": float(differing),
+    }

@@ -90,3 +90,15 @@ def test_run_folders_load_back(recorded, tmp_path):
     np.testing.assert_allclose(np.asarray(loaded_clf(*args)), recorded["finetune_logits"], rtol=1e-5, atol=1e-5)
     fields = json.loads((tmp_path / "finetune" / "model.json").read_text())["model"]["encoder"]
     assert fields["position"] == "learned" and fields["mask_padding"] is False
+
+
+def test_raw_mimic_record_through_the_released_filter_gives_the_released_word_ids(recorded, tmp_path):
+    """A raw 500 Hz MIMIC-layout record read by `load(run).word_ids` (our resampling, the filter in
+    model.json, our tokenizer) against the released preprocessing script's filter on the same
+    record, the same sentence cut, and the released get_codebook_indices (issue 23)."""
+    figures = released_comparison.compare_filtered_records(recorded, tmp_path / "filtered")
+    assert figures["filtered_real_words"] > 40 and figures["filtered_records_with_other_sentences"] == 0, figures
+    assert figures["filtered_word_id_agreement"] >= 0.999, figures
+    # The control: the same run folder without the filter reads some other words (random tiny weights).
+    unfiltered = released_comparison.compare_filtered_records(recorded, tmp_path / "unfiltered", our_filter=False)
+    assert unfiltered["filtered_word_id_agreement"] < 0.999, unfiltered  # 37 of 48 when recorded

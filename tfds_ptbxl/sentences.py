@@ -46,11 +46,12 @@ class BuilderConfig(tfds.core.BuilderConfig):
     leads: tuple[str, ...] = STANDARD_LEADS
     detector: Literal["multilead", "xqrs"] = "multilead"
     filter: filters.BandPass | None = None
+    resampler: Literal["poly", "fft"] = "poly"
 
     @property
     def spec(self) -> SentenceSpec:
         # the spec's lengths: 256 x 96
-        return SentenceSpec(leads=self.leads, detector=self.detector, filter=self.filter)
+        return SentenceSpec(leads=self.leads, detector=self.detector, filter=self.filter, resampler=self.resampler)
 
 
 RELEASED_CONFIG = "released"
@@ -63,10 +64,14 @@ def released_config(dataset: str, config_class=BuilderConfig):
     what = (
         "no band-pass, as released" if band is None else f"{band.low:g}-{band.high:g} Hz band-pass first, as released"
     )
+    # The released MIMIC-IV, CSN and CPSC 2018 scripts resample 500 -> 100 Hz by FFT (their
+    # `resample_signals`); the released PTB-XL data are its 100 Hz files, CSV data are yours.
+    fft = {"resampler": "fft"} if dataset in ("mimic_iv_ecg", "csn", "cpsc2018") else {}
     return config_class(
         name=RELEASED_CONFIG,
         detector="xqrs",
         filter=band,
+        **fft,
         description=f"The released code's preprocessing: all 12 leads, XQRS on lead I, {what}.",
     )
 

@@ -19,6 +19,13 @@ from heartlang_jax.ecg.records import STANDARD_LEADS, canonical_lead_name
 Detector = Literal["multilead", "xqrs"]
 DEFAULT_DETECTOR: Detector = "multilead"
 DETECTORS: tuple[Detector, ...] = ("multilead", "xqrs")
+# How a record at another rate is brought to `fs`: "poly" scipy.signal.resample_poly (ours, the
+# default), "fft" scipy.signal.resample to int(samples x fs / rate) samples (the released
+# preprocessing's `resample_signals`, MIMIC-IV/mimic_preprocess.py, CSN/make_csn_datasets.py,
+# CPSC2018/make_cpsc_dataset.py; it differs from "poly" most near the record's ends, where the FFT
+# treats the record as periodic, enough to change released word ids: issue 23).
+Resampler = Literal["poly", "fft"]
+RESAMPLERS: tuple[Resampler, ...] = ("poly", "fft")
 # The QRS band-pass's upper edge (Hz); a rate must exceed twice it (tokenizer.py).
 QRS_BAND_TOP_HZ = 15.0
 
@@ -27,7 +34,8 @@ QRS_BAND_TOP_HZ = 15.0
 class SentenceSpec:
     """Which leads (in sentence order), how many words of how many samples at which rate, which
     QRS detector, how long a record is read, when flat leads reject a record, and the band-pass
-    in front of the tokenizer (`filter`: None = none, the paper's; see `filters`). See
+    in front of the tokenizer (`filter`: None = none, the paper's; see `filters`), and how a record
+    at another rate is resampled (`resampler`, `RESAMPLERS`). See
     `tokenizer.QRSTokenizer` for what each does. Checked when built."""
 
     fs: float = 100.0
@@ -39,6 +47,7 @@ class SentenceSpec:
     min_leads: int = 1
     reject_flat_leads: bool = False
     filter: BandPass | None = None
+    resampler: Resampler = "poly"
 
     def __post_init__(self) -> None:
         # Checked here: a wrong type would otherwise fail deep in numpy/scipy, or not at all.
@@ -69,6 +78,8 @@ class SentenceSpec:
             if not isinstance(self.filter, BandPass):
                 raise ValueError(f"{what}.filter must be None or a filters.BandPass, got {self.filter!r}")
             self.filter.check_rate(float(self.fs))
+        if self.resampler not in RESAMPLERS:
+            raise ValueError(f"{what}.resampler must be one of {RESAMPLERS}, got {self.resampler!r}")
 
     @property
     def spec(self) -> SentenceSpec:
@@ -83,7 +94,8 @@ class SentenceSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored in dataset info and model.json (the same keys and types as ever;
-        `filter` only when there is one, so a spec without one reads as before)."""
+        `filter` only when there is one and `resampler` only when not "poly", so a spec without
+        them reads as before)."""
         values = {
             "leads": list(self.leads),
             "max_len": int(self.max_len),
@@ -96,6 +108,8 @@ class SentenceSpec:
         }
         if self.filter is not None:
             values["filter"] = self.filter.to_dict()
+        if self.resampler != "poly":
+            values["resampler"] = self.resampler
         return values
 
     @classmethod
@@ -114,5 +128,7 @@ class SentenceSpec:
 # samples, 12 leads.
 RELEASED = SentenceSpec(detector="xqrs")
 # What the released weights read: that tokenization of MIMIC-IV-ECG band-passed as its released
-# preprocessing does (0.67-40 Hz, 5th-order Butterworth, filtfilt at 100 Hz; filters.RELEASED_FILTERS).
-RELEASED_MIMIC = SentenceSpec(detector="xqrs", filter=RELEASED_BANDPASS)
+# preprocessing does (0.67-40 Hz, 5th-order Butterworth, filtfilt at 100 Hz; filters.RELEASED_FILTERS),
+# after its FFT resampling from 500 Hz (`resampler`; with "poly" a random released-size VQ-HBR gave
+# 92.2% of the released word ids on 16 raw records, with "fft" 100%: benchmarks/RESULTS.md).
+RELEASED_MIMIC = SentenceSpec(detector="xqrs", filter=RELEASED_BANDPASS, resampler="fft")

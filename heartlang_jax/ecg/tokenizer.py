@@ -253,7 +253,8 @@ class QRSTokenizer(SentenceSpec):
     STANDARD_LEADS index + 1 whatever `leads` holds; time ids are q_i // fs + 1.
 
     Duration and rate: input at another rate is resampled to `fs` first (polyphase,
-    scipy.signal.resample_poly). A record longer than `max_duration_s` (10 s) is cut to its first
+    scipy.signal.resample_poly; `resampler="fft"`: scipy.signal.resample, as the released
+    preprocessing). A record longer than `max_duration_s` (10 s) is cut to its first
     `max_duration_s` seconds; a shorter one is used as it is, not padded or stretched: it simply
     gives fewer beats (fewer words, more padding), and its time ids stop at its last second. So time
     ids stay in 1..ceil(max_duration_s) for any record length.
@@ -379,7 +380,10 @@ class QRSTokenizer(SentenceSpec):
     def _resample(self, x: np.ndarray, fs: float) -> np.ndarray:
         """Resamples [leads, samples] from `fs` to `self.fs` and crops to `max_duration_s`."""
         ratio = Fraction(self.fs / fs).limit_denominator(1000)
-        if ratio != 1:
+        if ratio != 1 and self.resampler == "fft":
+            # The released `resample_signals`: the whole record, to int(samples x target / rate).
+            x = scipy.signal.resample(x, int(x.shape[1] * (self.fs / fs)), axis=1)
+        elif ratio != 1:
             x = scipy.signal.resample_poly(x, ratio.numerator, ratio.denominator, axis=1, padtype="line")
         return x[:, : max(1, round(self.max_duration_s * self.fs))]
 
