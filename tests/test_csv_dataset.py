@@ -100,6 +100,46 @@ def test_a_bad_row_is_one_line_naming_row_and_field(tmp_path, edit, expected):
     assert isinstance(e.value, HeartLangError) and isinstance(e.value, errors.DatasetLayoutError)
 
 
+def test_a_bad_row_through_the_command_line_is_one_error_line(tmp_path):
+    """`python -m heartlang_jax.main` on a CSV with two bad rows: exit 2, one error line per bad row
+    (the first is main's, naming the exception), no traceback."""
+    path = csv_dataset.write(tmp_path / "data", 3)
+    _rewrite(path, lambda rows: (rows[2].__setitem__(0, "wfdb/missing"), rows[3].__setitem__(2, "valid")))
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "heartlang_jax.main", "--config=configs/finetune.py:tiny", f"--workdir={tmp_path / 'ft'}",
+            "--config.data.dataset=csv", f"--config.data.csv={path}", "--config.task=classes",
+        ],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors_printed = [line for line in result.stderr.splitlines() if line[:1] == "E" and line[1:5].isdigit()]
+    assert len(errors_printed) == 2, result.stderr[-3000:]
+    first = next(line for line in errors_printed if "CsvRowError: " in line)
+    assert "row 2 (line 3), field 'record': record " in first and "(and 1 more bad rows, each logged above)" in first
+    other = next(line for line in errors_printed if line != first)
+    assert "row 3 (line 4), field 'split': 'valid' is not one of" in other and "row 2 " not in other
+    assert all(str(path) in line for line in errors_printed) and "Traceback" not in result.stderr
+
+
+def test_a_records_csv_lists_npy_rows_at_their_rate(tmp_path):
+    """`predict --records=<the dataset CSV>` reads a .npy row at its `fs`; a bad `fs` is one line."""
+    from heartlang_jax.inference import record_files
+
+    path = csv_dataset.write(tmp_path / "data", 3)
+    listed = record_files.find_records(path)
+    assert [record_id for record_id, _ in listed] == ["wfdb/00001_lr", "mat/00002", "npy/00003"]
+    assert listed[2][1] == records.ArrayFile(str(tmp_path / "data" / "npy" / "00003.npy"), 100.0)
+    assert records.load(listed[2][1]).signal.shape == (12, 1000)
+    _rewrite(path, lambda rows: rows[3].__setitem__(1, ""))
+    assert record_files.find_records(path)[2][1].fs == 0.0  # read, it fails naming the record (no rate)
+    _rewrite(path, lambda rows: rows[3].__setitem__(1, "fast"))
+    with pytest.raises(
+        record_files.NoRecordsError, match=r"row 3 \(line 4\): field 'fs': 'fast' is not a positive rate"
+    ):
+        record_files.find_records(path)
+
+
 def test_labels_column_gives_the_same_labels_as_class_columns(tmp_path):
     path = csv_dataset.write(tmp_path / "data", 12, labels_column=True)
     table = csv_builder.read_table(path)
@@ -197,3 +237,47 @@ def test_fine_tuning_on_a_csv_through_the_cli_writes_per_class_metrics_and_thres
             assert figures["auprc"] == pytest.approx(average_precision_score(y, probabilities[:, c]), abs=1e-9)
     model_json = json.loads((workdir / "model.json").read_text())
     assert model_json["class_names"] == classes
+
+    # Predicting the CSV's records (all three formats, .npy at its `fs`) with the run: `predict`
+    # writes what `predict_many` returns, and the test rows are the run's own per-record test scores.
+    import heartlang_jax
+    from heartlang_jax import predict
+    from heartlang_jax.inference import record_files
+
+    out = tmp_path / "predictions.csv"
+    summary_of_predict = predict.run(workdir, path, out, progress=False)
+    assert summary_of_predict["predicted"] == 61 and summary_of_predict["skipped"] == 0
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    listed = record_files.find_records(path)
+    assert [r["record"] for r in rows] == [record_id for record_id, _ in listed] and rows[60]["record"] == "npy/long0"
+    written = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+    model = heartlang_jax.load(workdir)
+    many = model.predict_many([p for _, p in listed], progress=False)
+    np.testing.assert_array_equal(written, many.probabilities)
+    np.testing.assert_array_equal([int(r["num_windows"]) for r in rows], many.num_windows)
+    np.testing.assert_array_equal([[int(r[f"pred_{c}"]) for c in classes] for r in rows], many.decisions)
+    np.testing.assert_array_equal(many.thresholds, thresholds["thresholds"])
+    # The run scored its test split on float16-stored words, as inference rounds them: the same to
+    # the float32 rounding of the stored scores and of the batch math (measured 2.8e-8; with
+    # unrounded float32 words it was 9.9e-7, which this bound catches).
+    test_rows = scores["index"]
+    difference = np.abs(written[test_rows] - scores["probabilities"].astype(np.float64))
+    assert difference.max() < 1e-7, (difference.max(), test_rows[np.argmax(difference.max(axis=1))])
+    # The 30 s record: 3 windows in the CSV, its probability the mean of its windows'.
+    assert [int(r["num_windows"]) for r in rows].count(3) == 1 and int(rows[60]["num_windows"]) == 3
+    # Per window (the same batches of windows, so the same numbers): its three windows 0-10-20-30 s.
+    predict.run(workdir, path, tmp_path / "windows.csv", progress=False, per_window=True)
+    with (tmp_path / "windows.csv").open(newline="") as f:
+        windows = [r for r in csv.DictReader(f) if r["record"] == "npy/long0"]
+    assert [(r["window"], float(r["start_s"]), float(r["end_s"])) for r in windows] == [
+        ("0", 0.0, 10.0),
+        ("1", 10.0, 20.0),
+        ("2", 20.0, 30.0),
+    ]
+    per_window = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in windows])
+    np.testing.assert_allclose(written[60], per_window.mean(axis=0), rtol=0, atol=1e-15)
+    assert not np.allclose(per_window[0], per_window[1], rtol=0, atol=1e-9)  # three different windows
+    # One window alone through `predict` agrees to the float32 rounding of a different batch shape.
+    alone = model.predict(listed[60][1], per_window=True)
+    np.testing.assert_allclose(np.stack([alone[c] for c in classes], axis=1), per_window, rtol=0, atol=1e-6)

@@ -36,3 +36,5 @@ def test_notebook_executes_end_to_end(tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "test AUC" in text and "same embedding from the array as from the file: True" in text
     assert "the encoder's own copy of the vocabulary gives the same words: True" in text
+    # Section 9: a probe fine-tuned on a CSV of the sample's records predicts their folder.
+    assert "own CSV: test macro AUC" in text and "predicted 80 records of the folder, skipped 0" in text

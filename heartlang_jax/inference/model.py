@@ -67,7 +67,7 @@ WORDS_STORAGE_DTYPE = np.float16
 # Errors that mean "this record cannot be used", each naming the record.
 RECORD_ERRORS = (records.RecordError, tokenizer_lib.TokenizerError)
 
-EcgInput = Any  # a record path (str / PathLike), a records.Record, or an array [leads, samples]
+EcgInput = Any  # a record path (str / PathLike), a records.Record, a records.ArrayFile (.npy + rate), or an array [leads, samples]
 # A fine-tuning run may keep the decision thresholds it chose on the validation split here:
 # {"classes": [...], "thresholds": [...], "rule": "..."} (written by stages/finetune.py).
 THRESHOLDS_FILE = "thresholds.json"
@@ -348,6 +348,10 @@ class HeartLangModel:
                     f"record {ecg}: fs and lead_names come from the record's header; pass them only with an array"
                 )
             ecg = records.load_record(record_path(ecg))  # whole: a long record is read in windows
+        elif isinstance(ecg, records.ArrayFile):  # a `.npy` record and its rate (a records CSV's row)
+            if fs is not None or lead_names is not None:
+                raise ValueError(f"record {ecg.path}: an ArrayFile carries its rate; pass fs only with an array")
+            ecg = records.load(ecg)
         if isinstance(ecg, records.Record):
             return ecg.signal, ecg.fs, ecg.lead_names, name or ecg.name
         name = name or "<array>"
@@ -1003,6 +1007,8 @@ def _reason(ecg: EcgInput, error: Exception) -> str:
     message = " ".join(str(error).split())
     if isinstance(error, RECORD_ERRORS) and message.startswith("record "):
         return message
+    if isinstance(ecg, records.ArrayFile):
+        ecg = ecg.path
     label = os.fspath(ecg) if isinstance(ecg, (str, os.PathLike)) else getattr(ecg, "name", "<array>")
     return f"record {label}: {type(error).__name__}: {message}"
 

@@ -5,8 +5,9 @@
   - a folder: every `.hea` record below it and every `.mat` without a `.hea` (original CPSC 2018
     files), ids relative to the folder, sorted;
   - a records CSV (a file ending in `.csv`): its `record` column holds paths relative to the CSV's
-    folder (the format of the `csv` dataset's label file; other columns are ignored), ids as
-    written without extension, in the CSV's row order;
+    folder (the format of the `csv` dataset's label file; other columns are ignored, except `fs`,
+    the rate of a `.npy` record, which is listed as a `records.ArrayFile`), ids as written without
+    extension, in the CSV's row order;
   - a glob (`'data/**/*.hea'`, quoted): the records of the files it matches, sorted;
   - any other path: one record (which may then fail to load, and is reported as skipped).
 Only the names are listed here; reading a record, and skipping one that cannot be read, is the
@@ -17,15 +18,18 @@ from __future__ import annotations
 
 import csv
 import glob
+import math
 import os
 import pathlib
 
 from heartlang_jax import errors
+from heartlang_jax.ecg import records
 
 # Extensions that name a record's files; the record itself is the path without them.
 RECORD_EXTENSIONS = (".hea", ".dat", ".mat")
-# The column of a records CSV that holds the record paths.
+# The column of a records CSV that holds the record paths, and the one with the rate of `.npy` records.
 RECORD_COLUMN = "record"
+RATE_COLUMN = "fs"
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -55,7 +59,7 @@ def record_path(path: str | os.PathLike) -> pathlib.Path:
     return path.with_suffix("") if path.suffix.lower() in RECORD_EXTENSIONS else path
 
 
-def find_records(spec: str | os.PathLike) -> list[tuple[str, pathlib.Path]]:
+def find_records(spec: str | os.PathLike) -> list[tuple[str, pathlib.Path | records.ArrayFile]]:
     """(record id, record path without extension) of every record `spec` names (module docstring)."""
     text = os.fspath(spec)
     path = pathlib.Path(text)
@@ -77,19 +81,47 @@ def find_records(spec: str | os.PathLike) -> list[tuple[str, pathlib.Path]]:
     return [(record.as_posix(), record)]
 
 
-def _csv_records(path: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
-    """The records of a records CSV, in row order; a malformed file or row is one line naming it."""
+def _csv_records(path: pathlib.Path) -> list[tuple[str, pathlib.Path | records.ArrayFile]]:
+    """The records of a records CSV, in row order; a malformed file or row is one line naming it.
+    A `.npy` row is an `ArrayFile` at its `fs` (0 when the row has none: reading it then fails
+    with a reason naming the record, as in the `csv` dataset)."""
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         if RECORD_COLUMN not in columns:
             raise NoRecordsError(f"--records={path}: no {RECORD_COLUMN!r} column (columns: {', '.join(columns)})")
-        found = []
-        for row_number, row in enumerate(reader, start=2):  # row 1 is the header
+        found: list[tuple[str, pathlib.Path | records.ArrayFile]] = []
+        for row_number, row in enumerate(reader, start=1):  # rows counted after the header, as the csv dataset does
             value = (row.get(RECORD_COLUMN) or "").strip()
             if not value:
-                raise NoRecordsError(f"--records={path}: row {row_number}: empty {RECORD_COLUMN!r} field")
+                raise NoRecordsError(
+                    f"--records={path}: row {row_number} (line {row_number + 1}): empty {RECORD_COLUMN!r} field"
+                )
+            if pathlib.PurePath(value).suffix.lower() == ".npy":
+                found.append(
+                    (
+                        value[: -len(".npy")],
+                        records.ArrayFile(os.fspath(path.parent / value), _rate(path, row_number, row)),
+                    )
+                )
+                continue
             found.append((record_path(value).as_posix(), record_path(path.parent / value)))
     if not found:
         raise NoRecordsError(f"--records={path}: the CSV has no rows")
     return found
+
+
+def _rate(path: pathlib.Path, row_number: int, row: dict) -> float:
+    """The `fs` of a records CSV row (0.0 when it has none); a value that is no rate is one line."""
+    text = (row.get(RATE_COLUMN) or "").strip()
+    if not text:
+        return 0.0
+    try:
+        fs = float(text)
+    except ValueError:
+        fs = -1.0
+    if not fs > 0 or not math.isfinite(fs):
+        raise NoRecordsError(
+            f"--records={path}: row {row_number} (line {row_number + 1}): field {RATE_COLUMN!r}: {text!r} is not a positive rate in Hz"
+        )
+    return fs

@@ -208,7 +208,9 @@ def read_table(path: str | os.PathLike, default_fs: float = 0.0, allow_missing: 
         if len(problems) == bad:
             rows.append(Row(number, c["record"], resolved[0], resolved[1], split, labels))
     if problems:
-        for line in problems:
+        # The error carries the first bad row (main prints it as its one line); the others are
+        # logged here, one line each, so no row is printed twice.
+        for line in problems[1:]:
             logging.error("%s", line)
         more = f" (and {len(problems) - 1} more bad rows, each logged above)" if len(problems) > 1 else ""
         raise CsvRowError(problems[0] + more)
