@@ -45,6 +45,7 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from heartlang_jax.configs import schema
 from heartlang_jax.data import input_pipeline, packing
 from heartlang_jax.models import masked_lm, splash
 from heartlang_jax.stages import common
@@ -102,9 +103,10 @@ def build(
     config_path: str, batch: int, dtype: str, attention: str, vocab: int, unroll: bool, remat: str = "", length: int = 0
 ):
     """The abstract model, batch and the pure loss function of the real pre-training step."""
-    config = load_config(config_path)
-    config.dtype = dtype
-    config.model.encoder.attention_implementation = attention
+    raw = load_config(config_path)
+    raw.dtype = dtype
+    raw.model.encoder.attention_implementation = attention
+    config = schema.validate(raw)
     encoder = common.ecgformer_config(config.model.encoder, dtype)
     if remat:
         encoder = dataclasses.replace(encoder, remat_policy=remat)
@@ -239,7 +241,7 @@ def main() -> None:
     finally:
         jax.nn.dot_product_attention = _real_attention  # type: ignore[assignment]
     if args.tfds_dir:
-        step, window = int(config.get("length_bucket_step", 0)), int(config.get("length_bucket_window", 1))
+        step, window = config.length_bucket_step, config.length_bucket_window
         enc, head, mean_len = real_fraction(args.tfds_dir, encoder.max_len, args.batch, step, window, config.seed)
         print(
             f"real_positions={enc:.3f} of encoder positions, {head:.3f} of LM-head positions (train split; "

@@ -12,7 +12,7 @@ import types
 import numpy as np
 
 _tests_synthetic = sys.modules.pop("synthetic", None)
-from benchmarks import pretrain_throughput, profile_step  # noqa: E402  (they import benchmarks/synthetic.py as `synthetic`)
+from benchmarks import pretrain_throughput, profile_step, step_anatomy  # noqa: E402  (they import benchmarks/synthetic.py as `synthetic`)
 
 sys.modules.pop("synthetic", None)  # tests/synthetic.py, not the benchmarks', is `synthetic` for the other tests
 if _tests_synthetic is not None:
@@ -60,3 +60,18 @@ def test_real_word_flops_average_each_sentence_at_its_own_length():
 
     got = pretrain_throughput.real_word_flops_per_sample(enc, vocab, num_words, ratio)
     np.testing.assert_allclose(got, (by_hand(4) + by_hand(9)) / 2, rtol=1e-12)
+
+
+def test_step_anatomy_reads_the_typed_config_and_counts_the_tiny_step():
+    """The benchmark builds the real pre-training step from a config file (abstract shapes only):
+    its FLOPs grow with the batch, and the lean policy saves less than keeping everything."""
+    config = "heartlang_jax/configs/pretrain_base.py:tiny"
+    _, encoder, loss, abstract = step_anatomy.build(config, 4, "float32", "xla", 64, True)
+    _, _, loss8, abstract8 = step_anatomy.build(config, 8, "float32", "xla", 64, True)
+    assert encoder.remat_policy == "lean" and encoder.num_layers >= 1
+    assert 1.9 < step_anatomy.flops(loss8, abstract8) / step_anatomy.flops(loss, abstract) < 2.1
+    _, _, loss_none, abstract_none = step_anatomy.build(config, 4, "float32", "xla", 64, False, "none")
+    _, _, loss_lean, abstract_lean = step_anatomy.build(config, 4, "float32", "xla", 64, False, "lean")
+    kept_all = step_anatomy.saved_activations(loss_none, abstract_none)[0]
+    kept_lean = step_anatomy.saved_activations(loss_lean, abstract_lean)[0]
+    assert 0 < kept_lean < kept_all
