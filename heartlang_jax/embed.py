@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 
@@ -128,49 +127,11 @@ def run(
         raise
     kept = sorted(embeddings)
     write(complete=True)
-    summary = {
-        "embedded": len(kept),
-        "skipped": len(skipped),
-        "windows": int(sum(windows.values())),
-        "out": os.fspath(out),
-        "seconds": time.time() - start,
-    }
-    logging.info(
-        "embedded %d of %d record(s) (%d skipped) into %s in %.1f s (%d window(s))",
-        len(kept),
-        len(found),
-        len(skipped),
-        out,
-        summary["seconds"],
-        summary["windows"],
-    )
-    return summary
+    return record_files.summarize("embedded", len(kept), len(found), out, time.time() - start, sum(windows.values()))
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from heartlang_jax import errors
-
-    try:
-        summary = run(
-            str(FLAGS.checkpoint),
-            str(FLAGS.records),
-            str(FLAGS.out),  # required flags: never None
-            batch_size=FLAGS.batch_size,
-            dtype=FLAGS.dtype,
-            progress=FLAGS.progress,
-            pool=FLAGS.pool,
-            layer=FLAGS.layer,
-            window_s=FLAGS.window_s,
-            stride_s=FLAGS.stride_s,
-        )
-    except (errors.HeartLangError, ValueError) as e:
-        logging.error("%s", e)
-        sys.exit(2)
-    if summary["embedded"] == 0:
-        logging.error("no record could be embedded; see the skipped reasons in %s", summary["out"])
-        sys.exit(1)
+    record_files.run_command(argv, run, "embedded", pool=FLAGS.pool, layer=FLAGS.layer)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import csv
 import io
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 
@@ -118,48 +117,12 @@ def run(
     atomic_file.atomic_write(out, text.getvalue())
 
     predicted = [r for r in results.values() if r.reason is None]
-    summary = {
-        "predicted": len(predicted),
-        "skipped": len(found) - len(predicted),
-        "windows": int(sum(r.num_windows for r in predicted)),
-        "out": os.fspath(out),
-        "seconds": time.time() - start,
-    }
-    logging.info(
-        "predicted %d of %d record(s) (%d skipped) into %s in %.1f s (%d window(s))",
-        summary["predicted"],
-        len(found),
-        summary["skipped"],
-        out,
-        summary["seconds"],
-        summary["windows"],
-    )
-    return summary
+    windows = sum(r.num_windows for r in predicted)
+    return record_files.summarize("predicted", len(predicted), len(found), out, time.time() - start, windows)
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from heartlang_jax import errors
-
-    try:
-        summary = run(
-            str(FLAGS.checkpoint),
-            str(FLAGS.records),
-            str(FLAGS.out),  # required flags: never None
-            batch_size=FLAGS.batch_size,
-            dtype=FLAGS.dtype,
-            progress=FLAGS.progress,
-            window_s=FLAGS.window_s,
-            stride_s=FLAGS.stride_s,
-            per_window=FLAGS.per_window,
-        )
-    except (errors.HeartLangError, ValueError) as e:
-        logging.error("%s", e)
-        sys.exit(2)
-    if summary["predicted"] == 0:
-        logging.error("no record could be predicted; see the reasons in %s", summary["out"])
-        sys.exit(1)
+    record_files.run_command(argv, run, "predicted", per_window=FLAGS.per_window)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import csv
 import glob
+import logging
 import math
 import os
 import pathlib
+import sys
 
 from heartlang_jax import errors
 from heartlang_jax.ecg import records
@@ -51,6 +53,50 @@ def define_command_flags(checkpoint_help: str, out_help: str) -> None:
     flags.DEFINE_float("window_s", None, "Window length in seconds (default: the model's, 10 s).")
     flags.DEFINE_float("stride_s", None, "Window stride in seconds (default: window_s, no overlap).")
     flags.mark_flags_as_required(["checkpoint", "records", "out"])
+
+
+def summarize(verb: str, done: int, found: int, out, seconds: float, windows: int) -> dict:
+    """The run summary the `embed` and `predict` commands return, logged in one line."""
+    summary = {verb: done, "skipped": found - done, "windows": windows, "out": os.fspath(out), "seconds": seconds}
+    logging.info(
+        "%s %d of %d record(s) (%d skipped) into %s in %.1f s (%d window(s))",
+        verb,
+        done,
+        found,
+        found - done,
+        out,
+        seconds,
+        windows,
+    )
+    return summary
+
+
+def run_command(argv, run, verb: str, **options) -> None:
+    """`embed`'s and `predict`'s main: `run(checkpoint, records, out, ...)` with the shared flags
+    and `options`; a user's error is one line and exit 2, nothing done at all exit 1."""
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    try:
+        summary = run(
+            str(f.checkpoint),
+            str(f.records),
+            str(f.out),  # required flags: never None
+            batch_size=f.batch_size,
+            dtype=f.dtype,
+            progress=f.progress,
+            window_s=f.window_s,
+            stride_s=f.stride_s,
+            **options,
+        )
+    except (errors.HeartLangError, ValueError) as e:
+        logging.error("%s", e)
+        sys.exit(2)
+    if summary[verb] == 0:
+        logging.error("no record could be %s; see the reasons in %s", verb, summary["out"])
+        sys.exit(1)
 
 
 def record_path(path: str | os.PathLike) -> pathlib.Path:
