@@ -188,10 +188,15 @@ def test_csv_config_is_judged_in_one_line_each():
     message = str(e.value)
     assert "data.csv: is empty; data.dataset='csv' reads the CSV it names" in message
     config.data.csv = "x.csv"
+    assert schema.validate(config).task == "classes"  # the default task is the dataset's own
+    config.task = "superdiagnostic"
     with pytest.raises(errors.ConfigError, match="task: a csv dataset has one task, 'classes'.*got 'superdiagnostic'"):
         schema.validate(config)
     config.task = "classes"
     assert schema.validate(config).data.csv == "x.csv"
+    config.data.dataset, config.data.csv = "ptbxl", ""
+    config.task = "default"
+    assert schema.validate(config).task == "superdiagnostic"
 
 
 @pytest.mark.slow
@@ -204,7 +209,7 @@ def test_fine_tuning_on_a_csv_through_the_cli_writes_per_class_metrics_and_thres
     result = subprocess.run(
         [
             sys.executable, "-m", "heartlang_jax.main", "--config=configs/finetune.py:tiny", f"--workdir={workdir}",
-            "--config.data.dataset=csv", f"--config.data.csv={path}", "--config.task=classes",
+            "--config.data.dataset=csv", f"--config.data.csv={path}",  # the default task: the CSV's classes
             f"--config.init_workdir={pretrain_dir}", "--config.model.pos_weight=balanced",
             "--config.num_train_steps=6", "--config.batch_size=16", "--config.dtype=float32", "--config.data.num_workers=1",
         ],

@@ -21,8 +21,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # Which stage main.py runs.
     config.stage = "finetune"
     config.data = common.data_config()
-    # PTB-XL task: superdiagnostic, subdiagnostic, form or rhythm; "classes" for data.dataset="csv".
-    config.task = "superdiagnostic"
+    # PTB-XL task: superdiagnostic, subdiagnostic, form or rhythm; "classes" for data.dataset="csv";
+    # "default": the dataset's first (superdiagnostic on PTB-XL, classes on a CSV).
+    config.task = "default"
     # "linear" (frozen encoder, only a new linear head trains) or "full" (everything trains).
     config.mode = "linear"
     # Seeded random fraction of the labelled training records used (paper: 0.01, 0.1, 1.0).

@@ -252,6 +252,12 @@ class FinetuneStage(LoopConfig):
     seed: int = set_by_parent()
     init_workdir: str = set_by_parent()
 
+    @classmethod
+    def derive_fields(cls, values: dict) -> dict:
+        if values.get("data") is not None and isinstance(values.get("task"), str):
+            return {**values, "task": resolve_tasks(values["data"].dataset, (values["task"],))[0]}
+        return values
+
     def problems(self):
         yield from _no_mixture(self.data)
         if self.data is not None and self.task is not None:
@@ -272,6 +278,12 @@ class SweepStage:
     data: DataConfig = set_by_parent()
     init_workdir: str = set_by_parent()
 
+    @classmethod
+    def derive_fields(cls, values: dict) -> dict:
+        if values.get("data") is not None:
+            return {**values, "tasks": resolve_tasks(values["data"].dataset, values["tasks"])}
+        return values
+
     def problems(self):
         yield from _no_mixture(self.data)
         if self.data is not None:
@@ -288,11 +300,37 @@ class PipelineStage:
     pretrain: PretrainStage = field(derived=("data", "vqhbr_workdir"))
     sweep: SweepStage = field(derived=("data", "init_workdir"))
 
+    @classmethod
+    def derive_fields(cls, values: dict) -> dict:
+        sweep = values["sweep"]
+        return {**values, "sweep": dataclasses.replace(sweep, tasks=resolve_tasks(values["data"].dataset, sweep.tasks))}
+
     def problems(self):
         for name in ("vqhbr", "pretrain", "sweep"):  # each nested block is the config of that stage
             if getattr(self, name).stage != name:
                 yield f"{name}.stage", f"must be {name!r} here, got {getattr(self, name).stage!r}"
         yield from _task_problems(self.data.dataset, "sweep.tasks", self.sweep.tasks)
+
+
+# `task="default"`: the dataset's first task (PTB-XL's superdiagnostic; a CSV's classes), so
+# one fine-tuning command serves every dataset; `tasks=("all",)`: every task of the dataset, in
+# its order (PTB-XL's four). Resolved when the config is read: config.json holds the names.
+DEFAULT_TASK = "default"
+ALL_TASKS = "all"
+
+
+def resolve_tasks(dataset: str, tasks) -> tuple[str, ...]:
+    """`tasks` with DEFAULT_TASK and ALL_TASKS replaced by the tasks of `dataset`."""
+    known = catalog.tasks(dataset) if dataset in catalog.DATASETS else ()
+    out: list[str] = []
+    for task in tasks:
+        if task == ALL_TASKS and known:
+            out += known
+        elif task == DEFAULT_TASK and known:
+            out.append(known[0])
+        else:
+            out.append(task)
+    return tuple(out)
 
 
 def _task_problems(dataset: str, name: str, tasks):

@@ -24,8 +24,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # Workdir of the finished pre-training run the "pretrained" cells start from. Random-init
     # cells use the same encoder architecture (read from that run's config), randomly initialized.
     config.init_workdir = ""
-    # PTB-XL tasks (columns of the table).
-    config.tasks = ("superdiagnostic", "subdiagnostic", "form", "rhythm")
+    # Tasks (columns of the table); "all": every task of the dataset (PTB-XL's superdiagnostic,
+    # subdiagnostic, form and rhythm; a CSV's classes).
+    config.tasks = ("all",)
     # Seeded random fractions of each task's labelled training records.
     config.label_fractions = (0.01, 0.1, 1.0)
     # "linear" (paper Table 1) and/or "full" (Table 2).
