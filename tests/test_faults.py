@@ -506,6 +506,20 @@ def test_p8_records_are_read_only_as_far_as_the_tokenizer_uses(monkeypatch):
     assert calls == [1000]  # 10 s at 100 Hz: the tokenizer's max_duration_s
 
 
+def test_p8_a_header_declaring_more_samples_than_its_file_holds_is_refused_before_reading(tmp_path, monkeypatch):
+    """Inference reads a record whole (it reads every window), so a crafted header's length is
+    checked against the signal file's size before wfdb allocates for it."""
+    for suffix in (".hea", ".dat"):
+        shutil.copy(BUNDLED / f"00001_lr{suffix}", tmp_path / f"00001_lr{suffix}")
+    header = tmp_path / "00001_lr.hea"
+    header.write_text(header.read_text().replace("00001_lr 12 100 1000", "00001_lr 12 100 30000000", 1))
+    monkeypatch.setattr(wfdb, "rdrecord", lambda *a, **k: pytest.fail("the samples were read"))
+    with pytest.raises(
+        records.RecordError, match=r"00001_lr\.dat is truncated: 24000 bytes, the header implies 720000000"
+    ):
+        records.load_record(tmp_path / "00001_lr")
+
+
 def test_p8_model_json_is_checked_against_stored_shapes_before_allocating(tmp_path, monkeypatch):
     run = write_run(tmp_path / "run", "pretrain")
     info = json.loads((run / model_info.MODEL_INFO_FILE).read_text())

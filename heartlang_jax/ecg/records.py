@@ -111,6 +111,8 @@ def load_record(path: str | os.PathLike, max_seconds: float | None = None) -> Re
         header = _read_header(path)
         signal = _read_mat(path, header)
     else:
+        if sampto is None:  # read whole: a header declaring more than its files hold is refused first
+            _check_dat_sizes(path, _read_header(path))
         header, signal = _read_wfdb(path, sampto)
 
     try:
