@@ -180,7 +180,9 @@ def test_finetuning_preempted_then_rerun_ends_like_an_uninterrupted_run(tmp_path
     sources = {split: synthetic.sentences(24, seed) for seed, split in enumerate(("train", "validation", "test"))}
     config = finetune_config.get_config("tiny")
     config.encoder.update(num_layers=2, hidden_dim=16, mlp_dim=32, num_heads=2, head_dim=8)
-    config.update(mode="linear", batch_size=4, num_train_steps=6, eval_every_steps=2, dtype="float32")
+    config.update(
+        task="superdiagnostic", mode="linear", batch_size=4, num_train_steps=6, eval_every_steps=2, dtype="float32"
+    )
     names = [f"c{i}" for i in range(synthetic.TASK_DIMS[config.task])]
 
     def trained_params(workdir):
