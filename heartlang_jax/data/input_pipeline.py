@@ -243,6 +243,7 @@ def train_dataset(
     sorted by length) and each host's rows carry `bucket_len`, the row length the stage cuts
     the batch to (`packing.trim`). Mixtures are not bucketed.
     """
+    host_rows = _HostRows(_ToBatchFields(source, task), rows or parallel.host_slice(global_batch))
     if isinstance(source, MixtureSource):
         offsets = np.cumsum([0, *(len(p) for p in source.parts[:-1])])
         streams = []
@@ -260,7 +261,6 @@ def train_dataset(
                 f"{len(indices)} training examples (task={task}, label_fraction={label_fraction}) are fewer "
                 f"than one global batch of {global_batch}; lower the batch size"
             )
-        host_rows = _HostRows(_ToBatchFields(source, task), rows or parallel.host_slice(global_batch))
         if lengths is not None and bucket_step > 0:
             order = packing.LengthGroupedOrder(
                 indices,
@@ -273,9 +273,7 @@ def train_dataset(
             )
             return grain.MapDataset.source(packing.BucketedBatches(order)).map(_BucketedRows(host_rows))
         batches = ShuffledBatches([indices], global_batch=global_batch, seed=seed)
-    return grain.MapDataset.source(batches).map(
-        _HostRows(_ToBatchFields(source, task), rows or parallel.host_slice(global_batch))
-    )
+    return grain.MapDataset.source(batches).map(host_rows)
 
 
 @dataclasses.dataclass(frozen=True)

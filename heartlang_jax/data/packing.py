@@ -112,16 +112,21 @@ class LengthGroupedOrder(Sequence):
         buckets = np.array([bucket_length(int(self.lengths[b].max()), self.step, self.max_len) for b in batches])
         return batches.reshape(-1), buckets
 
+    def batch(self, b: int) -> np.ndarray:
+        """Global batch `b` as [global batch, 2] rows (source index, bucket length of the batch)."""
+        number, first = divmod(int(b), self.window)
+        items, buckets = self.group(number)
+        rows = items[first * self.global_batch : (first + 1) * self.global_batch]
+        return np.stack([rows, np.full(len(rows), buckets[first])], axis=1)
+
     def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]  # int items only
-        size = self.window * self.global_batch
-        number, offset = divmod(int(i), size)
-        order, buckets = self.group(number)
-        return np.array([order[offset], buckets[offset // self.global_batch]], np.int64)
+        b, row = divmod(int(i), self.global_batch)
+        return self.batch(b)[row]
 
 
 class BucketedBatches(Sequence):
-    """Global batch b of `order` -> its [global batch, 2] rows (source index, bucket length):
-    a random-access source of whole batches, as the unbucketed pipeline's `ShuffledBatches`."""
+    """Global batch b of `order` -> `order.batch(b)`: a random-access source of whole batches, as
+    the unbucketed pipeline's `ShuffledBatches`."""
 
     def __init__(self, order: LengthGroupedOrder):
         self.order = order
@@ -130,11 +135,7 @@ class BucketedBatches(Sequence):
         return self.order.length // self.order.global_batch
 
     def __getitem__(self, b: int) -> np.ndarray:  # type: ignore[override]  # int items only
-        size = self.order.window * self.order.global_batch
-        number, offset = divmod(int(b) * self.order.global_batch, size)
-        items, buckets = self.order.group(number)
-        rows = items[offset : offset + self.order.global_batch]
-        return np.stack([rows, np.full(len(rows), buckets[offset // self.order.global_batch])], axis=1)
+        return self.order.batch(b)
 
 
 def bucketed_fraction(order: LengthGroupedOrder, num_batches: int) -> tuple[float, float, float]:
@@ -144,7 +145,7 @@ def bucketed_fraction(order: LengthGroupedOrder, num_batches: int) -> tuple[floa
     real = computed = masked = head = 0.0
     buckets = []
     for b in range(num_batches):
-        items = np.stack([order[b * order.global_batch + j] for j in range(order.global_batch)])
+        items = order.batch(b)
         length = int(items[0, 1])
         n = order.lengths[items[:, 0]]
         real += n.sum()
