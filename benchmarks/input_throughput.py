@@ -14,8 +14,12 @@ included) and `steady` (samples/s over the next `--batches`). `cpu_s_per_sample`
 CPU time (all threads) per sample, `bytes_per_batch` what one host sends to its devices per
 batch. The column cache is built (and timed) before the new pipeline's clock starts; it is built
 once per dataset version and split. The targets are random word ids of the right shape (the
-lookup costs the same as the real ones). The last line is
-`input_pipeline new_steady=<x> new_from_start=<y> old_steady=<z> ratio=<x/z> vs_3000=<x/3000>`.
+lookup costs the same as the real ones). Host 0 of `--hosts` is timed too,
+reading its own `--shards` host shards (`input_pipeline.host_shards`, as a run with
+`train_shards` builds them; simulated by that host's rows of each global batch): the bytes it
+caches against the whole split's, and its samples/s (before the old pipeline, whose grain threads keep
+reading ahead). The last line is
+`input_pipeline new_steady=<x> new_from_start=<y> old_steady=<z> ratio=<x/z> vs_3000=<x/3000> ...`.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--start_batches", type=int, default=10, help="batches timed from the start")
     parser.add_argument("--batches", type=int, default=60, help="batches timed after those (steady)")
     parser.add_argument("--old_batches", type=int, default=8, help="steady batches of the old pipeline (slow)")
+    parser.add_argument("--shards", type=int, default=64, help="host shards of the sharded pipeline")
+    parser.add_argument("--hosts", type=int, default=8, help="hosts sharing them (host 0 is timed)")
     return parser.parse_args()
 
 
@@ -91,6 +97,8 @@ def old_batches(source, global_batch: int, seed: int, mesh, targets: np.ndarray)
 
 
 def new_batches(source, global_batch: int, seed: int, mesh, targets: np.ndarray):
+    """The pipeline as the stages build it, over a cached split or this host's `HostShards` of it."""
+
     def prepare(batch):
         batch["targets"] = targets[batch["index"]]
         return batch
@@ -109,7 +117,9 @@ def _nbytes(batch: dict) -> int:
     return sum(np.asarray(v).nbytes for v in batch.values())
 
 
-def time_pipeline(name: str, batches, global_batch: int, start_batches: int, steady_batches: int) -> dict:
+def time_pipeline(
+    name: str, batches, global_batch: int, start_batches: int, steady_batches: int, host_rows: int | None = None
+) -> dict:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     device_batch, nbytes = next(batches)
     jax.block_until_ready(device_batch)
@@ -121,7 +131,7 @@ def time_pipeline(name: str, batches, global_batch: int, start_batches: int, ste
         jax.block_until_ready(next(batches)[0])
     wall2, cpu2 = time.perf_counter(), time.process_time()
     batches.close()
-    host_rows = parallel.host_rows(global_batch)
+    host_rows = host_rows or parallel.host_rows(global_batch)
     out = {
         "first_batch_s": first,
         "from_start": start_batches * host_rows / (wall1 - wall0),
@@ -160,6 +170,25 @@ def main() -> None:
     new = time_pipeline(
         "new", new_batches(cached, args.batch, 0, mesh, targets), args.batch, args.start_batches, args.batches
     )
+    rows = slice(0, args.batch // args.hosts)
+    sharded = input_pipeline.host_shards(cached, args.shards, args.batch, rows)
+    start = time.perf_counter()
+    sharded.source.columns()
+    whole_bytes, host_bytes = input_pipeline.cached_bytes(cached), input_pipeline.cached_bytes(sharded.source)
+    print(
+        f"host 0 of {args.hosts}: shards {sharded.owned.start}..{sharded.owned.stop - 1} of {args.shards} cached in "
+        f"{time.perf_counter() - start:.2f} s, {host_bytes:,} bytes of the split's {whole_bytes:,} "
+        f"({host_bytes / whole_bytes:.3f})",
+        flush=True,
+    )
+    shard = time_pipeline(
+        "sharded",
+        new_batches(sharded, args.batch, 0, mesh, targets),
+        args.batch,
+        args.start_batches,
+        args.batches,
+        host_rows=rows.stop - rows.start,
+    )
     old_start = min(args.start_batches, 3)
     old = time_pipeline(
         "old", old_batches(tfds_source, args.batch, 0, mesh, targets), args.batch, old_start, args.old_batches
@@ -168,7 +197,9 @@ def main() -> None:
         f"input_pipeline new_steady={new['steady']:.0f} new_from_start={new['from_start']:.0f} "
         f"new_first_batch_s={new['first_batch_s']:.3f} old_steady={old['steady']:.0f} "
         f"old_from_start={old['from_start']:.0f} ratio={new['steady'] / old['steady']:.1f}x "
-        f"vs_3000={new['steady'] / TARGET:.2f} from_start_vs_3000={new['from_start'] / TARGET:.2f}"
+        f"vs_3000={new['steady'] / TARGET:.2f} from_start_vs_3000={new['from_start'] / TARGET:.2f} "
+        f"sharded_host_steady={shard['steady']:.0f} sharded_host_bytes={host_bytes / whole_bytes:.3f} "
+        f"batches_per_s whole={new['steady'] / args.batch:.0f} sharded_host={shard['steady'] / (rows.stop - rows.start):.0f}"
     )
 
 

@@ -135,7 +135,8 @@ def test_a_split_a_dataset_lacks_is_named():
         mixture=(
             common.MixtureMember(_info("ptbxl/leads12"), 1.0, {"train": [1], "validation": [2], "test": [3]}),
             common.MixtureMember(_info("mimic_iv_ecg/leads12"), 3.0, {"train": [4], "validation": [5]}),
-        )
+        ),
+        config=types.SimpleNamespace(train_shards=1),  # no host shards
     )
     source = common.train_source(ctx, ("train", "validation"))
     assert (source.names, source.weights, len(source)) == (("ptbxl/leads12", "mimic_iv_ecg/leads12"), (1.0, 3.0), 4)

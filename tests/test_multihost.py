@@ -4,7 +4,8 @@ The processes are started with the launch settings the README documents (JAX_COO
 JAX_NUM_PROCESSES and JAX_PROCESS_ID, or main.py's --coordinator_address/--num_processes/
 --process_id flags) and talk through gloo CPU collectives. The tiny VQ-HBR, pre-training and
 linear-probe stages must give the parameters, codebook, losses and macro AUC of one process with
-4 devices, to 1e-5. Pre-training is preempted on the way: SIGTERM to process 1 only, both processes
+4 devices, to 1e-5; pre-training reads its training split in 2 host shards (`train_shards=2`).
+Pre-training is preempted on the way: SIGTERM to process 1 only, both processes
 save the same step and exit 0, and rerunning both ends where the uninterrupted run ends.
 
 Pre-training reads the 1-process vocabulary and the probe the 1-process encoder in both settings,
@@ -47,10 +48,13 @@ ATOL = 1e-5
 PRETRAIN_STEPS = 10
 COMMON = ("--config.batch_size=16", "--config.dtype=float32", "--config.log_every_steps=1")
 VQHBR = ("--config=configs/vqhbr.py:tiny", "--config.num_train_steps=3", *COMMON)
+# Pre-training reads its training split in 2 host shards: each of 2 processes caches and reads
+# its half, the one process both, and the batches must still be equal.
 PRETRAIN = (
     "--config=configs/pretrain_base.py:tiny",
     f"--config.num_train_steps={PRETRAIN_STEPS}",
     "--config.checkpoint_every_steps=2",
+    "--config.train_shards=2",
     *COMMON,
 )  # fmt: skip
 # Two evaluations, so the best-N fine-tuning checkpoint is chosen between them.
@@ -289,9 +293,12 @@ def test_sigterm_to_one_process_saves_the_same_step_on_both(runs):
     assert _finalized_steps(workdir)[-1] == PRETRAIN_STEPS
 
 
-def test_pretrain_preempted_and_rerun_on_two_processes_matches_one_uninterrupted(runs):
+def test_pretrain_preempted_and_rerun_on_two_processes_matches_one_uninterrupted(runs, bundled_tfds_dir):
     """Parameters, per-step training loss and masked accuracy, and the evaluation of pre-training
-    (whose cached targets both hosts computed, each on its own rows)."""
+    (whose cached targets both hosts computed, each on its own rows), with the training split in
+    2 host shards: each of the 2 processes cached its half alone."""
+    halves = sorted(p.name.rpartition("-rows")[2] for p in bundled_tfds_dir.glob("ptbxl/*/*/columns/train-*-rows*"))
+    assert halves == ["0-176", "176-353"], halves
     two, one = runs["pretrain_2x2"][0], runs["pretrain_1x4"][0]
     _assert_runs_equal(two, one, must_have=("encoder", "head"))
     _assert_only_process_0_wrote(two, launches=2)

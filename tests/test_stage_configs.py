@@ -66,6 +66,12 @@ def test_a_sweep_of_pretrained_cells_needs_an_init_workdir():
     assert "\n  init_workdir: is empty but inits asks for pretrained cells" in _problems(_config("sweep", "tiny"))
 
 
+def test_train_shards_must_divide_the_batch():
+    config = _config("pretrain_base", "tiny")
+    config.train_shards = 3
+    assert "\n  train_shards: must divide batch_size (32), got 3" in _problems(config)
+
+
 def _problems(config) -> str:
     with pytest.raises(stage_configs.ConfigError) as info:
         stage_configs.validate(config)

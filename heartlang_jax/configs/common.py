@@ -131,6 +131,19 @@ def optimizer_config(*, learning_rate, end_learning_rate, b1, b2, weight_decay, 
     return opt
 
 
+def train_examples_config(config: ml_collections.ConfigDict) -> None:
+    """What VQ-HBR and pre-training train on, and how the hosts share it, set in place."""
+    # Splits the model trains on. ("train",) keeps validation and test unseen (no leakage into
+    # the downstream scores); the paper pre-trained on all of PTB-XL: ("train", "validation", "test").
+    config.train_splits = ("train",)
+    # Host shards of those examples (heartlang_jax/data/input_pipeline.py, HostShards): each host
+    # caches and reads only its own shards. 0 = automatic: 1 (every host caches every example)
+    # while their cached columns fit 8 GiB (PTB-XL's training folds: 0.9 GB), else 64, or the
+    # largest power of two dividing batch_size. Must divide batch_size and be a multiple of the
+    # process count. The batches depend on this number, not on how many hosts share it.
+    config.train_shards = 0
+
+
 def length_bucket_config(config: ml_collections.ConfigDict, step: int = 16, window: int = 16) -> None:
     """VQ-HBR's and pre-training's length buckets (heartlang_jax/packing.py), set in place."""
     # Each global batch holds sentences of similar length and is cut to the smallest multiple of

@@ -10,9 +10,7 @@ def get_pretrain_config(size: str, variant: str = "") -> ml_collections.ConfigDi
     # Which stage main.py runs.
     config.stage = "pretrain"
     config.data = common.data_config()
-    # Splits the model trains on. ("train",) keeps validation and test unseen (no leakage into
-    # the downstream scores); the paper pre-trained on all of PTB-XL: ("train", "validation", "test").
-    config.train_splits = ("train",)
+    common.train_examples_config(config)
     # Workdir of the finished VQ-HBR run whose codebook indices are the targets (required).
     config.vqhbr_workdir = ""
 

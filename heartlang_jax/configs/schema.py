@@ -166,6 +166,8 @@ class UnsupervisedStage(LoopConfig):
     seed: int
     # The dataset splits trained on (the others stay unseen; see configs/vqhbr.py).
     train_splits: tuple[Split, ...] = field(non_empty=True)
+    # Host shards of the training examples (configs/common.py: train_examples_config); 0 = automatic.
+    train_shards: int = field(default=0, check=NON_NEGATIVE)
     optimizer: OptimizerConfig
     data: DataConfig = set_by_parent()
     # Length buckets (heartlang_jax/data/packing.py; configs/common.py: length_bucket_config).
@@ -173,6 +175,8 @@ class UnsupervisedStage(LoopConfig):
     length_bucket_window: int = field(default=16, check=POSITIVE)
 
     def problems(self):
+        if self.train_shards and self.batch_size % self.train_shards:
+            yield "train_shards", f"must divide batch_size ({self.batch_size}), got {self.train_shards}"
         if self.length_bucket_step and not self.model.encoder.mask_padding:
             yield (
                 "length_bucket_step",

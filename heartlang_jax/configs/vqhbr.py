@@ -20,9 +20,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.stage = "vqhbr"
     config.data = common.data_config()
 
-    # Splits the model trains on. ("train",) keeps validation and test unseen (no leakage into
-    # the downstream scores); the paper pre-trained on all of PTB-XL: ("train", "validation", "test").
-    config.train_splits = ("train",)
+    common.train_examples_config(config)
     model = ml_collections.ConfigDict()
     # Encoder ECGFormer (released: 4 layers, D=768, MLP 2048, 2 heads of the backbone's default
     # dim_head=64, so an attention width of 128).

@@ -11,7 +11,9 @@ proportion to its weights (`train_dataset`).
 Words leave the host as they are stored, float16 (half the bytes of float32), and lead and time
 ids as uint8; the models cast them on the devices (see `parallel.shard_batch`). A source that can `gather`
 rows (`split_cache.ColumnSource`, and concatenations of them) is read a batch at a time from
-its memory-mapped columns instead of one decoded example at a time.
+its memory-mapped columns instead of one decoded example at a time. A training source too large
+to cache whole on every host is cut into host shards (`HostShards`): each host caches and reads
+its own shards, and the global batches are the same on any number of hosts that divides them.
 """
 
 from __future__ import annotations
@@ -243,6 +245,18 @@ def train_dataset(
     sorted by length) and each host's rows carry `bucket_len`, the row length the stage cuts
     the batch to (`packing.trim`). Mixtures are not bucketed.
     """
+    if isinstance(source, HostShards):
+        if task is not None or label_fraction != 1.0 or indices is not None:
+            raise ValueError("host shards train on every example of their split, unlabelled (VQ-HBR, pre-training)")
+        return _sharded_train_dataset(
+            source,
+            global_batch,
+            seed,
+            rows or source.rows,
+            lengths if bucket_step > 0 else None,
+            bucket_step,
+            bucket_window,
+        )
     host_rows = _HostRows(_ToBatchFields(source, task), rows or parallel.host_slice(global_batch))
     if isinstance(source, MixtureSource):
         offsets = np.cumsum([0, *(len(p) for p in source.parts[:-1])])
@@ -288,6 +302,233 @@ class _BucketedRows:
         return batch
 
 
+def _sharded_train_dataset(
+    source: HostShards,
+    global_batch: int,
+    seed: int,
+    rows: slice,
+    lengths: np.ndarray | None,
+    bucket_step: int,
+    bucket_window: int,
+) -> grain.MapDataset:
+    """`train_dataset` of host shards: global batch b is batch b of every shard's own order, in
+    shard order, each `global_batch / num_shards` rows long (`ShardedBatches`)."""
+    host_rows = _HostRows(_ToBatchFields(source, None), rows)
+    k = global_batch // source.num_shards
+    weights = source.source.weights if isinstance(source.source, MixtureSource) else None
+    if lengths is None:  # only this host's shards: the others' rows are never read here
+        owned = range(rows.start // k, rows.stop // k)
+        orders: list = [
+            ShuffledBatches(source.shard_streams(s), global_batch=k, seed=seed, weights=weights, shard=s)
+            if s in owned
+            else None
+            for s in range(source.num_shards)
+        ]
+        return grain.MapDataset.source(ShardedBatches(orders, k)).map(host_rows)
+    if weights is not None:
+        raise ValueError("mixtures are not length-bucketed")
+    max_len = int(np.asarray(source[0]["lead_ids"]).shape[0])
+    orders = [
+        packing.BucketedBatches(
+            packing.LengthGroupedOrder(
+                np.concatenate(source.shard_streams(s)),
+                lengths,
+                seed=seed,
+                global_batch=k,
+                window=bucket_window,
+                step=bucket_step,
+                max_len=max_len,
+                shard=s,
+            )
+        )
+        for s in range(source.num_shards)
+    ]
+    return grain.MapDataset.source(ShardedBatches(orders, k)).map(_BucketedRows(host_rows))
+
+
+class ShardedBatches(Sequence):
+    """Global batch b of host shards: the concatenation of batch b of each shard's order.
+
+    Rows [s*k, (s+1)*k) come from shard s, so a host whose rows are whole shards reads only its
+    own. An order of None (another host's shard) leaves its rows -1 (never read here).
+    Length-bucketed orders ([k, 2] rows: index, bucket) share one bucket, the largest of the
+    shards' (every row of a global batch is cut to one length), so every host computes every
+    shard's order (integers only) and all agree on the bucket.
+    """
+
+    def __init__(self, orders: Sequence[Sequence[np.ndarray] | None], k: int):
+        self.orders, self.k = list(orders), k
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __getitem__(self, batch: int) -> np.ndarray:  # type: ignore[override]
+        out = np.concatenate([np.full(self.k, -1) if order is None else order[batch] for order in self.orders])
+        if out.ndim == 2:
+            out[:, 1] = out[:, 1].max()
+        return out
+
+
+# Cached columns of a training source up to this size are kept whole on every host; above it
+# `train_shards=0` (automatic) cuts the source into host shards (PTB-XL's training folds: 0.9 GB of
+# columns; MIMIC-IV-ECG: about 40 GB).
+WHOLE_CACHE_BYTES = 8 << 30
+# The most shards chosen automatically: a multiple of any power-of-two host count up to 64.
+AUTO_SHARDS = 64
+
+
+def cached_bytes(source) -> int:
+    """Bytes the column cache of a source takes (0 for a source that is not cached)."""
+    if isinstance(source, _ConcatSource):
+        return sum(cached_bytes(p) for p in source.parts)
+    measure = getattr(source, "cached_bytes", None)
+    return int(measure()) if callable(measure) else 0
+
+
+def auto_shards(source, global_batch: int) -> int:
+    """`train_shards=0`: 1 when the source's cache fits `WHOLE_CACHE_BYTES`, else the largest power of
+    two up to `AUTO_SHARDS` that divides the global batch (never the host count: the batches stay
+    the same on any number of hosts)."""
+    if cached_bytes(source) <= WHOLE_CACHE_BYTES:
+        return 1
+    count = AUTO_SHARDS
+    while global_batch % count:
+        count //= 2
+    return count
+
+
+def _restrict(source, lo: int, hi: int):
+    """`source` holding only its rows [lo, hi) in its column caches (a source that reads on demand as is)."""
+    if isinstance(source, _ConcatSource):
+        starts = np.cumsum([0, *(len(p) for p in source.parts)])
+        parts = tuple(
+            _restrict(p, int(np.clip(lo - a, 0, len(p))), int(np.clip(hi - a, 0, len(p))))
+            for p, a in zip(source.parts, starts)
+        )
+        return dataclasses.replace(source, parts=parts)
+    restricted = getattr(source, "restricted", None)
+    return restricted(lo, hi) if callable(restricted) else source
+
+
+@dataclasses.dataclass(frozen=True)
+class HostShards(Sequence):
+    """A training source cut into `num_shards` shards, of which this host caches and reads its own.
+
+    Each dataset of the source (each of a mixture's, else the source itself) is cut into
+    `num_shards` contiguous ranges of near-equal size; shard s is range s of every dataset. Rows
+    [s*k, (s+1)*k) of every global batch (k = global_batch / num_shards) come from shard s alone
+    (`train_dataset`, `eval_batches`), and the host whose devices hold those rows (`rows`, its
+    `parallel.host_slice`) caches and reads shards `owned` only. The batches depend on `num_shards`,
+    not on the number of hosts: 1 x 4 devices and 2 x 2 see the same global batches.
+    Indices are the whole source's (as the pre-training targets are stored).
+    """
+
+    source: Any  # the source, its column caches restricted to this host's rows
+    num_shards: int
+    global_batch: int
+    rows: slice
+
+    @property
+    def owned(self) -> range:
+        k = self.global_batch // self.num_shards
+        return range(self.rows.start // k, self.rows.stop // k)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):  # type: ignore[override]  # int items only
+        return self.source[index]
+
+    def gather(self, indices: np.ndarray, fields: Sequence[str]) -> dict[str, np.ndarray]:
+        return self.source.gather(indices, fields)
+
+    @property
+    def gathers(self) -> bool:
+        return can_gather(self.source)
+
+    def _parts(self) -> tuple:
+        return self.source.parts if isinstance(self.source, MixtureSource) else (self.source,)
+
+    def shard_streams(self, shard: int) -> list[np.ndarray]:
+        """Shard `shard`'s source indices, one array per dataset."""
+        streams, offset = [], 0
+        for part in self._parts():
+            bounds = shard_bounds(len(part), self.num_shards)
+            streams.append(np.arange(bounds[shard], bounds[shard + 1], dtype=np.int64) + offset)
+            offset += len(part)
+        return streams
+
+    def own_indices(self) -> np.ndarray:
+        return np.concatenate([np.concatenate(self.shard_streams(s)) for s in self.owned])
+
+    def eval_layout(self) -> tuple[np.ndarray, np.ndarray]:
+        """`eval_batches`' rows of one pass: batch b holds chunk b of each shard at its rows,
+        padded to the longest shard ([batches, global_batch] indices and real-row mask)."""
+        k = self.global_batch // self.num_shards
+        shards = [np.concatenate(self.shard_streams(s)) for s in range(self.num_shards)]
+        num = max(-(-len(idx) // k) for idx in shards)
+        padded = np.empty((num, self.num_shards, k), np.int64)
+        real = np.zeros((num, self.num_shards, k), bool)
+        for s, idx in enumerate(shards):
+            column = np.full(num * k, idx[0])
+            column[: len(idx)] = idx
+            padded[:, s] = column.reshape(num, k)
+            real[:, s] = (np.arange(num * k) < len(idx)).reshape(num, k)
+        return padded.reshape(num, -1), real.reshape(num, -1)
+
+    def real_lengths(self) -> np.ndarray:
+        """Real words of every example: each host counts its own rows and the hosts exchange them."""
+        own = self.own_indices()
+        lengths = packing.real_lengths(self, own)
+        counts = parallel.gather_host_rows(np.asarray([len(own)]))  # [hosts]
+        width = int(counts.max())
+        pairs = np.full((width, 2), -1, np.int64)
+        pairs[: len(own)] = np.stack([own, lengths], axis=1)
+        every = parallel.gather_host_rows(pairs)  # [hosts * width, 2]
+        every = every[every[:, 0] >= 0]
+        out = np.full(len(self), -1, np.int32)
+        out[every[:, 0]] = every[:, 1]
+        if (out < 0).any():
+            raise ValueError(f"host shards: {int((out < 0).sum())} examples are no host's (rows {self.rows})")
+        return out
+
+
+def shard_bounds(n: int, count: int) -> np.ndarray:
+    """The `count + 1` bounds of `n` examples cut into `count` contiguous, near-equal shards."""
+    return np.arange(count + 1, dtype=np.int64) * n // count
+
+
+def host_shards(source, count: int, global_batch: int, rows: slice | None = None) -> HostShards:
+    """`source` cut into `count` host shards (see `HostShards`), this host's (`rows`, default
+    `parallel.host_slice`) cached alone. ValueError, naming `train_shards`, when `count` does not
+    divide the global batch, when a host's rows are not whole shards, or when a shard has fewer
+    examples than the rows each batch draws from it."""
+    rows = rows or parallel.host_slice(global_batch)
+    if count < 1 or global_batch % count:
+        raise ValueError(f"train_shards={count} must divide the global batch of {global_batch}")
+    k = global_batch // count
+    if rows.start % k or rows.stop % k:
+        raise ValueError(
+            f"train_shards={count}: each host must read whole shards of {k} rows, but this host holds "
+            f"rows {rows.start}..{rows.stop - 1} of each global batch; make train_shards a multiple of the "
+            f"process count ({jax.process_count()})"
+        )
+    parts = source.parts if isinstance(source, MixtureSource) else (source,)
+    names = source.names if isinstance(source, MixtureSource) else ("the training source",)
+    owned = range(rows.start // k, rows.stop // k)
+    restricted = []
+    for name, part in zip(names, parts):
+        if len(part) // count < k:
+            raise ValueError(
+                f"train_shards={count}: {name} has {len(part)} examples, shards of {len(part) // count}, fewer than "
+                f"the {k} rows each global batch draws from a shard; lower train_shards"
+            )
+        bounds = shard_bounds(len(part), count)
+        restricted.append(_restrict(part, int(bounds[owned.start]), int(bounds[owned.stop])))
+    inner = dataclasses.replace(source, parts=tuple(restricted)) if isinstance(source, MixtureSource) else restricted[0]
+    return HostShards(inner, count, global_batch, rows)
+
+
 # Positions of one turn of a mixture's interleaving pattern: weights are honoured to about 1/1024.
 MIX_PERIOD = 1024
 
@@ -301,10 +542,13 @@ class ShuffledBatches(Sequence):
     pattern stream i takes `counts[i]` positions (its weight's share, largest-remainder
     rounding), spread evenly (stride scheduling), so any run of positions holds each stream's
     share to within about one example. Everything is computed per batch with NumPy; the
-    permutations of the epochs in use are cached.
+    permutations of the epochs in use are cached. `shard`: these are the streams of shard
+    `shard` of a split cut into host shards (`HostShards`), permuted with seeds of their own.
     """
 
-    def __init__(self, streams: Sequence[np.ndarray], *, global_batch: int, seed: int, weights=None):
+    def __init__(
+        self, streams: Sequence[np.ndarray], *, global_batch: int, seed: int, weights=None, shard: int | None = None
+    ):
         self.streams = [np.asarray(s, np.int64) for s in streams]
         self.global_batch = int(global_batch)
         weights = np.asarray(weights if weights is not None else [1.0] * len(self.streams), np.float64)
@@ -326,7 +570,8 @@ class ShuffledBatches(Sequence):
         ranks = np.concatenate([np.arange(c) for c in counts])
         order = np.lexsort((ids, times))
         self.pattern, self.rank = ids[order], ranks[order]
-        self.seeds = [int(np.random.SeedSequence([seed, i]).generate_state(1)[0]) for i in range(len(self.streams))]
+        keys = [[seed, i] if shard is None else [seed, i, shard] for i in range(len(self.streams))]
+        self.seeds = [int(np.random.SeedSequence(key).generate_state(1)[0]) for key in keys]
         self._permutation = functools.lru_cache(maxsize=4 * len(self.streams))(self._make_permutation)
 
     def _make_permutation(self, stream: int, epoch: int) -> np.ndarray:
@@ -448,12 +693,17 @@ def eval_batches(
     A source that keeps a memo (`split_cache.ColumnSource`) assembles its batches once and
     hands out copies of them at later evaluations, when they fit `split_cache.EVAL_MEMO_BYTES`.
     """
+    if isinstance(source, HostShards):  # each host reads its own shards (`HostShards.eval_layout`)
+        if task is not None or indices is not None:
+            raise ValueError("host shards are evaluated whole and unlabelled")
+        yield from _eval_batches(source, None, *source.eval_layout(), source.rows)
+        return
     if indices is None:
         indices = labelled_indices(source, task)
     rows = parallel.host_slice(global_batch)
     memo = getattr(source, "memo", None)
     if memo is None:
-        yield from _eval_batches(source, global_batch, task, indices, rows)
+        yield from _eval_batches(source, task, *_eval_layout(indices, global_batch, task), rows)
         return
     from heartlang_jax.data import split_cache
 
@@ -461,12 +711,12 @@ def eval_batches(
         host_bytes = len(indices) * _row_bytes(source) * jax.local_device_count()
         if host_bytes // max(jax.device_count(), 1) > split_cache.EVAL_MEMO_BYTES:
             return None
-        return list(_eval_batches(source, global_batch, task, indices, rows))
+        return list(_eval_batches(source, task, *_eval_layout(indices, global_batch, task), rows))
 
     key = ("eval_batches", global_batch, task, len(indices), hash(np.asarray(indices).tobytes()), rows.start, rows.stop)
     batches = memo(key, assemble)
     if batches is None:
-        yield from _eval_batches(source, global_batch, task, indices, rows)
+        yield from _eval_batches(source, task, *_eval_layout(indices, global_batch, task), rows)
         return
     for batch in batches:
         yield dict(batch)  # callers may add fields (e.g. targets) to their copy
@@ -476,23 +726,31 @@ def _row_bytes(source) -> int:
     return sum(np.asarray(v).nbytes for k, v in source[0].items() if k in SENTENCE_FIELDS)
 
 
-def _eval_batches(
-    source: Sequence, global_batch: int, task: str | None, indices: np.ndarray, rows: slice
-) -> Iterator[dict[str, np.ndarray]]:
+def _eval_layout(indices: np.ndarray, global_batch: int, task: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """`indices` in order, in global batches: [batches, global_batch] indices (the last batch
+    padded with the first index) and the real-row mask."""
     if len(indices) == 0:
         logging.warning("no labelled examples for task %s in this split", task)
-        return
+        return np.zeros((0, global_batch), np.int64), np.zeros((0, global_batch), bool)
+    num = -(-len(indices) // global_batch)
+    padded = np.full(num * global_batch, indices[0], np.int64)
+    padded[: len(indices)] = indices
+    real = np.arange(num * global_batch) < len(indices)
+    return padded.reshape(num, global_batch), real.reshape(num, global_batch)
+
+
+def _eval_batches(
+    source: Sequence, task: str | None, indices: np.ndarray, real: np.ndarray, rows: slice
+) -> Iterator[dict[str, np.ndarray]]:
+    """This host's `rows` of each global batch of `_eval_layout`'s (indices, real) rows."""
     to_fields = _ToBatchFields(source, task)
-    for start in range(0, len(indices), global_batch):
-        chunk = indices[start : start + global_batch]
-        real = np.arange(global_batch) < len(chunk)
-        padded = np.concatenate([chunk, np.full(global_batch - len(chunk), chunk[0])])
+    for padded, mask in zip(indices, real):
         batch = to_fields.gather(padded[rows])
-        blank = ~real[rows]
+        blank = ~mask[rows]
         if blank.any():
             for value in batch.values():
                 value[blank] = 0
-        batch["mask"] = real[rows]
+        batch["mask"] = mask[rows]
         yield batch
 
 

@@ -59,9 +59,18 @@ def trim(batch: Mapping[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
     return out
 
 
-def real_lengths(source: Sequence) -> np.ndarray:
-    """Real words (lead id != 0) of every example of a source, in order."""
-    return np.array([int(np.count_nonzero(np.asarray(source[i]["lead_ids"]))) for i in range(len(source))], np.int32)
+def real_lengths(source: Sequence, indices: np.ndarray | None = None, chunk: int = 4096) -> np.ndarray:
+    """Real words (lead id != 0) of the examples `indices` (default: all) of a source, in order;
+    read `chunk` rows at a time from a source that gathers (`gather(indices, fields)`)."""
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
+    gather = getattr(source, "gather", None)
+    if not callable(gather) or not getattr(source, "gathers", True):
+        return np.array([int(np.count_nonzero(np.asarray(source[int(i)]["lead_ids"]))) for i in indices], np.int32)
+    out = np.empty(len(indices), np.int32)
+    for begin in range(0, len(indices), chunk):
+        ids = gather(indices[begin : begin + chunk], ("lead_ids",))["lead_ids"]
+        out[begin : begin + chunk] = np.count_nonzero(ids, axis=1)
+    return out
 
 
 class LengthGroupedOrder(Sequence):
@@ -69,7 +78,10 @@ class LengthGroupedOrder(Sequence):
 
     `indices` are the source indices trained on, `lengths` the real words of every source
     example (indexed by source index). The stream is `length` items long (default: about 10^12,
-    for grain's random access; no run reads that far).
+    for grain's random access; no run reads that far). `shard`: this order is shard `shard` of
+    a split cut into host shards (`input_pipeline.HostShards`); its epochs are permuted with a
+    seed of their own, while the shuffle of each window's batches is the same for every shard,
+    so batch b of every shard holds the same length band of its window.
     """
 
     def __init__(
@@ -83,8 +95,10 @@ class LengthGroupedOrder(Sequence):
         step: int,
         max_len: int,
         length: int = 10**12,
+        shard: int | None = None,
     ):
         self.indices = np.asarray(indices, np.int64)
+        self.shard = shard
         self.lengths = np.asarray(lengths)
         self.seed, self.global_batch, self.window = seed, global_batch, max(1, window)
         self.step, self.max_len, self.length = step, max_len, length
@@ -93,7 +107,8 @@ class LengthGroupedOrder(Sequence):
         return self.length
 
     def _epoch(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.indices)
+        key = [self.seed, epoch] if self.shard is None else [self.seed, epoch, self.shard]
+        return np.random.default_rng(key).permutation(self.indices)
 
     @functools.lru_cache(maxsize=4)  # noqa: B019  # a few windows per iterator; freed with it
     def group(self, number: int) -> tuple[np.ndarray, np.ndarray]:

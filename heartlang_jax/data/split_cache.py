@@ -15,9 +15,11 @@ complete cache; hosts that share a disk may build the same cache at once (they w
 bytes). The cache lives beside the dataset's files when they are local, else (a `gs://`
 dataset) under the local temporary directory, since a memory map needs a local file.
 
-The cache is built on first use (a split that is never read is never decoded). Each host
-caches the whole split: every host draws its rows from the one global permutation, so its
-rows can be anywhere in the split (see README, "Input pipeline").
+The cache is built on first use (a split that is never read is never decoded). A source may
+hold a range of its split's rows only (`restricted(lo, hi)`): its cache folder carries the
+range and holds those rows alone. That is how each host caches only its shards of a large
+training split (`input_pipeline.host_shards`); otherwise a host caches whole splits, since every
+host draws its rows from one global permutation (see README, "Input pipeline").
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ def _fixed_columns(example: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...
     return columns
 
 
+def row_bytes(spec: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> int:
+    """Bytes of one cached row, from `_fixed_columns`' {name: (shape, dtype)}."""
+    return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in spec.values())
+
+
 def dataset_fingerprint(data_dir: str | os.PathLike, name: str, config: str, version: str, split: str) -> str:
     """A hash of what identifies a split's contents: the dataset's identity and its files' stats."""
     directory = epath.Path(data_dir)
@@ -77,12 +84,28 @@ def cache_root(data_dir: str | os.PathLike) -> epath.Path:
 
 
 class ColumnSource:
-    """A TFDS split served from its memory-mapped column cache (built on first use)."""
+    """A TFDS split served from its memory-mapped column cache (built on first use).
 
-    def __init__(self, tfds_source: Sequence, directory: str | os.PathLike, *, description: str = ""):
+    Indices are the split's. With `rows=(lo, hi)` only that range is cached and gathered
+    (`gather` of a row outside it is an IndexError); `source[i]` of such a row is decoded from
+    the TFDS source, for the few single rows read to learn a shape.
+    """
+
+    def __init__(
+        self,
+        tfds_source: Sequence,
+        directory: str | os.PathLike,
+        *,
+        description: str = "",
+        rows: tuple[int, int] | None = None,
+    ):
         self._tfds = tfds_source
         self.directory = epath.Path(directory)
         self.description = description or os.fspath(directory)
+        lo, hi = rows if rows is not None else (0, len(tfds_source))
+        if not 0 <= lo <= hi <= len(tfds_source):
+            raise ValueError(f"{self.description}: rows [{lo}, {hi}) are not within the split's {len(tfds_source)}")
+        self.rows = (int(lo), int(hi))
         self._columns: dict[str, np.ndarray] | None = None
         self._lock = threading.Lock()
         self._memo: dict = {}
@@ -97,12 +120,33 @@ class ColumnSource:
         source = tfds_source if tfds_source is not None else builder.as_data_source()[split]
         return cls(source, cache_root(data_dir) / f"{split}-{key}", description=f"{info.name}/{config} {split}")
 
+    def restricted(self, lo: int, hi: int) -> ColumnSource:
+        """This split with only rows [lo, hi) cached (in a folder of their own); itself when that is all."""
+        if (lo, hi) == (0, len(self._tfds)):
+            return self
+        return ColumnSource(
+            self._tfds,
+            self.directory.parent / f"{self.directory.name}-rows{lo}-{hi}",
+            description=f"{self.description} rows [{lo}, {hi})",
+            rows=(lo, hi),
+        )
+
     def __len__(self) -> int:
         return len(self._tfds)
 
+    def cached_bytes(self) -> int:
+        """Bytes of its cache (built or not: from one decoded example)."""
+        lo, hi = self.rows
+        return 0 if hi == lo else (hi - lo) * row_bytes(_fixed_columns(self._tfds[lo]))
+
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        lo, hi = self.rows
+        index = int(index)
+        if not lo <= index < hi:
+            example = self._tfds[index]
+            return {name: np.asarray(example[name]) for name in _fixed_columns(example)}
         columns = self.columns()
-        return {name: column[index] for name, column in columns.items()}
+        return {name: column[index - lo] for name, column in columns.items()}
 
     def columns(self) -> dict[str, np.ndarray]:
         """{feature: memory-mapped array [N, ...]}, building the cache first if needed."""
@@ -117,8 +161,13 @@ class ColumnSource:
 
     def gather(self, indices: np.ndarray, fields: Sequence[str]) -> dict[str, np.ndarray]:
         """The rows `indices` of each of `fields`, stacked, in their stored dtypes."""
-        columns = self.columns()
         indices = np.asarray(indices, np.int64)
+        lo, hi = self.rows
+        if len(indices) and (indices.min() < lo or indices.max() >= hi):
+            raise IndexError(f"{self.description}: rows outside the cached [{lo}, {hi}) asked for")
+        if (lo, hi) != (0, len(self._tfds)):
+            indices = indices - lo
+        columns = self.columns()
         return {name: np.asarray(columns[name][indices]) for name in fields}
 
     def memo(self, key, make):
@@ -132,21 +181,27 @@ class ColumnSource:
         if not manifest.exists():
             return None
         spec = json.loads(manifest.read_text())
-        if spec.get("format") != FORMAT or spec.get("num_examples") != len(self._tfds):
+        lo, hi = self.rows
+        if (
+            spec.get("format") != FORMAT
+            or spec.get("num_examples") != len(self._tfds)
+            or spec.get("rows", [0, len(self._tfds)]) != [lo, hi]
+        ):
             return None
         columns = {name: np.load(os.fspath(self.directory / f"{name}.npy"), mmap_mode="r") for name in spec["columns"]}
-        if any(len(c) != len(self._tfds) for c in columns.values()):
+        if any(len(c) != hi - lo for c in columns.values()):
             return None
         return columns
 
     def _build(self) -> dict[str, np.ndarray]:
-        """Decodes every example once into one `.npy` per column (temporary names, then renamed)."""
+        """Decodes each example of its rows once into one `.npy` per column (temporary names, then renamed)."""
         start = time.perf_counter()
-        n = len(self._tfds)
+        lo, hi = self.rows
+        n = hi - lo
         if n == 0:
-            raise ValueError(f"{self.description}: the split has no examples to cache")
+            raise ValueError(f"{self.description}: no examples to cache")
         self.directory.mkdir(parents=True, exist_ok=True)
-        spec = _fixed_columns(self._tfds[0])
+        spec = _fixed_columns(self._tfds[lo])
         suffix = f".tmp{os.getpid()}.{threading.get_ident()}"
         tmp_paths = {name: self.directory / f"{name}.npy{suffix}" for name in spec}
         arrays = {
@@ -156,21 +211,29 @@ class ColumnSource:
         read_many = getattr(self._tfds, "__getitems__", None)
         for begin in range(0, n, _BUILD_CHUNK):
             stop = min(begin + _BUILD_CHUNK, n)
-            examples = read_many(list(range(begin, stop))) if read_many else [self._tfds[i] for i in range(begin, stop)]
+            wanted = list(range(lo + begin, lo + stop))
+            examples = read_many(wanted) if read_many else [self._tfds[i] for i in wanted]
             for name, array in arrays.items():
                 array[begin:stop] = np.stack([np.asarray(e[name]) for e in examples])
         for name, array in arrays.items():
             array.flush()
             del array
             os.replace(os.fspath(tmp_paths[name]), os.fspath(self.directory / f"{name}.npy"))
-        manifest = {"format": FORMAT, "num_examples": n, "columns": sorted(spec), "source": self.description}
+        manifest = {
+            "format": FORMAT,
+            "num_examples": len(self._tfds),
+            "rows": [lo, hi],
+            "columns": sorted(spec),
+            "source": self.description,
+        }
         tmp = self.directory / f"{MANIFEST}{suffix}"
         tmp.write_text(json.dumps(manifest, indent=2))
         os.replace(os.fspath(tmp), os.fspath(self.directory / MANIFEST))
         logging.info(
-            "cached the decoded columns of %s (%d examples) in %s in %.1f s",
+            "cached the decoded columns of %s (%d examples, %.2f GB) in %s in %.1f s",
             self.description,
             n,
+            n * row_bytes(spec) / 1e9,
             self.directory,
             time.perf_counter() - start,
         )

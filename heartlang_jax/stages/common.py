@@ -148,7 +148,30 @@ def open_mixture(data: schema.DataConfig, workdir, primary: tuple[DatasetInfo, d
 
 def train_source(ctx: StageContext, splits: Sequence[str]):
     """What a VQ-HBR or pre-training run trains on: `splits` of `config.data.dataset`, or, with
-    a `config.data.mixture`, those splits of each of its datasets, drawn by weight."""
+    a `config.data.mixture`, those splits of each of its datasets, drawn by weight; cut into
+    host shards (`input_pipeline.HostShards`) when `config.train_shards` asks for them, or, at 0,
+    when their cache is large (`input_pipeline.auto_shards`)."""
+    source = _unsharded_train_source(ctx, splits)
+    count = ctx.config.train_shards or input_pipeline.auto_shards(source, ctx.global_batch)
+    if count == 1:
+        return source
+    try:
+        sharded = input_pipeline.host_shards(source, count, ctx.global_batch)
+    except ValueError as e:
+        raise errors.ConfigError(f"config.train_shards: {e}") from None
+    logging.info(
+        "[%s] %d training examples in %d host shards; this host caches shards %d..%d (%.2f GB)",
+        ctx.name,
+        len(source),
+        count,
+        sharded.owned.start,
+        sharded.owned.stop - 1,
+        input_pipeline.cached_bytes(sharded.source) / 1e9,
+    )
+    return sharded
+
+
+def _unsharded_train_source(ctx: StageContext, splits: Sequence[str]):
     if not ctx.mixture:
         return input_pipeline.concat_sources([ctx.sources[split] for split in splits])
     parts = []
@@ -241,8 +264,9 @@ def unsupervised_train_data(ctx: StageContext, source) -> grain.MapDataset:
     config = ctx.config
     step = config.length_bucket_step
     lengths = None
-    if step > 0 and not isinstance(source, input_pipeline.MixtureSource):
-        lengths = packing.real_lengths(source)
+    sharded = isinstance(source, input_pipeline.HostShards)
+    if step > 0 and not isinstance(source.source if sharded else source, input_pipeline.MixtureSource):
+        lengths = source.real_lengths() if sharded else packing.real_lengths(source)
         logging.info("[%s] length buckets of %d words over %d sentences", ctx.name, step, len(lengths))
     return input_pipeline.train_dataset(
         source,
