@@ -165,10 +165,8 @@ class ColumnSource:
         lo, hi = self.rows
         if len(indices) and (indices.min() < lo or indices.max() >= hi):
             raise IndexError(f"{self.description}: rows outside the cached [{lo}, {hi}) asked for")
-        if (lo, hi) != (0, len(self._tfds)):
-            indices = indices - lo
         columns = self.columns()
-        return {name: np.asarray(columns[name][indices]) for name in fields}
+        return {name: np.asarray(columns[name][indices - lo]) for name in fields}
 
     def memo(self, key, make):
         """`make()` once per `key` for this source (e.g. its evaluation batches)."""
