@@ -66,6 +66,19 @@ def test_three_formats_and_a_long_record_build_into_windows_of_their_rows(tmp_pa
         (records.load_record(tmp_path / "data" / "wfdb" / "00001_lr").signal - amp["mean"]) / amp["std"], 100.0
     )
     assert int(mat["num_words"]) > 0 and wfdb_sentence.num_words > 0
+    # A label fraction chooses records, each with all its windows (fine-tuning's subset).
+    from heartlang_jax.data import input_pipeline
+    from heartlang_jax.stages import finetune
+
+    split = next(s for s in source if any(int(e["record_id"]) == 9 for e in source[s]))
+    index = np.arange(len(source[split]))
+    windows = finetune.window_records(source[split], index)
+    assert sorted(windows.tolist()).count(9) == 3
+    taken = {
+        int(np.isin(windows[input_pipeline.label_fraction_subset(index, 0.5, seed, windows)], 9).sum())
+        for seed in range(12)
+    }
+    assert taken == {0, 3}  # the long record's 3 windows, or none of them
 
 
 def test_editing_the_csv_rebuilds_and_an_unchanged_one_is_reused(tmp_path):

@@ -88,6 +88,20 @@ def test_label_fractions_are_seeded_subsets():
         input_pipeline.label_fraction_subset(indices, 0.0, seed=0)
 
 
+def test_a_label_fraction_of_windowed_records_chooses_records_with_all_their_windows():
+    indices = np.arange(100, 400)  # 300 windows of 120 records (1 to 4 windows each), records interleaved
+    records = np.random.default_rng(0).integers(0, 120, 300)
+    records[:120] = np.arange(120)  # every record appears
+    chosen = input_pipeline.label_fraction_subset(indices, 0.1, seed=3, records=records)
+    kept = set(records[np.isin(indices, chosen)])
+    assert len(kept) == 12  # 10% of the records
+    np.testing.assert_array_equal(chosen, indices[np.isin(records, list(kept))])  # each with all its windows
+    # one window per record: exactly the plain choice (the released protocol's)
+    plain = indices[np.sort(np.random.default_rng(3).choice(300, size=30, replace=False))]
+    np.testing.assert_array_equal(input_pipeline.label_fraction_subset(indices, 0.1, seed=3), plain)
+    np.testing.assert_array_equal(input_pipeline.label_fraction_subset(indices, 0.1, 3, np.arange(300) + 7), plain)
+
+
 def test_hosts_get_disjoint_shards(bundled_sources):
     """Two hosts each read their half of every global batch of 4: one epoch (88 batches) covers
     352 of the 353 records, each read by exactly one host."""

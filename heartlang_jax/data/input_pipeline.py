@@ -192,15 +192,27 @@ def labelled_indices(source: Sequence, task: str | None) -> np.ndarray:
     return np.asarray([i for i in range(len(source)) if np.any(source[i][task])], np.int64)
 
 
-def label_fraction_subset(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A seeded, stratification-free random subset (the released code's 1%/10% protocol)."""
+def label_fraction_subset(
+    indices: np.ndarray, fraction: float, seed: int, records: np.ndarray | None = None
+) -> np.ndarray:
+    """A seeded, stratification-free random subset (the released code's 1%/10% protocol).
+
+    `records`: the record of each of `indices`, for a dataset that cuts records into windows;
+    then `fraction` of the records is chosen and each keeps all its windows (the labels a user
+    has are per record). Records in order of first appearance, so one window per record chooses
+    what the plain subset does."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
     if fraction == 1.0:
         return indices
-    count = max(1, round(fraction * len(indices)))
-    chosen = np.random.default_rng(seed).choice(len(indices), size=count, replace=False)
-    return indices[np.sort(chosen)]
+    if records is None:
+        records = np.arange(len(indices))
+    records = np.asarray(records)
+    _, first = np.unique(records, return_index=True)
+    first = np.sort(first)  # each record's first position, in index order
+    count = max(1, round(fraction * len(first)))
+    chosen = np.random.default_rng(seed).choice(len(first), size=count, replace=False)
+    return indices[np.isin(records, records[first[chosen]])]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -419,7 +419,8 @@ def finetune(config: schema.FinetuneStage, workdir, sources: dict, class_names, 
         split: np.arange(len(sources[split])) if every else input_pipeline.labelled_indices(sources[split], task)
         for split in SPLITS
     }
-    train_indices = input_pipeline.label_fraction_subset(labelled["train"], config.label_fraction, seed)
+    train_records = window_records(sources["train"], labelled["train"]) if config.label_fraction < 1 else None
+    train_indices = input_pipeline.label_fraction_subset(labelled["train"], config.label_fraction, seed, train_records)
     num_train = len(train_indices)
     ctx = common.prepare(
         STAGE, config, workdir, IDENTITY_FIELDS, global_batch=_global_batch(config, num_train), data=(dataset, sources)
