@@ -257,17 +257,11 @@ def train_dataset(
     sorted by length) and each host's rows carry `bucket_len`, the row length the stage cuts
     the batch to (`packing.trim`). Mixtures are not bucketed.
     """
-    if isinstance(source, HostShards):
-        if task is not None or label_fraction != 1.0 or indices is not None:
+    if isinstance(source, HostShards):  # its host's rows are its own (`host_shards`)
+        if task is not None or label_fraction != 1.0 or indices is not None or rows is not None:
             raise ValueError("host shards train on every example of their split, unlabelled (VQ-HBR, pre-training)")
         return _sharded_train_dataset(
-            source,
-            global_batch,
-            seed,
-            rows or source.rows,
-            lengths if bucket_step > 0 else None,
-            bucket_step,
-            bucket_window,
+            source, global_batch, seed, lengths if bucket_step > 0 else None, bucket_step, bucket_window
         )
     host_rows = _HostRows(_ToBatchFields(source, task), rows or parallel.host_slice(global_batch))
     if isinstance(source, MixtureSource):
@@ -318,21 +312,19 @@ def _sharded_train_dataset(
     source: HostShards,
     global_batch: int,
     seed: int,
-    rows: slice,
     lengths: np.ndarray | None,
     bucket_step: int,
     bucket_window: int,
 ) -> grain.MapDataset:
     """`train_dataset` of host shards: global batch b is batch b of every shard's own order, in
     shard order, each `global_batch / num_shards` rows long (`ShardedBatches`)."""
-    host_rows = _HostRows(_ToBatchFields(source, None), rows)
+    host_rows = _HostRows(_ToBatchFields(source, None), source.rows)
     k = global_batch // source.num_shards
     weights = source.source.weights if isinstance(source.source, MixtureSource) else None
     if lengths is None:  # only this host's shards: the others' rows are never read here
-        owned = range(rows.start // k, rows.stop // k)
         orders: list = [
             ShuffledBatches(source.shard_streams(s), global_batch=k, seed=seed, weights=weights, shard=s)
-            if s in owned
+            if s in source.owned
             else None
             for s in range(source.num_shards)
         ]
